@@ -1,0 +1,126 @@
+"""Command line: `python -m compress <verb> ...` (build runs the whole minimal chain)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from compress.artifact import ArtifactError
+from compress.tasks import TASKS, TaskDataError
+
+
+def default_data_dir() -> Path | None:
+    """DATA_DIR if set, else ../shared/data beside the project when present, else None (hub)."""
+    env = os.environ.get("DATA_DIR")
+    if env:
+        return Path(env)
+    beside = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+    return beside if beside.is_dir() else None
+
+
+def _add_build(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("build", help="finetune -> export -> optimize -> quantize -> evaluate")
+    p.add_argument("--task", required=True, choices=sorted(TASKS))
+    p.add_argument("--model", default="packaged:minilm-l6",
+                   help="encoder to fine-tune: packaged:NAME, a local HF folder, or a hub id")
+    p.add_argument("--data-dir", type=Path, default=default_data_dir(),
+                   help="local task data folder (default: $DATA_DIR or ../shared/data); "
+                        "pass --hub to load from the hub instead")
+    p.add_argument("--hub", action="store_true", help="load task data from the hub by name")
+    p.add_argument("--out", type=Path, help="artifact folder (default: models/<task>)")
+    p.add_argument("--work-dir", type=Path, help="checkpoints (default: runs/<task>)")
+    p.add_argument("--epochs", type=float, default=1.0)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--learning-rate", type=float, default=5e-5)
+    p.add_argument("--max-train-examples", type=int, default=None)
+    p.add_argument("--max-dev-examples", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _add_package(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("package", help="export -> optimize -> quantize -> evaluate a fine-tuned "
+                                       "checkpoint (skip finetune)")
+    p.add_argument("--task", required=True, choices=sorted(TASKS))
+    p.add_argument("--checkpoint", type=Path, required=True, help="fine-tuned HF folder")
+    p.add_argument("--data-dir", type=Path, default=default_data_dir())
+    p.add_argument("--hub", action="store_true")
+    p.add_argument("--out", type=Path)
+    p.add_argument("--work-dir", type=Path)
+    p.add_argument("--max-dev-examples", type=int, default=None)
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="accuracy of an artifact variant on the dev split")
+    p.add_argument("artifact", type=Path, help="artifact folder, e.g. models/sst2")
+    p.add_argument("--variant", default="cpu-int8")
+    p.add_argument("--data-dir", type=Path, default=default_data_dir())
+    p.add_argument("--hub", action="store_true")
+
+
+def _run(args: argparse.Namespace) -> int:
+    # Imports are per verb: torch/transformers load only for the verbs that need them.
+    if args.verb == "evaluate":
+        from compress.artifact import read_manifest, verified_variant_path
+        from compress.evaluate import evaluate
+        from compress.tasks import get_task, load_split
+
+        manifest = read_manifest(args.artifact)
+        path = verified_variant_path(args.artifact, manifest, args.variant)
+        data_dir = None if args.hub else args.data_dir
+        dev = load_split(get_task(manifest.task), "dev", data_dir)
+        result = evaluate(path, args.artifact / manifest.tokenizer, dev, manifest.model_inputs,
+                          manifest.max_length, manifest.pad_token_id)
+        print(f"{manifest.task} {args.variant}: accuracy {result.accuracy:.4f} "
+              f"on {result.examples} dev examples")
+        return 0
+
+    from compress.build import BuildPlan, build_artifact, package_artifact
+    from compress.finetune import FinetuneConfig
+    from compress.tasks import get_task, load_split
+
+    out = args.out or Path("models") / args.task
+    work = args.work_dir or Path("runs") / args.task
+    data_dir = None if args.hub else args.data_dir
+    if args.verb == "build":
+        config = FinetuneConfig(epochs=args.epochs, batch_size=args.batch_size,
+                                learning_rate=args.learning_rate,
+                                max_examples=args.max_train_examples, seed=args.seed)
+        plan = BuildPlan(task=args.task, base_model=args.model, out_dir=out, work_dir=work,
+                         data_dir=data_dir, finetune=config,
+                         max_dev_examples=args.max_dev_examples)
+        manifest = build_artifact(plan)
+    else:
+        plan = BuildPlan(task=args.task, base_model=str(args.checkpoint), out_dir=out,
+                         work_dir=work, data_dir=data_dir, max_dev_examples=args.max_dev_examples)
+        spec = get_task(args.task)
+        dev = load_split(spec, "dev", data_dir).head(args.max_dev_examples)
+        manifest = package_artifact(spec, args.checkpoint, dev, plan)
+    for metric in manifest.metrics:
+        print(f"{metric.variant}: {metric.name} {metric.value:.4f} on {metric.examples} "
+              f"{metric.dataset} {metric.split} examples")
+    print(f"artifact written to {out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m compress", description=__doc__)
+    sub = parser.add_subparsers(dest="verb", required=True)
+    _add_build(sub)
+    _add_package(sub)
+    _add_evaluate(sub)
+    args = parser.parse_args(argv)
+    # Root at WARNING: ORT's quantizer logs every tensor at INFO on the root logger.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("compress").setLevel(logging.INFO)
+    try:
+        return _run(args)
+    except (ArtifactError, TaskDataError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,174 @@
+"""The model-repository artifact: one folder per task with a versioned manifest.
+
+`compress/` writes it and `app/` reads it; this module is the whole contract between them, so it must
+stay importable without torch or transformers (the serving image has neither).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+
+InputKind = Literal["single", "pair"]
+Precision = Literal["fp32", "fp16", "int8"]
+
+
+class ArtifactError(Exception):
+    """An artifact folder is missing, malformed, or fails its integrity check."""
+
+
+class Variant(BaseModel):
+    """One ONNX file of the artifact and what is needed to trust and run it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    file: str = Field(description="path relative to the artifact folder")
+    sha256: str
+    precision: Precision
+    execution_provider: str
+    opset: int
+    fusions: dict[str, int] = Field(
+        default_factory=dict, description="fused operators the ORT optimizer reported"
+    )
+    operators: dict[str, int] = Field(
+        default_factory=dict, description="count of each operator type in the final graph"
+    )
+    size_bytes: int = 0
+
+
+class Architecture(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model_type: str
+    layers: int
+    hidden: int
+    heads: int
+    head_size: int
+    ffn: int
+    parameters: int
+
+
+class Metric(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    value: float
+    dataset: str
+    split: str
+    variant: str
+    examples: int
+
+
+class Provenance(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    teacher: str
+    student_init: str | None = None
+    recipe: dict[str, object] = Field(default_factory=dict)
+    versions: dict[str, str] = Field(default_factory=dict)
+    created: str
+
+
+class Manifest(BaseModel):
+    """`manifest.json` of an artifact folder (format 1, see docs/architecture.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: Literal[1] = 1
+    task: str
+    labels: list[str] = Field(min_length=2, description="label names in logit order")
+    input_kind: InputKind
+    max_length: int = Field(gt=0)
+    tokenizer: str = "tokenizer.json"
+    pad_token_id: int = 0
+    model_inputs: list[str] = Field(min_length=1)
+    variants: dict[str, Variant]
+    architecture: Architecture
+    metrics: list[Metric] = Field(default_factory=list)
+    provenance: Provenance
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in chunks so large models do not load into memory."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_manifest(folder: Path) -> Manifest:
+    """Read and validate `folder/manifest.json`; raise ArtifactError naming the folder on failure."""
+    path = folder / MANIFEST_NAME
+    if not path.is_file():
+        raise ArtifactError(f"{folder}: no {MANIFEST_NAME}; is this an artifact folder?")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(f"{path}: not valid JSON ({exc})") from exc
+    if isinstance(raw, dict) and raw.get("format") != FORMAT_VERSION:
+        raise ArtifactError(
+            f"{path}: artifact format {raw.get('format')!r} is not supported "
+            f"(this build reads format {FORMAT_VERSION}); rebuild it with this version of compress"
+        )
+    try:
+        return Manifest.model_validate(raw)
+    except ValidationError as exc:
+        raise ArtifactError(f"{path}: invalid manifest: {exc}") from exc
+
+
+def write_manifest(folder: Path, manifest: Manifest) -> Path:
+    """Write `manifest.json` into `folder` (pretty-printed, stable key order)."""
+    path = folder / MANIFEST_NAME
+    path.write_text(manifest.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def describe_variant(
+    folder: Path,
+    relative_file: str,
+    precision: Precision,
+    execution_provider: str,
+    opset: int,
+    fusions: dict[str, int] | None = None,
+    operators: dict[str, int] | None = None,
+) -> Variant:
+    """Build a Variant entry for a file already written inside the artifact folder."""
+    path = folder / relative_file
+    return Variant(
+        file=relative_file,
+        sha256=sha256_file(path),
+        precision=precision,
+        execution_provider=execution_provider,
+        opset=opset,
+        fusions=fusions or {},
+        operators=operators or {},
+        size_bytes=path.stat().st_size,
+    )
+
+
+def verified_variant_path(folder: Path, manifest: Manifest, variant: str) -> Path:
+    """Path of a variant's file after checking it exists and its sha256 matches the manifest."""
+    if variant not in manifest.variants:
+        raise ArtifactError(
+            f"{folder}: task {manifest.task!r} has no {variant!r} variant "
+            f"(it has: {', '.join(sorted(manifest.variants))})"
+        )
+    entry = manifest.variants[variant]
+    path = folder / entry.file
+    if not path.is_file():
+        raise ArtifactError(f"{folder}: variant {variant!r} file {entry.file} is missing")
+    actual = sha256_file(path)
+    if actual != entry.sha256:
+        raise ArtifactError(
+            f"{path}: sha256 mismatch: manifest says {entry.sha256}, file has {actual}. "
+            "The file was changed or corrupted after the artifact was built; refusing to load it."
+        )
+    return path
