@@ -1,0 +1,33 @@
+"""`python -m app`: check settings and artifacts, then serve on uvicorn."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import uvicorn
+
+from app.server import create_app
+from app.service import prepare_service
+from app.settings import ConfigError, load_settings
+from compress.artifact import ArtifactError
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        settings = load_settings()
+        logging.getLogger().setLevel(settings.log_level.upper())
+        service = prepare_service(settings)
+    except (ConfigError, ArtifactError) as exc:
+        print(f"cannot start: {exc}", file=sys.stderr)
+        return 2
+    app = create_app(service)
+    # One uvicorn process: the API process is light; the model runs in the pinned worker processes.
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                access_log=False)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

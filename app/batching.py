@@ -1,0 +1,265 @@
+"""Dynamic-length batching in front of a worker pool.
+
+Rows (one text or pair each) wait in one queue per pool. When a worker is idle, the batcher takes the
+oldest row, adds rows of the same task closest to it in length until the batch is full (max rows or
+token budget) or the oldest row has waited `max_wait_ms`, pads to the longest row of that batch and
+sends it. Rows whose request was cancelled are dropped before they take a batch slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from compress.encoding import EncodedText, pad_batch
+
+log = logging.getLogger(__name__)
+
+
+class QueueFull(Exception):
+    """The pool's queue has no room for the request; the client should retry later."""
+
+
+class RetryableError(Exception):
+    """A batch failed for a reason that is not its rows' fault (e.g. its worker died): the
+    batcher runs those rows once more before giving up on them."""
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    max_batch_size: int
+    max_batch_tokens: int
+    max_wait_ms: float
+    max_queue_rows: int
+    # Real tokens / padded tokens a batch must keep: padding is paid in full by the model, and on
+    # CPU it costs more than batching saves (measured: docs/benchmarks.md).
+    min_fill: float = 0.9
+
+
+@dataclass(frozen=True)
+class TaskInputs:
+    """How to build feeds for a task's model."""
+
+    input_names: tuple[str, ...]
+    pad_token_id: int
+
+
+@dataclass(frozen=True)
+class BatchStats:
+    """What one executed batch looked like (for metrics)."""
+
+    task: str
+    rows: int
+    padded_length: int
+    queue_waits: list[float]
+    seconds: float
+
+
+@dataclass(eq=False)  # rows are compared by identity: their arrays have no single truth value
+class _Row:
+    task: str
+    encoded: EncodedText
+    future: asyncio.Future[np.ndarray]
+    enqueued: float
+    attempts: int = 0
+
+
+class Runner(Protocol):
+    """What the batcher needs from a pool: an idle worker to run one batch on."""
+
+    async def acquire(self) -> Any: ...
+
+    async def run(self, worker: Any, task: str, feeds: dict[str, np.ndarray]) \
+            -> tuple[np.ndarray, float]: ...
+
+    def release(self, worker: Any) -> None: ...
+
+    def usable(self, worker: Any) -> bool: ...
+
+    def idle_count(self) -> int: ...
+
+
+def select_batch(pending: Sequence[_Row], policy: BatchPolicy, share: int = 1) -> list[_Row]:
+    """Pick the oldest row plus same-task rows nearest to it in length, within the caps.
+
+    `share` is how many workers could take rows now (this one and the idle ones): the batch takes
+    at most its fair part of the waiting rows, so idle workers get the rest instead of waiting for
+    one worker to finish one big batch.
+    """
+    oldest = pending[0]
+    same_task = [row for row in pending[1:] if row.task == oldest.task]
+    same_task.sort(key=lambda row: abs(row.encoded.length - oldest.encoded.length))
+    cap = min(policy.max_batch_size, -(-(len(same_task) + 1) // max(1, share)))
+    batch = [oldest]
+    longest = oldest.encoded.length
+    real_tokens = oldest.encoded.length
+    for row in same_task:
+        if len(batch) >= cap:
+            break
+        width = max(longest, row.encoded.length)
+        padded = width * (len(batch) + 1)
+        if padded > policy.max_batch_tokens:
+            continue
+        if real_tokens + row.encoded.length < policy.min_fill * padded:
+            continue
+        batch.append(row)
+        longest = width
+        real_tokens += row.encoded.length
+    return batch
+
+
+class Batcher:
+    """One per pool: queues rows, forms dynamic-length batches, hands them to idle workers."""
+
+    def __init__(
+        self,
+        runner: Runner,
+        policy: BatchPolicy,
+        tasks: dict[str, TaskInputs],
+        on_batch: Callable[[BatchStats], None] | None = None,
+    ) -> None:
+        self.runner = runner
+        self.policy = policy
+        self.tasks = tasks
+        self._on_batch = on_batch
+        self._pending: list[_Row] = []
+        self._arrived = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._running: set[asyncio.Task[None]] = set()
+
+    @property
+    def depth(self) -> int:
+        return len(self._pending)
+
+    async def submit(self, task: str, rows: Sequence[EncodedText]) -> list[np.ndarray]:
+        """Queue a request's rows and wait for their logits (raises QueueFull when at capacity)."""
+        if len(self._pending) + len(rows) > self.policy.max_queue_rows:
+            raise QueueFull(f"queue holds {len(self._pending)} of {self.policy.max_queue_rows} rows")
+        loop = asyncio.get_running_loop()
+        now = time.perf_counter()
+        queued = [_Row(task, row, loop.create_future(), now) for row in rows]
+        self._pending.extend(queued)
+        self._arrived.set()
+        futures = [row.future for row in queued]
+        try:
+            return list(await asyncio.gather(*futures))
+        except BaseException:
+            # Cancelled request or a failed row: its other rows are skipped, not run for nothing.
+            for future in futures:
+                future.cancel()
+            raise
+
+    def start(self) -> None:
+        self._loop_task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        for row in self._pending:
+            if not row.future.done():
+                row.future.set_exception(RuntimeError("server is shutting down"))
+        self._pending.clear()
+
+    def _drop_cancelled(self) -> None:
+        self._pending = [row for row in self._pending if not row.future.done()]
+
+    async def _wait_for_rows(self) -> None:
+        while True:
+            self._drop_cancelled()
+            if self._pending:
+                return
+            self._arrived.clear()
+            await self._arrived.wait()
+
+    def _full(self, batch: list[_Row]) -> bool:
+        if len(batch) >= self.policy.max_batch_size:
+            return True
+        longest = max(row.encoded.length for row in batch)
+        return longest * (len(batch) + 1) > self.policy.max_batch_tokens
+
+    async def _next_batch(self) -> list[_Row]:
+        """Wait for rows, then until the batch is full or the oldest row's wait budget is spent."""
+        await self._wait_for_rows()
+        while True:
+            batch = select_batch(self._pending, self.policy, 1 + self.runner.idle_count())
+            deadline = batch[0].enqueued + self.policy.max_wait_ms / 1000
+            remaining = deadline - time.perf_counter()
+            if self._full(batch) or remaining <= 0:
+                return batch
+            self._arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+            await self._wait_for_rows()
+
+    async def _loop(self) -> None:
+        while True:
+            worker = await self.runner.acquire()
+            try:
+                batch = await self._next_batch()
+            except asyncio.CancelledError:
+                self.runner.release(worker)
+                raise
+            if not self.runner.usable(worker):  # it died while we waited for rows
+                self.runner.release(worker)
+                continue
+            taken = {id(row) for row in batch}
+            self._pending = [row for row in self._pending if id(row) not in taken]
+            task = asyncio.get_running_loop().create_task(self._execute(worker, batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    def _fail_or_retry(self, batch: list[_Row], exc: Exception) -> None:
+        retry = [row for row in batch if not row.future.done()
+                 and isinstance(exc, RetryableError) and row.attempts == 0]
+        for row in batch:
+            if row in retry:
+                row.attempts += 1
+            elif not row.future.done():
+                row.future.set_exception(exc)
+        if retry:
+            log.warning("retrying %d rows after: %s", len(retry), exc)
+            # Back at the front, in arrival order: they keep their place and their wait budget.
+            self._pending = sorted(retry + self._pending, key=lambda row: row.enqueued)
+            self._arrived.set()
+
+    async def _execute(self, worker: Any, batch: list[_Row]) -> None:
+        try:
+            await self._run_batch(worker, batch)
+        except BaseException as exc:
+            # Whatever went wrong, no request may be left waiting for an answer that never comes.
+            error = exc if isinstance(exc, Exception) else RuntimeError("batch was cancelled")
+            requeued = {id(row) for row in self._pending}
+            for row in batch:
+                if not row.future.done() and id(row) not in requeued:
+                    row.future.set_exception(error)
+            if not isinstance(exc, Exception):
+                raise
+            log.exception("batch of %d rows failed unexpectedly", len(batch))
+
+    async def _run_batch(self, worker: Any, batch: list[_Row]) -> None:
+        started = time.perf_counter()
+        spec = self.tasks[batch[0].task]
+        feeds = pad_batch([row.encoded for row in batch], spec.input_names, spec.pad_token_id)
+        try:
+            logits, seconds = await self.runner.run(worker, batch[0].task, feeds)
+        except Exception as exc:
+            self._fail_or_retry(batch, exc)
+            return
+        finally:
+            self.runner.release(worker)
+        for row, row_logits in zip(batch, logits, strict=True):
+            if not row.future.done():
+                row.future.set_result(row_logits)
+        if self._on_batch is not None:
+            waits = [started - row.enqueued for row in batch]
+            width = next(iter(feeds.values())).shape[1]
+            self._on_batch(BatchStats(batch[0].task, len(batch), width, waits, seconds))

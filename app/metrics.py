@@ -1,0 +1,53 @@
+"""Prometheus metrics of the service, on a registry of its own (one per app instance)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from app.batching import BatchStats
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+LENGTH_BUCKETS = (8, 16, 32, 64, 128, 256, 512)
+TOKEN_BUCKETS = (16, 64, 256, 1024, 4096, 16384)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("ffs_requests_total", "Classify requests by task and HTTP status",
+                                ["task", "status"], registry=r)
+        self.latency = Histogram("ffs_request_latency_seconds", "Classify latency, end to end",
+                                 ["task"], buckets=LATENCY_BUCKETS, registry=r)
+        self.queue_wait = Histogram("ffs_queue_wait_seconds", "Time a row waited for its batch",
+                                    ["pool"], buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_size = Histogram("ffs_batch_size", "Rows per executed batch", ["pool"],
+                                    buckets=BATCH_BUCKETS, registry=r)
+        self.batch_length = Histogram("ffs_batch_padded_length",
+                                      "Sequence length each batch was padded to", ["pool"],
+                                      buckets=LENGTH_BUCKETS, registry=r)
+        self.batch_tokens = Histogram("ffs_batch_tokens", "Rows x padded length per batch",
+                                      ["pool"], buckets=TOKEN_BUCKETS, registry=r)
+        self.inference = Histogram("ffs_inference_seconds", "Model time per batch in the worker",
+                                   ["pool"], buckets=LATENCY_BUCKETS, registry=r)
+        self.queue_depth = Gauge("ffs_queue_depth", "Rows waiting for a batch", ["pool"],
+                                 registry=r)
+        self.worker_restarts = Counter("ffs_worker_restarts_total", "Workers restarted", ["pool"],
+                                       registry=r)
+        self.rejected = Counter("ffs_rejected_requests_total", "Requests refused before running",
+                                ["task", "reason"], registry=r)
+        self.route_fallback = Gauge("ffs_route_fallback", "1 when a task runs on another pool "
+                                    "than configured", ["task", "requested", "actual"],
+                                    registry=r)
+
+    def count_restart(self, pool: str) -> None:
+        self.worker_restarts.labels(pool).inc()
+
+    def observe_batch(self, pool: str, stats: BatchStats) -> None:
+        self.batch_size.labels(pool).observe(stats.rows)
+        self.batch_length.labels(pool).observe(stats.padded_length)
+        self.batch_tokens.labels(pool).observe(stats.rows * stats.padded_length)
+        self.inference.labels(pool).observe(stats.seconds)
+        for wait in stats.queue_waits:
+            self.queue_wait.labels(pool).observe(wait)

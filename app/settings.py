@@ -1,0 +1,125 @@
+"""One typed settings object: defaults < YAML file (FFS_CONFIG) < environment (FFS_*)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+PoolName = Literal["cpu", "gpu"]
+CONFIG_ENV = "FFS_CONFIG"
+
+
+class ConfigError(Exception):
+    """Settings a person has to fix before the server can start."""
+
+
+class CpuPoolSettings(BaseModel):
+    workers: int | None = Field(
+        default=None, ge=1, description="worker processes (default: available cores / threads)"
+    )
+    threads_per_worker: int = Field(default=1, ge=1, description="ORT intra-op threads each")
+    cores: list[int] | None = Field(
+        default=None, description="cores to pin workers to (default: all this process may use)"
+    )
+
+
+class BatchingSettings(BaseModel):
+    max_batch_size: int = Field(default=32, ge=1, description="rows per batch at most")
+    max_batch_tokens: int = Field(
+        default=8192, ge=1, description="rows x padded length per batch at most"
+    )
+    max_wait_ms: float = Field(
+        default=2.0, ge=0, description="how long the oldest row may wait for a batch to fill"
+    )
+    max_queue_rows: int = Field(
+        default=2048, ge=1, description="rows waiting per pool before requests get 429"
+    )
+    min_fill: float = Field(
+        default=0.9, ge=0, le=1,
+        description="real tokens / padded tokens a batch must keep (0 disables the check)",
+    )
+
+
+class LimitSettings(BaseModel):
+    max_inputs_per_request: int = Field(default=64, ge=1)
+    max_text_chars: int = Field(default=20_000, ge=1, description="per text, before tokenizing")
+    truncation: Literal["truncate", "reject"] = Field(
+        default="truncate", description="inputs over the model's max_length: cut or answer 413"
+    )
+
+
+class Settings(BaseSettings):
+    """Server settings. Env vars use the FFS_ prefix and `__` for nesting (FFS_CPU_POOL__WORKERS)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FFS_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    model_repository: Path = Field(default=Path("models"), description="one folder per task")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    default_pool: PoolName = "cpu"
+    routing: dict[str, PoolName] = Field(
+        default_factory=dict, description="task -> pool; tasks not listed use default_pool"
+    )
+    gpu_fallback: Literal["cpu", "fail"] = Field(
+        default="cpu", description="a gpu-routed task when no GPU pool can run: serve on cpu or "
+                                   "refuse to start"
+    )
+    cpu_pool: CpuPoolSettings = Field(default_factory=CpuPoolSettings)
+    batching: BatchingSettings = Field(default_factory=BatchingSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+    worker_start_timeout_s: float = Field(default=120.0, gt=0)
+
+    @field_validator("model_repository")
+    @classmethod
+    def _repository_exists(cls, value: Path) -> Path:
+        if not value.is_dir():
+            raise ValueError(
+                f"{value} is not a folder; build a model first (`make demo`) or point "
+                "FFS_MODEL_REPOSITORY at a model repository"
+            )
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get(CONFIG_ENV)
+        if config_file:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+        return tuple(sources)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build Settings, turning validation errors into one message a person can act on."""
+    config_file = os.environ.get(CONFIG_ENV)
+    if config_file and not Path(config_file).is_file():
+        raise ConfigError(f"{CONFIG_ENV}={config_file}: no such file")
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error["loc"])
+            problems.append(f"  {where}: {error['msg']} (got {error.get('input')!r})")
+        raise ConfigError(
+            "invalid configuration (env FFS_*, or the YAML file in FFS_CONFIG):\n"
+            + "\n".join(problems)
+        ) from None
