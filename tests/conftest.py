@@ -1,0 +1,182 @@
+"""Shared fixtures: a tiny BERT built here, compressed by the real pipeline, served for real."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+POSITIVE = ["good", "great", "wonderful", "superb", "lovely", "brilliant", "moving", "fun"]
+NEGATIVE = ["bad", "awful", "boring", "dull", "terrible", "weak", "clumsy", "tedious"]
+FILLER = ["the", "movie", "film", "plot", "acting", "was", "very", "quite", "story", "a", "and",
+          "cast", "ending", "music", "is", "really", "script", "direction", "of", "this"]
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def _sentence(rng: random.Random, words: list[str]) -> str:
+    body = rng.choices(FILLER, k=rng.randint(2, 14))
+    body.insert(rng.randrange(len(body) + 1), rng.choice(words))
+    return " ".join(body)
+
+
+def write_sentiment_tsv(path: Path, rows: int, seed: int) -> None:
+    """SST-2 format: header, sentence + trailing space, tab, 0/1 label."""
+    rng = random.Random(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = ["sentence\tlabel"]
+    for _ in range(rows):
+        label = rng.randint(0, 1)
+        lines.append(f"{_sentence(rng, POSITIVE if label else NEGATIVE)} \t{label}")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def write_pair_jsonl(path: Path, rows: int, seed: int) -> None:
+    """SuperGLUE RTE format: premise, hypothesis, label, idx."""
+    rng = random.Random(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as handle:
+        for idx in range(rows):
+            premise = _sentence(rng, POSITIVE + NEGATIVE)
+            entailed = rng.random() < 0.5
+            word = next(w for w in premise.split() if w in POSITIVE + NEGATIVE) if entailed \
+                else rng.choice(POSITIVE + NEGATIVE)
+            hypothesis = f"it was {word}"
+            label = "entailment" if word in premise.split() else "not_entailment"
+            handle.write(json.dumps({"premise": premise, "hypothesis": hypothesis,
+                                     "label": label, "idx": idx}) + "\n")
+
+
+def build_tiny_bert(folder: Path) -> Path:
+    """A random-init 2-layer BERT (hidden 32) with a word-level vocabulary, saved as an HF folder."""
+    from tokenizers import BertWordPieceTokenizer
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    vocab = SPECIALS + sorted(set(POSITIVE + NEGATIVE + FILLER + ["it"])) + letters + \
+        [f"##{c}" for c in letters]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    # Built with `tokenizers` and wrapped: transformers 5 ignores vocab_file= for fast tokenizers.
+    BertWordPieceTokenizer(str(folder / "vocab.txt"), lowercase=True).save(
+        str(folder / "tokenizer.json"))
+    tokenizer = BertTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"),
+                                  model_max_length=64)
+    tokenizer.save_pretrained(folder)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
+    import torch
+
+    torch.manual_seed(0)
+    BertForSequenceClassification(config).save_pretrained(folder)
+    return folder
+
+
+@dataclass(frozen=True)
+class TinyRepo:
+    root: Path  # the model repository (one folder per task)
+    data_dir: Path
+    base_model: Path
+
+
+@pytest.fixture(scope="session")
+def tiny_repo(tmp_path_factory: pytest.TempPathFactory) -> TinyRepo:
+    """sst2 (single) and rte (pair) artifacts built from a tiny BERT by the real compress chain."""
+    from compress.build import BuildPlan, build_artifact
+    from compress.finetune import FinetuneConfig
+
+    work = tmp_path_factory.mktemp("tiny")
+    data = work / "data"
+    write_sentiment_tsv(data / "sst2" / "train.tsv", 600, seed=1)
+    write_sentiment_tsv(data / "sst2" / "dev.tsv", 120, seed=2)
+    write_pair_jsonl(data / "rte" / "train.jsonl", 300, seed=3)
+    write_pair_jsonl(data / "rte" / "val.jsonl", 60, seed=4)
+    base = build_tiny_bert(work / "tiny-bert")
+    repo = work / "models"
+    for task, epochs in (("sst2", 4.0), ("rte", 1.0)):
+        config = FinetuneConfig(epochs=epochs, batch_size=16, learning_rate=2e-3, threads=1)
+        build_artifact(BuildPlan(task=task, base_model=str(base), out_dir=repo / task,
+                                 work_dir=work / "runs" / task, data_dir=data, finetune=config))
+    return TinyRepo(root=repo, data_dir=data, base_model=base)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class RunningServer:
+    url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def start_server(repo: Path, log_path: Path, timeout: float = 90.0, **env: str) -> RunningServer:
+    """`python -m app` on a free loopback port; returns once /readyz says ready."""
+    port = free_port()
+    environment = {**os.environ, "FFS_MODEL_REPOSITORY": str(repo), "FFS_PORT": str(port),
+                   "FFS_HOST": "127.0.0.1", "FFS_LOG_LEVEL": "warning", **env}
+    with log_path.open("wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "app"], cwd=ROOT, env=environment,
+                                   stdout=log, stderr=subprocess.STDOUT)
+    server = RunningServer(f"http://127.0.0.1:{port}", process, log_path)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{server.log()}")
+        try:
+            if httpx.get(f"{server.url}/readyz", timeout=1.0).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    stop_server(server)
+    raise RuntimeError(f"server not ready within {timeout} s:\n{server.log()}")
+
+
+def stop_server(server: RunningServer) -> None:
+    server.process.terminate()
+    try:
+        server.process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait(timeout=5)
+
+
+@pytest.fixture(scope="session")
+def server(tiny_repo: TinyRepo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """The real server with 2 pinned workers over the tiny repository.
+
+    max_wait_ms is generous so that concurrent test requests reliably share batches.
+    """
+    log_path = tmp_path_factory.mktemp("server") / "server.log"
+    running = start_server(
+        tiny_repo.root, log_path,
+        FFS_CPU_POOL__WORKERS="2", FFS_BATCHING__MAX_WAIT_MS="25",
+        FFS_LIMITS__MAX_INPUTS_PER_REQUEST="16", FFS_LIMITS__MAX_TEXT_CHARS="2000",
+    )
+    yield running
+    stop_server(running)
+
+
+@pytest.fixture
+def client(server: RunningServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=30.0) as http:
+        yield http

@@ -1,0 +1,116 @@
+"""The compress chain on a tiny BERT: artifact contents, fusion, fidelity of each stage."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from compress.artifact import read_manifest, sha256_file
+from compress.evaluate import predict
+from compress.tasks import get_task, load_local
+from tests.conftest import TinyRepo
+
+
+def test_manifest_records_sha256_of_every_variant_file(tiny_repo: TinyRepo) -> None:
+    folder = tiny_repo.root / "sst2"
+    manifest = read_manifest(folder)
+    assert set(manifest.variants) == {"fp32", "cpu-int8"}
+    for variant in manifest.variants.values():
+        assert variant.sha256 == sha256_file(folder / variant.file)
+        assert variant.size_bytes == (folder / variant.file).stat().st_size
+
+
+def test_manifest_describes_task_labels_inputs_and_architecture(tiny_repo: TinyRepo) -> None:
+    manifest = read_manifest(tiny_repo.root / "sst2")
+    assert manifest.format == 1
+    assert manifest.labels == ["negative", "positive"]
+    assert manifest.input_kind == "single"
+    assert manifest.model_inputs == ["input_ids", "attention_mask", "token_type_ids"]
+    assert (manifest.architecture.layers, manifest.architecture.hidden,
+            manifest.architecture.heads, manifest.architecture.ffn) == (2, 32, 2, 64)
+    assert manifest.max_length == 64  # the tiny model's position limit, below the task's 128
+    assert "onnxruntime" in manifest.provenance.versions
+
+
+def test_pair_task_artifact_is_marked_pair(tiny_repo: TinyRepo) -> None:
+    manifest = read_manifest(tiny_repo.root / "rte")
+    assert manifest.input_kind == "pair"
+    assert manifest.labels == ["entailment", "not_entailment"]
+
+
+def test_optimizer_fuses_attention_embedding_layernorm_and_gelu(tiny_repo: TinyRepo) -> None:
+    variant = read_manifest(tiny_repo.root / "sst2").variants["cpu-int8"]
+    assert variant.fusions["Attention"] == 2
+    assert variant.fusions["EmbedLayerNormalization"] == 1
+    assert variant.fusions["SkipLayerNormalization"] >= 2
+    assert variant.fusions["BiasGelu"] == 2
+
+
+def test_int8_variant_runs_quantized_kernels(tiny_repo: TinyRepo) -> None:
+    operators = read_manifest(tiny_repo.root / "sst2").variants["cpu-int8"].operators
+    assert operators.get("QAttention") == 2
+    assert operators.get("MatMulInteger", 0) + operators.get("DynamicQuantizeMatMul", 0) > 0
+
+
+def test_export_reproduces_pytorch_logits(tiny_repo: TinyRepo) -> None:
+    recipe = read_manifest(tiny_repo.root / "sst2").provenance.recipe
+    assert float(recipe["export_max_abs_logit_diff"]) < 1e-4  # type: ignore[arg-type]
+
+
+def test_exported_graph_has_dynamic_batch_and_sequence_axes(tiny_repo: TinyRepo) -> None:
+    session = ort.InferenceSession(str(tiny_repo.root / "sst2" / "fp32" / "model.onnx"))
+    for graph_input in session.get_inputs():
+        assert graph_input.shape == ["batch", "sequence"]
+    ids = np.array([[2, 10, 3], [2, 11, 3]], dtype=np.int64)
+    feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids),
+             "token_type_ids": np.zeros_like(ids)}
+    assert session.run(None, feeds)[0].shape == (2, 2)
+
+
+def test_finetune_learns_the_task(tiny_repo: TinyRepo) -> None:
+    metrics = {m.variant: m for m in read_manifest(tiny_repo.root / "sst2").metrics}
+    assert metrics["fp32"].examples == 120
+    assert metrics["fp32"].value >= 0.9
+
+
+def test_int8_agrees_with_fp32_on_dev_predictions(tiny_repo: TinyRepo) -> None:
+    folder = tiny_repo.root / "sst2"
+    manifest = read_manifest(folder)
+    dev = load_local(get_task("sst2"), "dev", tiny_repo.data_dir)
+
+    def labels(variant: str) -> list[int]:
+        return predict(folder / manifest.variants[variant].file, folder / "tokenizer.json",
+                       dev.texts, manifest.model_inputs, manifest.max_length)
+
+    fp32, int8 = labels("fp32"), labels("cpu-int8")
+    agreement = sum(a == b for a, b in zip(fp32, int8, strict=True)) / len(fp32)
+    assert agreement >= 0.95
+
+
+def test_cli_evaluate_reports_accuracy_of_an_artifact(tiny_repo: TinyRepo,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from compress.__main__ import main
+
+    code = main(["evaluate", str(tiny_repo.root / "sst2"), "--data-dir", str(tiny_repo.data_dir)])
+    assert code == 0
+    assert "sst2 cpu-int8: accuracy" in capsys.readouterr().out
+
+
+def test_cli_build_reports_missing_data_clearly(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from compress.__main__ import main
+
+    code = main(["build", "--task", "sst2", "--data-dir", str(tmp_path), "--out",
+                 str(tmp_path / "out")])
+    assert code == 2
+    assert "sst2/train.tsv does not exist" in capsys.readouterr().err
+
+
+def test_manifest_json_is_plain_readable_json(tiny_repo: TinyRepo) -> None:
+    raw = json.loads((tiny_repo.root / "rte" / "manifest.json").read_text())
+    assert raw["task"] == "rte"
+    assert raw["variants"]["cpu-int8"]["file"] == "cpu-int8/model.onnx"

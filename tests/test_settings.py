@@ -1,0 +1,50 @@
+"""Settings: YAML file, environment on top, errors that name the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from app.settings import ConfigError, load_settings
+
+
+def test_yaml_file_sets_nested_values(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "serve.yaml"
+    config.write_text(f"model_repository: {tmp_path}\nbatching:\n  max_batch_size: 7\n"
+                      "routing:\n  boolq: gpu\n")
+    monkeypatch.setenv("FFS_CONFIG", str(config))
+    settings = load_settings()
+    assert settings.batching.max_batch_size == 7
+    assert settings.routing == {"boolq": "gpu"}
+
+
+def test_environment_overrides_the_yaml_file(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "serve.yaml"
+    config.write_text(f"model_repository: {tmp_path}\nbatching:\n  max_wait_ms: 9\n")
+    monkeypatch.setenv("FFS_CONFIG", str(config))
+    monkeypatch.setenv("FFS_BATCHING__MAX_WAIT_MS", "3.5")
+    assert load_settings().batching.max_wait_ms == 3.5
+
+
+def test_an_invalid_value_names_the_field_and_the_value(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FFS_MODEL_REPOSITORY", str(tmp_path))
+    monkeypatch.setenv("FFS_BATCHING__MAX_BATCH_SIZE", "0")
+    with pytest.raises(ConfigError, match=r"batching\.max_batch_size: .*greater than or equal"):
+        load_settings()
+
+
+def test_a_missing_config_file_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FFS_CONFIG", "/nonexistent/serve.yaml")
+    with pytest.raises(ConfigError, match="no such file"):
+        load_settings()
+
+
+def test_unknown_settings_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "serve.yaml"
+    config.write_text(f"model_repository: {tmp_path}\nbatchng:\n  max_wait_ms: 1\n")
+    monkeypatch.setenv("FFS_CONFIG", str(config))
+    with pytest.raises(ConfigError, match="batchng"):
+        load_settings()

@@ -1,0 +1,96 @@
+"""Start-up refuses what it cannot serve correctly, with a message that says what to fix."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.service import prepare_service
+from app.settings import ConfigError, load_settings
+from tests.conftest import ROOT, TinyRepo, start_server, stop_server
+
+
+def _run_app(repo: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    environment = {**os.environ, "FFS_MODEL_REPOSITORY": str(repo), "FFS_PORT": "0", **env}
+    return subprocess.run([sys.executable, "-m", "app"], cwd=ROOT, env=environment,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_a_sha256_mismatch_refuses_to_start(tiny_repo: TinyRepo, tmp_path: Path) -> None:
+    repo = tmp_path / "models"
+    shutil.copytree(tiny_repo.root, repo)
+    with (repo / "sst2" / "cpu-int8" / "model.onnx").open("r+b") as handle:
+        handle.seek(100)
+        byte = handle.read(1)
+        handle.seek(100)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    result = _run_app(repo)
+    assert result.returncode == 2
+    assert "sha256 mismatch" in result.stderr
+    assert "refusing to load it" in result.stderr
+
+
+def test_an_empty_repository_refuses_to_start(tmp_path: Path) -> None:
+    result = _run_app(tmp_path)
+    assert result.returncode == 2
+    assert "has no artifacts" in result.stderr
+    assert "python -m compress build" in result.stderr
+
+
+def test_a_missing_repository_is_a_configuration_error(tmp_path: Path) -> None:
+    result = _run_app(tmp_path / "absent")
+    assert result.returncode == 2
+    assert "model_repository" in result.stderr
+    assert "is not a folder" in result.stderr
+
+
+def test_a_gpu_routed_task_falls_back_to_cpu_and_says_why(tiny_repo: TinyRepo) -> None:
+    settings = load_settings(model_repository=tiny_repo.root, routing={"rte": "gpu"})
+    service = prepare_service(settings)
+    route = service.routes["rte"]
+    assert (route.requested_pool, route.pool, route.variant) == ("gpu", "cpu", "cpu-int8")
+    assert route.fallback_reason and "GPU pool" in route.fallback_reason
+    assert service.routes["sst2"].fallback_reason is None
+
+
+def test_gpu_fallback_fail_refuses_to_start_a_gpu_route(tiny_repo: TinyRepo) -> None:
+    settings = load_settings(model_repository=tiny_repo.root, routing={"rte": "gpu"},
+                             gpu_fallback="fail")
+    with pytest.raises(ConfigError, match="task 'rte' is routed to the gpu pool"):
+        prepare_service(settings)
+
+
+def test_routing_an_unknown_task_is_a_configuration_error(tiny_repo: TinyRepo) -> None:
+    settings = load_settings(model_repository=tiny_repo.root, routing={"mnli": "cpu"})
+    with pytest.raises(ConfigError, match=r"routing names task\(s\) \['mnli'\]"):
+        prepare_service(settings)
+
+
+def test_more_workers_than_cores_is_a_configuration_error(tiny_repo: TinyRepo) -> None:
+    too_many = len(os.sched_getaffinity(0)) + 1
+    settings = load_settings(model_repository=tiny_repo.root,
+                             cpu_pool={"workers": too_many})
+    with pytest.raises(ConfigError, match=r"lower cpu_pool\.workers"):
+        prepare_service(settings)
+
+
+def test_reject_policy_answers_413_for_inputs_over_max_length(tiny_repo: TinyRepo,
+                                                             tmp_path: Path) -> None:
+    server = start_server(tiny_repo.root, tmp_path / "server.log",
+                          FFS_LIMITS__TRUNCATION="reject", FFS_CPU_POOL__WORKERS="1")
+    try:
+        long_text = " ".join(["the film was good"] * 40)
+        response = httpx.post(f"{server.url}/v1/classify/sst2",
+                              json={"inputs": ["good", long_text]}, timeout=30)
+        assert response.status_code == 413
+        assert "inputs [1] exceed the model's 64 tokens" in response.json()["error"]["message"]
+        ok = httpx.post(f"{server.url}/v1/classify/sst2", json={"inputs": ["good"]}, timeout=30)
+        assert ok.status_code == 200
+    finally:
+        stop_server(server)
