@@ -21,7 +21,6 @@ export TOKENIZERS_PARALLELISM ?= false
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
 	# torch first and exactly: anything looser pulls the CUDA build (several GB).
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e ".[serve,compress,dev]"

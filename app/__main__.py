@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
+
+# Before tokenizers loads: its thread pool would compete with the pinned workers for cores.
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import uvicorn
 

@@ -11,6 +11,13 @@ from pathlib import Path
 from compress.artifact import ArtifactError
 from compress.tasks import TASKS, TaskDataError
 
+STAGE_VERBS = ("finetune", "export", "optimize", "quantize")
+# Logit-check inputs for a stand-alone export (build uses dev sentences instead).
+SAMPLE_TEXTS: tuple[str | tuple[str, str], ...] = (
+    "a short sentence to check the exported graph",
+    "another one, a little longer, so that the batch needs padding to run",
+)
+
 
 def default_data_dir() -> Path | None:
     """DATA_DIR if set, else ../shared/data beside the project when present, else None (hub)."""
@@ -32,12 +39,77 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hub", action="store_true", help="load task data from the hub by name")
     p.add_argument("--out", type=Path, help="artifact folder (default: models/<task>)")
     p.add_argument("--work-dir", type=Path, help="checkpoints (default: runs/<task>)")
+    p.add_argument("--max-dev-examples", type=int, default=None)
+    _add_finetune_args(p)
+
+
+def _add_finetune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=float, default=1.0)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--learning-rate", type=float, default=5e-5)
     p.add_argument("--max-train-examples", type=int, default=None)
-    p.add_argument("--max-dev-examples", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
+
+
+def _add_stages(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("finetune", help="fine-tune an encoder on a task's train split")
+    p.add_argument("--task", required=True, choices=sorted(TASKS))
+    p.add_argument("--model", default="packaged:minilm-l6")
+    p.add_argument("--data-dir", type=Path, default=default_data_dir())
+    p.add_argument("--hub", action="store_true")
+    p.add_argument("--out", type=Path, required=True, help="checkpoint folder to write")
+    _add_finetune_args(p)
+
+    p = sub.add_parser("export", help="export a fine-tuned checkpoint to ONNX, checking logits")
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="ONNX file to write")
+
+    p = sub.add_parser("optimize", help="ORT transformer fusion of an exported ONNX file")
+    p.add_argument("--onnx", type=Path, required=True)
+    p.add_argument("--checkpoint", type=Path, required=True,
+                   help="the checkpoint it was exported from (for heads and widths)")
+    p.add_argument("--out", type=Path, required=True)
+
+    p = sub.add_parser("quantize", help="INT8 dynamic quantization of a fused ONNX file")
+    p.add_argument("--onnx", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+
+
+def _run_stage(args: argparse.Namespace) -> int:
+    """The single-stage verbs: each wraps one pipeline function."""
+    if args.verb == "finetune":
+        from compress.finetune import FinetuneConfig, finetune
+        from compress.pretrained import resolve_model
+        from compress.tasks import get_task, load_split
+
+        spec = get_task(args.task)
+        train = load_split(spec, "train", None if args.hub else args.data_dir)
+        config = FinetuneConfig(epochs=args.epochs, batch_size=args.batch_size,
+                                learning_rate=args.learning_rate,
+                                max_examples=args.max_train_examples, seed=args.seed)
+        out = finetune(resolve_model(args.model), spec, train, config, args.out)
+        print(f"checkpoint written to {out}")
+    elif args.verb == "export":
+        from compress.export import export_onnx
+
+        result = export_onnx(args.checkpoint, args.out, list(SAMPLE_TEXTS))
+        print(f"{result.path}: inputs {result.input_names}, max |logit diff| vs PyTorch "
+              f"{result.max_abs_diff:.2e}")
+    elif args.verb == "optimize":
+        from transformers import AutoModelForSequenceClassification
+
+        from compress.export import architecture_of
+        from compress.optimize import optimize
+
+        model = AutoModelForSequenceClassification.from_pretrained(args.checkpoint)
+        report = optimize(args.onnx, args.out, architecture_of(model))
+        print(f"{args.out}: fused {report.applied}; not applied: {report.missing or 'none'}")
+    else:
+        from compress.quantize import quantize_int8
+
+        quantize_int8(args.onnx, args.out)
+        print(f"{args.out}: INT8 written")
+    return 0
 
 
 def _add_package(sub: argparse._SubParsersAction) -> None:
@@ -62,6 +134,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     # Imports are per verb: torch/transformers load only for the verbs that need them.
+    if args.verb in STAGE_VERBS:
+        return _run_stage(args)
     if args.verb == "evaluate":
         from compress.artifact import read_manifest, verified_variant_path
         from compress.evaluate import evaluate
@@ -109,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m compress", description=__doc__)
     sub = parser.add_subparsers(dest="verb", required=True)
     _add_build(sub)
+    _add_stages(sub)
     _add_package(sub)
     _add_evaluate(sub)
     args = parser.parse_args(argv)

@@ -16,6 +16,7 @@ from transformers import (
 )
 
 from compress.artifact import Architecture
+from compress.finetune import hf_tokenize
 
 OPSET = 17
 # An fp32 export differs from PyTorch only by float reassociation; more means a wrong graph.
@@ -104,11 +105,7 @@ def export_onnx(model_dir: Path, out_path: Path, check_texts: list[str | tuple[s
 
 def _encode(tokenizer: PreTrainedTokenizerBase, texts: list[str | tuple[str, str]]) -> \
         dict[str, torch.Tensor]:
-    if texts and isinstance(texts[0], tuple):
-        return dict(tokenizer([t[0] for t in texts], [t[1] for t in texts], padding=True,
-                              truncation=True, max_length=128, return_tensors="pt"))
-    return dict(tokenizer(list(texts), padding=True, truncation=True, max_length=128,
-                          return_tensors="pt"))
+    return hf_tokenize(tokenizer, texts, 128, padding=True, return_tensors="pt")
 
 
 def _max_logit_diff(

@@ -6,6 +6,7 @@ import math
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm import tqdm
@@ -70,14 +71,18 @@ def _length_bucketed_batches(
     return batches
 
 
-def _tokenize(
-    tokenizer: PreTrainedTokenizerBase, texts: list[str | tuple[str, str]], max_length: int
-) -> dict[str, list[list[int]]]:
+def hf_tokenize(
+    tokenizer: PreTrainedTokenizerBase,
+    texts: list[str | tuple[str, str]],
+    max_length: int,
+    **options: object,
+) -> dict[str, Any]:
+    """Tokenize single texts or (text, text) pairs with an HF tokenizer, truncating."""
     if texts and isinstance(texts[0], tuple):
         first = [t[0] for t in texts]
         second = [t[1] for t in texts]
-        return dict(tokenizer(first, second, truncation=True, max_length=max_length))
-    return dict(tokenizer(list(texts), truncation=True, max_length=max_length))
+        return dict(tokenizer(first, second, truncation=True, max_length=max_length, **options))
+    return dict(tokenizer(list(texts), truncation=True, max_length=max_length, **options))
 
 
 def finetune(
@@ -94,7 +99,7 @@ def finetune(
         data = Examples([train.texts[i] for i in picked], [train.labels[i] for i in picked])
 
     classifier, tokenizer = load_classifier(model, spec)
-    encoded = _tokenize(tokenizer, data.texts, config.max_length)
+    encoded = hf_tokenize(tokenizer, data.texts, config.max_length)
     lengths = [len(ids) for ids in encoded["input_ids"]]
     epochs = max(1, math.ceil(config.epochs))
     steps_per_epoch = math.ceil(len(data) / config.batch_size)

@@ -114,3 +114,20 @@ def test_manifest_json_is_plain_readable_json(tiny_repo: TinyRepo) -> None:
     raw = json.loads((tiny_repo.root / "rte" / "manifest.json").read_text())
     assert raw["task"] == "rte"
     assert raw["variants"]["cpu-int8"]["file"] == "cpu-int8/model.onnx"
+
+
+def test_stage_verbs_chain_into_a_fused_int8_model(tiny_repo: TinyRepo, tmp_path: Path) -> None:
+    from compress.__main__ import main
+    from compress.optimize import operator_counts
+
+    checkpoint, exported = tmp_path / "checkpoint", tmp_path / "model.onnx"
+    fused, int8 = tmp_path / "fused.onnx", tmp_path / "int8.onnx"
+    assert main(["finetune", "--task", "sst2", "--model", str(tiny_repo.base_model),
+                 "--data-dir", str(tiny_repo.data_dir), "--out", str(checkpoint),
+                 "--max-train-examples", "64"]) == 0
+    assert main(["export", "--checkpoint", str(checkpoint), "--out", str(exported)]) == 0
+    assert main(["optimize", "--onnx", str(exported), "--checkpoint", str(checkpoint),
+                 "--out", str(fused)]) == 0
+    assert main(["quantize", "--onnx", str(fused), "--out", str(int8)]) == 0
+    assert operator_counts(fused).get("Attention") == 2
+    assert operator_counts(int8).get("QAttention") == 2
