@@ -41,6 +41,9 @@ class BatchPolicy:
     # Real tokens / padded tokens a batch must keep: padding is paid in full by the model, and on
     # CPU it costs more than batching saves (measured: docs/benchmarks.md).
     min_fill: float = 0.9
+    # Share waiting rows with idle workers rather than give one worker all of them (off only to
+    # measure what it is worth: loadtest/batching.py).
+    fair_share: bool = True
 
 
 @dataclass(frozen=True)
@@ -190,7 +193,8 @@ class Batcher:
         """Wait for rows, then until the batch is full or the oldest row's wait budget is spent."""
         await self._wait_for_rows()
         while True:
-            batch = select_batch(self._pending, self.policy, 1 + self.runner.idle_count())
+            share = 1 + self.runner.idle_count() if self.policy.fair_share else 1
+            batch = select_batch(self._pending, self.policy, share)
             deadline = batch[0].enqueued + self.policy.max_wait_ms / 1000
             remaining = deadline - time.perf_counter()
             if self._full(batch) or remaining <= 0:

@@ -274,7 +274,9 @@ class WorkerPool:
     async def _restart(self, dead: Worker) -> None:
         """Replace a dead worker, retrying with backoff until one starts (or the pool stops)."""
         index = self.workers.index(dead)
-        dead.stop(timeout=0.5)
+        # On the dead worker's own I/O thread: after any recv() still running there has seen EOF,
+        # so its pipe is never closed under a blocked reader (whose fd a new pipe could reuse).
+        await asyncio.get_running_loop().run_in_executor(dead._io, dead.stop, 0.5)
         log.warning("pool %s: worker %d (pid %s) died; restarting", self.name, dead.spec.index,
                     dead.pid)
         delay = 0.5
