@@ -29,7 +29,7 @@ def main() -> int:
     app = create_app(service)
     # One uvicorn process: the API process is light; the model runs in the pinned worker processes.
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                access_log=False)
+                access_log=False, timeout_graceful_shutdown=settings.shutdown_timeout_s)
     return 0
 
 

@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     batching: BatchingSettings = Field(default_factory=BatchingSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     worker_start_timeout_s: float = Field(default=120.0, gt=0)
+    shutdown_timeout_s: int = Field(
+        default=30, gt=0, description="on SIGTERM, how long in-flight requests may still run"
+    )
 
     @field_validator("model_repository")
     @classmethod
