@@ -37,8 +37,10 @@ class BatchingSettings(BaseModel):
     max_batch_tokens: int = Field(
         default=8192, ge=1, description="rows x padded length per batch at most"
     )
+    # 0 on CPU: waiting to fill a batch never paid here, queue build-up under load batches anyway
+    # (docs/benchmarks.md); accelerators, where a batch costs about what one row does, want more.
     max_wait_ms: float = Field(
-        default=2.0, ge=0, description="how long the oldest row may wait for a batch to fill"
+        default=0.0, ge=0, description="how long the oldest row may wait for a batch to fill"
     )
     max_queue_rows: int = Field(
         default=2048, ge=1, description="rows waiting per pool before requests get 429"

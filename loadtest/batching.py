@@ -23,14 +23,16 @@ from app.workers import ModelFile, WorkerPool, WorkerSpec, cpu_layout
 from compress.encoding import EncodedText, encode
 from compress.tasks import get_task, load_split
 
-BASE = BatchPolicy(max_batch_size=32, max_batch_tokens=8192, max_wait_ms=2.0,
+BASE = BatchPolicy(max_batch_size=32, max_batch_tokens=8192, max_wait_ms=0.0,
                    max_queue_rows=100_000)
 POLICIES: dict[str, BatchPolicy] = {
     "batch 1": replace(BASE, max_batch_size=1),
-    "greedy (no share, no fill)": replace(BASE, fair_share=False, min_fill=0.0),
-    "share, no fill": replace(BASE, min_fill=0.0),
-    "share, fill 0.75": replace(BASE, min_fill=0.75),
-    "share, fill 0.9 (default)": BASE,
+    "greedy, wait 2 ms (no share, no fill)": replace(BASE, fair_share=False, min_fill=0.0,
+                                                       max_wait_ms=2.0),
+    "share, no fill, wait 2 ms": replace(BASE, min_fill=0.0, max_wait_ms=2.0),
+    "share, fill 0.75, wait 2 ms": replace(BASE, min_fill=0.75, max_wait_ms=2.0),
+    "share, fill 0.9, wait 2 ms": replace(BASE, max_wait_ms=2.0),
+    "share, fill 0.9, wait 0 (default)": BASE,
 }
 
 
