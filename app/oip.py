@@ -1,0 +1,364 @@
+"""Open Inference Protocol v2 (KServe v2 REST, as Triton speaks it), over the shared inference path.
+
+Inputs: BYTES tensors `text` and, for pair tasks, `text_pair`, shape [N] or [N, 1], as JSON data or
+in the binary tensor extension (what tritonclient sends by default). Outputs: `label` (BYTES [N]),
+`score` (FP32 [N]), `probabilities` and `logits` (FP32 [N, labels]), as JSON or binary on request.
+Errors use the protocol's `{"error": "..."}` body.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import Any, Literal
+
+import numpy as np
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field, ValidationError
+
+from app.inference import Classified, classify, task_model, tracked
+from app.schemas import ClientError
+from app.service import Service
+
+SERVER_NAME = "fastformers-serve"
+MODEL_VERSION = "1"
+HEADER_LENGTH = "Inference-Header-Content-Length"
+INPUT_NAMES = ("text", "text_pair")
+OUTPUT_NAMES = ("label", "score", "probabilities", "logits")
+
+
+class TensorMetadata(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class ModelMetadata(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorMetadata]
+    outputs: list[TensorMetadata]
+
+
+class ServerMetadata(BaseModel):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class RequestInput(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    data: list[Any] | None = None
+
+
+class RequestOutput(BaseModel):
+    name: str
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+class InferenceRequest(BaseModel):
+    id: str | None = None
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    inputs: list[RequestInput] = Field(min_length=1)
+    outputs: list[RequestOutput] | None = None
+
+
+class ResponseOutput(BaseModel):
+    name: str
+    datatype: Literal["BYTES", "FP32"]
+    shape: list[int]
+    parameters: dict[str, Any] | None = None
+    data: list[Any] | None = None
+
+
+class InferenceResponse(BaseModel):
+    model_name: str
+    model_version: str
+    id: str | None = None
+    outputs: list[ResponseOutput]
+
+
+class ProtocolError(BaseModel):
+    error: str
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+# -- request decoding -------------------------------------------------------------------------
+
+def _split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
+    """JSON header and binary tail of a request (the tail is empty without the extension)."""
+    if header_length is None:
+        return body, b""
+    try:
+        size = int(header_length)
+    except ValueError:
+        raise ClientError(400, f"{HEADER_LENGTH} must be an integer, got {header_length!r}") \
+            from None
+    if not 0 <= size <= len(body):
+        raise ClientError(400, f"{HEADER_LENGTH} is {size} but the body has {len(body)} bytes")
+    return body[:size], body[size:]
+
+
+def _parse_request(header: bytes) -> InferenceRequest:
+    try:
+        return InferenceRequest.model_validate_json(header)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors())
+        raise ClientError(400, f"invalid inference request: {problems}") from None
+
+
+def _bytes_elements(raw: bytes, name: str) -> list[str]:
+    """Decode the binary BYTES layout: each element a 4-byte little-endian length, then bytes."""
+    items: list[str] = []
+    offset = 0
+    while offset < len(raw):
+        if offset + 4 > len(raw):
+            raise ClientError(400, f"input {name!r}: truncated BYTES element length")
+        (length,) = struct.unpack_from("<I", raw, offset)
+        offset += 4
+        if offset + length > len(raw):
+            raise ClientError(400, f"input {name!r}: BYTES element longer than its data")
+        items.append(_utf8(raw[offset : offset + length], name))
+        offset += length
+    return items
+
+
+def _utf8(value: bytes, name: str) -> str:
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ClientError(400, f"input {name!r}: text is not valid UTF-8") from None
+
+
+def _flatten(data: list[Any]) -> list[Any]:
+    flat: list[Any] = []
+    for item in data:
+        flat.extend(_flatten(item) if isinstance(item, list) else [item])
+    return flat
+
+
+def _input_texts(tensor: RequestInput, tail: bytes, offset: int) -> tuple[list[str], int]:
+    """Texts of one BYTES input and the offset of the next binary input."""
+    if tensor.datatype != "BYTES":
+        raise ClientError(400, f"input {tensor.name!r} must have datatype BYTES, "
+                               f"got {tensor.datatype}")
+    if len(tensor.shape) not in (1, 2) or (len(tensor.shape) == 2 and tensor.shape[1] != 1):
+        raise ClientError(400, f"input {tensor.name!r} must have shape [N] or [N, 1], "
+                               f"got {tensor.shape}")
+    size = tensor.parameters.get("binary_data_size")
+    if size is not None:
+        if not isinstance(size, int) or size < 0 or offset + size > len(tail):
+            raise ClientError(400, f"input {tensor.name!r}: binary_data_size {size!r} does not "
+                                   "fit the binary data sent")
+        texts = _bytes_elements(tail[offset : offset + size], tensor.name)
+        offset += size
+    elif tensor.data is not None:
+        texts = _flatten(tensor.data)
+        wrong = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
+        if wrong is not None:
+            raise ClientError(400, f"input {tensor.name!r} element {wrong} is "
+                                   f"{type(texts[wrong]).__name__}, expected a string")
+    else:
+        raise ClientError(400, f"input {tensor.name!r} has neither data nor binary_data_size")
+    if len(texts) != tensor.shape[0]:
+        raise ClientError(400, f"input {tensor.name!r} has shape {tensor.shape} but "
+                               f"{len(texts)} elements")
+    return texts, offset
+
+
+def _raw_inputs(request: InferenceRequest, tail: bytes, kind: str) -> list[Any]:
+    """The native path's input list (texts, or [text, text] pairs) from the request tensors."""
+    texts: dict[str, list[str]] = {}
+    offset = 0
+    for tensor in request.inputs:
+        if tensor.name not in INPUT_NAMES:
+            raise ClientError(400, f"unknown input {tensor.name!r}; inputs are 'text' and, for "
+                                   "pair tasks, 'text_pair'")
+        texts[tensor.name], offset = _input_texts(tensor, tail, offset)
+    if "text" not in texts:
+        raise ClientError(400, "input 'text' is required")
+    if kind == "single":
+        if "text_pair" in texts:
+            raise ClientError(400, "this task takes single texts: send only input 'text'")
+        return list(texts["text"])
+    if "text_pair" not in texts:
+        raise ClientError(400, "this is a pair task: send inputs 'text' and 'text_pair'")
+    if len(texts["text"]) != len(texts["text_pair"]):
+        raise ClientError(400, f"'text' has {len(texts['text'])} elements but 'text_pair' has "
+                               f"{len(texts['text_pair'])}")
+    return [[a, b] for a, b in zip(texts["text"], texts["text_pair"], strict=True)]
+
+
+# -- response encoding ------------------------------------------------------------------------
+
+def _output_tensors(result: Classified) -> dict[str, tuple[str, list[int], np.ndarray]]:
+    count, labels = result.probabilities.shape
+    best = result.best()
+    return {
+        "label": ("BYTES", [count], np.array([label for label, _ in best], dtype=object)),
+        "score": ("FP32", [count], np.array([score for _, score in best], dtype=np.float32)),
+        "probabilities": ("FP32", [count, labels], result.probabilities.astype(np.float32)),
+        "logits": ("FP32", [count, labels], result.logits.astype(np.float32)),
+    }
+
+
+def _binary(datatype: str, values: np.ndarray) -> bytes:
+    if datatype == "BYTES":
+        return b"".join(struct.pack("<I", len(b)) + b
+                        for b in (str(v).encode("utf-8") for v in values.ravel()))
+    return values.astype("<f4").tobytes()
+
+
+def _requested(request: InferenceRequest) -> list[tuple[str, bool]]:
+    """(output name, as binary) for each output to return."""
+    binary_default = bool(request.parameters.get("binary_data_output", False))
+    if request.outputs is None:
+        return [(name, binary_default) for name in OUTPUT_NAMES]
+    chosen = []
+    for output in request.outputs:
+        if output.name not in OUTPUT_NAMES:
+            raise ClientError(400, f"unknown output {output.name!r}; outputs are "
+                                   f"{', '.join(OUTPUT_NAMES)}")
+        chosen.append((output.name, bool(output.parameters.get("binary_data", binary_default))))
+    return chosen
+
+
+def _encode_response(task: str, request: InferenceRequest, result: Classified) -> Response:
+    tensors = _output_tensors(result)
+    outputs: list[dict[str, Any]] = []
+    tail: list[bytes] = []
+    for name, as_binary in _requested(request):
+        datatype, shape, values = tensors[name]
+        entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": shape}
+        if as_binary:
+            raw = _binary(datatype, values)
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            tail.append(raw)
+        else:
+            entry["data"] = [str(v) for v in values.ravel()] if datatype == "BYTES" \
+                else values.ravel().tolist()
+        outputs.append(entry)
+    body: dict[str, Any] = {"model_name": task, "model_version": MODEL_VERSION, "outputs": outputs}
+    if request.id is not None:
+        body["id"] = request.id
+    header = json.dumps(body).encode("utf-8")
+    if not tail:
+        return Response(header, media_type="application/json")
+    return Response(header + b"".join(tail), media_type="application/octet-stream",
+                    headers={HEADER_LENGTH: str(len(header))})
+
+
+# -- routes -----------------------------------------------------------------------------------
+
+def _model_metadata(service: Service, task: str) -> ModelMetadata:
+    manifest = task_model(service, task).manifest
+    labels = len(manifest.labels)
+    inputs = [TensorMetadata(name="text", datatype="BYTES", shape=[-1])]
+    if manifest.input_kind == "pair":
+        inputs.append(TensorMetadata(name="text_pair", datatype="BYTES", shape=[-1]))
+    return ModelMetadata(
+        name=task, versions=[MODEL_VERSION], platform="onnxruntime_onnx", inputs=inputs,
+        outputs=[TensorMetadata(name="label", datatype="BYTES", shape=[-1]),
+                 TensorMetadata(name="score", datatype="FP32", shape=[-1]),
+                 TensorMetadata(name="probabilities", datatype="FP32", shape=[-1, labels]),
+                 TensorMetadata(name="logits", datatype="FP32", shape=[-1, labels])],
+    )
+
+
+def _check_version(version: str | None) -> None:
+    if version not in (None, "", MODEL_VERSION):
+        raise ClientError(404, f"model version {version!r} does not exist; the only version is "
+                               f"{MODEL_VERSION!r}")
+
+
+_REQUEST_SCHEMA = InferenceRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+# Sub-models of the request body; create_app adds them to the OpenAPI components.
+SCHEMA_DEFINITIONS: dict[str, Any] = _REQUEST_SCHEMA.pop("$defs", {})
+SCHEMA_DEFINITIONS["InferenceRequest"] = _REQUEST_SCHEMA
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ProtocolError} for code in (400, 404, 413, 429, 503)
+}
+
+
+async def _infer(service: Service, task: str, request: Request, model_version: str | None) \
+        -> Response:
+    _check_version(model_version)
+    kind = task_model(service, task).manifest.input_kind
+    header, tail = _split_body(await request.body(), request.headers.get(HEADER_LENGTH))
+    parsed = _parse_request(header)
+    _requested(parsed)  # unknown output names are refused before the model runs
+    result = await classify(service, task, _raw_inputs(parsed, tail, kind))
+    return _encode_response(task, parsed, result)
+
+
+def build_router(service: Service, version: str) -> APIRouter:
+    """The /v2 routes for `service`."""
+    router = APIRouter(prefix="/v2", tags=["Open Inference Protocol v2"])
+
+    @router.get("", response_model=ServerMetadata)
+    async def server_metadata() -> ServerMetadata:
+        """Server name, version and protocol extensions."""
+        return ServerMetadata(name=SERVER_NAME, version=version, extensions=["binary_tensor_data"])
+
+    @router.get("/health/live")
+    async def live() -> dict[str, bool]:
+        """200 while the server process is up."""
+        return {"live": True}
+
+    @router.get("/health/ready", responses=_ERRORS)
+    async def ready() -> JSONResponse:
+        """200 when every pool has a live worker."""
+        if service.ready():
+            return JSONResponse({"ready": True})
+        return _error(503, "workers are not ready")
+
+    async def metadata(task: str, model_version: str | None = None) -> ModelMetadata | JSONResponse:
+        try:
+            _check_version(model_version)
+            return _model_metadata(service, task)
+        except ClientError as exc:
+            return _error(exc.status, exc.message)
+
+    async def model_ready(task: str, model_version: str | None = None) -> JSONResponse:
+        try:
+            _check_version(model_version)
+            route = service.routes[task_model(service, task).task]
+        except ClientError as exc:
+            return _error(exc.status, exc.message)
+        pool = service.pools.get(route.pool)
+        if pool is not None and pool.ready():
+            return JSONResponse({"name": task, "ready": True})
+        return _error(503, f"model {task!r} is not ready")
+
+    async def infer(task: str, request: Request, model_version: str | None = None) -> Response:
+        try:
+            with tracked(service, task):
+                try:
+                    return await _infer(service, task, request, model_version)
+                except ClientError as exc:
+                    if exc.status == 422:  # the protocol answers invalid input with 400
+                        raise ClientError(400, exc.message) from None
+                    raise
+        except ClientError as exc:
+            return _error(exc.status, exc.message, exc.headers)
+
+    body_doc = {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": {"$ref": "#/components/schemas/InferenceRequest"}}}}}
+    for prefix in ("/models/{task}", "/models/{task}/versions/{model_version}"):
+        router.add_api_route(prefix, metadata, methods=["GET"], response_model=ModelMetadata,
+                             responses=_ERRORS, summary="Model metadata")
+        router.add_api_route(f"{prefix}/ready", model_ready, methods=["GET"], responses=_ERRORS,
+                             summary="Model readiness")
+        router.add_api_route(f"{prefix}/infer", infer, methods=["POST"],
+                             response_model=InferenceResponse, responses=_ERRORS,
+                             openapi_extra=body_doc, summary="Classify (v2 inference)")
+    return router
