@@ -127,11 +127,13 @@ class Batcher:
         policy: BatchPolicy,
         tasks: dict[str, TaskInputs],
         on_batch: Callable[[BatchStats], None] | None = None,
+        on_drop: Callable[[int], None] | None = None,
     ) -> None:
         self.runner = runner
         self.policy = policy
         self.tasks = tasks
         self._on_batch = on_batch
+        self._on_drop = on_drop
         self._pending: list[_Row] = []
         self._arrived = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
@@ -173,7 +175,11 @@ class Batcher:
         self._pending.clear()
 
     def _drop_cancelled(self) -> None:
-        self._pending = [row for row in self._pending if not row.future.done()]
+        """Forget rows whose request gave up (deadline, disconnect) before they take a slot."""
+        kept = [row for row in self._pending if not row.future.done()]
+        if len(kept) != len(self._pending) and self._on_drop is not None:
+            self._on_drop(len(self._pending) - len(kept))
+        self._pending = kept
 
     async def _wait_for_rows(self) -> None:
         while True:

@@ -6,13 +6,16 @@ shapes; limits, batching, errors and metrics are decided here once.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
+from starlette.requests import Request
 
 from app.batching import QueueFull
 from app.repository import TaskModel
@@ -20,6 +23,56 @@ from app.schemas import ClientError, parse_inputs
 from app.service import Service
 from app.workers import WorkerError
 from compress.encoding import EncodedText, encode, softmax
+
+TIMEOUT_HEADER = "X-Request-Timeout-Ms"
+# Not an HTTP status a client will see (it has gone); nginx's code for it, kept in the metrics.
+CLIENT_GONE = 499
+T = TypeVar("T")
+
+
+def deadline_for(service: Service, started: float, header: str | None,
+                 protocol_timeout_s: float | None = None) -> float:
+    """perf_counter() time by which the request must be answered.
+
+    The server's `limits.request_timeout_s` is the ceiling; a client may ask for less with the
+    X-Request-Timeout-Ms header (or the v2 `timeout` parameter), never for more.
+    """
+    limit = service.settings.limits.request_timeout_s
+    asked: float | None = protocol_timeout_s
+    if header is not None:
+        try:
+            asked = float(header) / 1000
+        except ValueError:
+            raise ClientError(400, f"{TIMEOUT_HEADER} must be a number of milliseconds, "
+                                   f"got {header!r}") from None
+    if asked is not None and asked <= 0:
+        raise ClientError(400, f"the request timeout must be positive, got {asked * 1000:g} ms")
+    return started + min(limit, asked if asked is not None else limit)
+
+
+async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Run `work`, cancelling it if the client disconnects first (then raise ClientError 499).
+
+    Cancelling reaches the row futures, so rows that have not started are dropped by the batcher
+    and a batch already running is not disturbed: its result for those rows is discarded.
+    """
+    job = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnect(request))
+    try:
+        await asyncio.wait({job, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if job.done():
+        return job.result()
+    job.cancel()
+    with contextlib.suppress(BaseException):
+        await job
+    raise ClientError(CLIENT_GONE, "the client disconnected before the answer")
+
+
+async def _disconnect(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        continue
 
 
 @dataclass(frozen=True)
@@ -49,8 +102,13 @@ def task_model(service: Service, task: str) -> TaskModel:
     return model
 
 
-async def classify(service: Service, task: str, raw_inputs: list[Any]) -> Classified:
-    """Validate and classify texts or [text, text] pairs; raises ClientError with the status."""
+async def classify(service: Service, task: str, raw_inputs: list[Any],
+                   deadline: float | None = None) -> Classified:
+    """Validate and classify texts or [text, text] pairs; raises ClientError with the status.
+
+    `deadline` (perf_counter time, default: now + limits.request_timeout_s) fires even while the
+    request's batch is running; its rows that have not started are then dropped.
+    """
     model = task_model(service, task)
     manifest = model.manifest
     inputs = parse_inputs(raw_inputs, manifest.input_kind, task, service.settings.limits)
@@ -61,8 +119,19 @@ async def classify(service: Service, task: str, raw_inputs: list[Any]) -> Classi
             raise ClientError(413, f"inputs {too_long} exceed the model's {manifest.max_length} "
                                    "tokens; shorten them (this server does not truncate)")
     route = service.routes[task]
+    if deadline is None:
+        deadline = time.perf_counter() + service.settings.limits.request_timeout_s
+    remaining = deadline - time.perf_counter()
     try:
-        logits = await service.batchers[route.pool].submit(task, rows)
+        if remaining <= 0:
+            raise TimeoutError
+        logits = await asyncio.wait_for(service.batchers[route.pool].submit(task, rows),
+                                        remaining)
+    except TimeoutError:
+        service.metrics.rejected.labels(task, "deadline").inc()
+        raise ClientError(504, "no answer within the request's deadline; it was dropped "
+                               "(raise X-Request-Timeout-Ms, up to limits.request_timeout_s, "
+                               "or retry when the server is less busy)") from None
     except QueueFull as exc:
         service.metrics.rejected.labels(task, "queue_full").inc()
         raise ClientError(429, f"server is at capacity ({exc}); retry shortly",
@@ -89,6 +158,8 @@ def tracked(service: Service, task: str) -> Iterator[None]:
         raise
     finally:
         known = task if task in service.models else "_unknown"
+        if status == CLIENT_GONE:
+            service.metrics.disconnects.labels(known).inc()
         service.metrics.requests.labels(known, str(status)).inc()
         if status == 200:
             service.metrics.latency.labels(known).observe(time.perf_counter() - started)

@@ -35,11 +35,19 @@ class Metrics:
                                  registry=r)
         self.worker_restarts = Counter("ffs_worker_restarts_total", "Workers restarted", ["pool"],
                                        registry=r)
+        self.dropped_rows = Counter("ffs_rows_dropped_total", "Rows dropped before they ran "
+                                    "(request timed out or its client left)", ["pool"],
+                                    registry=r)
+        self.disconnects = Counter("ffs_client_disconnects_total", "Requests whose client left "
+                                   "before the answer", ["task"], registry=r)
         self.rejected = Counter("ffs_rejected_requests_total", "Requests refused before running",
                                 ["task", "reason"], registry=r)
         self.route_fallback = Gauge("ffs_route_fallback", "1 when a task runs on another pool "
                                     "than configured", ["task", "requested", "actual"],
                                     registry=r)
+
+    def count_dropped(self, pool: str, rows: int) -> None:
+        self.dropped_rows.labels(pool).inc(rows)
 
     def count_restart(self, pool: str) -> None:
         self.worker_restarts.labels(pool).inc()

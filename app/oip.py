@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from typing import Any, Literal
 
 import numpy as np
@@ -17,7 +18,15 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field, ValidationError
 
-from app.inference import Classified, classify, task_model, tracked
+from app.inference import (
+    TIMEOUT_HEADER,
+    Classified,
+    classify,
+    deadline_for,
+    task_model,
+    tracked,
+    unless_disconnected,
+)
 from app.schemas import ClientError
 from app.service import Service
 
@@ -285,19 +294,33 @@ _REQUEST_SCHEMA = InferenceRequest.model_json_schema(ref_template="#/components/
 SCHEMA_DEFINITIONS: dict[str, Any] = _REQUEST_SCHEMA.pop("$defs", {})
 SCHEMA_DEFINITIONS["InferenceRequest"] = _REQUEST_SCHEMA
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ProtocolError} for code in (400, 404, 413, 429, 503)
+    code: {"model": ProtocolError} for code in (400, 404, 413, 429, 503, 504)
 }
 
 
 async def _infer(service: Service, task: str, request: Request, model_version: str | None) \
         -> Response:
+    started = time.perf_counter()
     _check_version(model_version)
     kind = task_model(service, task).manifest.input_kind
     header, tail = _split_body(await request.body(), request.headers.get(HEADER_LENGTH))
     parsed = _parse_request(header)
     _requested(parsed)  # unknown output names are refused before the model runs
-    result = await classify(service, task, _raw_inputs(parsed, tail, kind))
+    deadline = deadline_for(service, started, request.headers.get(TIMEOUT_HEADER),
+                            _protocol_timeout(parsed))
+    result = await unless_disconnected(
+        request, classify(service, task, _raw_inputs(parsed, tail, kind), deadline))
     return _encode_response(task, parsed, result)
+
+
+def _protocol_timeout(request: InferenceRequest) -> float | None:
+    """The v2 `timeout` parameter (microseconds, as Triton defines it), in seconds."""
+    value = request.parameters.get("timeout")
+    if value is None:
+        return None
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise ClientError(400, f"parameter 'timeout' must be microseconds, got {value!r}")
+    return float(value) / 1_000_000
 
 
 def build_router(service: Service, version: str) -> APIRouter:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -13,7 +14,14 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app import oip
-from app.inference import Classified, classify, tracked
+from app.inference import (
+    TIMEOUT_HEADER,
+    Classified,
+    classify,
+    deadline_for,
+    tracked,
+    unless_disconnected,
+)
 from app.schemas import (
     ClassifyRequest,
     ClassifyResponse,
@@ -25,7 +33,7 @@ from app.service import Service, start_service, stop_service
 
 VERSION = "0.1.0"
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (404, 413, 422, 429, 503)
+    code: {"model": ErrorResponse} for code in (400, 404, 413, 422, 429, 503, 504)
 }
 
 
@@ -124,10 +132,17 @@ def create_app(service: Service) -> FastAPI:
 
     @app.post("/v1/classify/{task}", response_model=ClassifyResponse,
               response_model_exclude_none=True, responses=ERRORS)
-    async def classify_texts(task: str, body: ClassifyRequest) -> ClassifyResponse:
-        """Classify texts (or text pairs) with the task's model."""
+    async def classify_texts(task: str, body: ClassifyRequest, request: Request) \
+            -> ClassifyResponse:
+        """Classify texts (or text pairs) with the task's model.
+
+        Optional header X-Request-Timeout-Ms shortens the server's deadline for this request.
+        """
         with tracked(service, task):
-            result = await classify(service, task, body.inputs)
+            deadline = deadline_for(service, time.perf_counter(),
+                                    request.headers.get(TIMEOUT_HEADER))
+            result = await unless_disconnected(
+                request, classify(service, task, body.inputs, deadline))
             return ClassifyResponse(task=task, variant=result.variant,
                                     results=_predictions(result, body.return_all_scores))
 

@@ -92,7 +92,8 @@ async def start_service(service: Service) -> None:
             for task, route in service.routes.items() if route.pool == name
         }
         batcher = Batcher(pool, policy, tasks,
-                          on_batch=functools.partial(service.metrics.observe_batch, name))
+                          on_batch=functools.partial(service.metrics.observe_batch, name),
+                          on_drop=functools.partial(service.metrics.count_dropped, name))
         batcher.start()
         service.batchers[name] = batcher
         log.info("pool %s: %d workers serving %s", name, len(specs), sorted(tasks))

@@ -54,6 +54,9 @@ class BatchingSettings(BaseModel):
 class LimitSettings(BaseModel):
     max_inputs_per_request: int = Field(default=64, ge=1)
     max_text_chars: int = Field(default=20_000, ge=1, description="per text, before tokenizing")
+    request_timeout_s: float = Field(
+        default=30.0, gt=0, description="deadline per request; X-Request-Timeout-Ms may shorten it"
+    )
     truncation: Literal["truncate", "reject"] = Field(
         default="truncate", description="inputs over the model's max_length: cut or answer 413"
     )

@@ -1,0 +1,192 @@
+"""Bad days through the real server: overload, deadlines, clients that leave.
+
+Workers are frozen with SIGSTOP to make "the model is busy" deterministic: a batch sent to a frozen
+worker is surely running when the test acts, and SIGCONT lets it finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import RunningServer, TinyRepo, start_server, stop_server
+from tests.metrics_text import sample
+
+QUEUE_ROWS = 8
+
+
+@pytest.fixture(scope="module")
+def busy_server(tiny_repo: TinyRepo, tmp_path_factory: pytest.TempPathFactory) \
+        -> Iterator[RunningServer]:
+    log = tmp_path_factory.mktemp("busy") / "server.log"
+    server = start_server(tiny_repo.root, log, FFS_CPU_POOL__WORKERS="2",
+                          FFS_BATCHING__MAX_QUEUE_ROWS=str(QUEUE_ROWS),
+                          FFS_LIMITS__REQUEST_TIMEOUT_S="20")
+    yield server
+    stop_server(server)
+
+
+@pytest.fixture
+def http(busy_server: RunningServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=busy_server.url, timeout=30.0) as client:
+        yield client
+
+
+def _worker_pids(http: httpx.Client) -> list[int]:
+    return [int(w["pid"]) for w in http.get("/v1/pools").json()["pools"][0]["workers"]]
+
+
+@contextmanager
+def frozen_workers(http: httpx.Client) -> Iterator[None]:
+    pids = _worker_pids(http)
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+
+
+def _wait_for(condition: object, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():  # type: ignore[operator]
+            return True
+        time.sleep(0.05)
+    return False
+
+
+async def _post(client: httpx.AsyncClient, text: str, delay: float = 0.0,
+                **headers: str) -> httpx.Response | Exception:
+    await asyncio.sleep(delay)
+    try:
+        return await client.post("/v1/classify/sst2", json={"inputs": [text]}, headers=headers)
+    except httpx.HTTPError as exc:
+        return exc
+
+
+def test_a_deadline_fires_while_its_batch_is_still_running(http: httpx.Client) -> None:
+    with frozen_workers(http):
+        started = time.monotonic()
+        response = http.post("/v1/classify/sst2", json={"inputs": ["good"]},
+                             headers={"X-Request-Timeout-Ms": "300"})
+        elapsed = time.monotonic() - started
+    assert response.status_code == 504
+    assert "deadline" in response.json()["error"]["message"]
+    assert elapsed < 5  # answered at its deadline, not when the frozen batch ends
+
+
+def test_expired_requests_are_dropped_before_they_take_a_batch_slot(
+        busy_server: RunningServer, http: httpx.Client) -> None:
+    rows_before = sample(http, "ffs_batch_size_sum", pool="cpu")
+    dropped_before = sample(http, "ffs_rows_dropped_total", pool="cpu")
+
+    async def scenario() -> list[httpx.Response | Exception]:
+        async with httpx.AsyncClient(base_url=busy_server.url, timeout=30.0) as client:
+            timeout = {"X-Request-Timeout-Ms": "400"}
+            return await asyncio.gather(  # two occupy the frozen workers, the third waits
+                _post(client, "good", 0.0, **timeout), _post(client, "bad", 0.1, **timeout),
+                _post(client, "fun", 0.2, **timeout))
+
+    with frozen_workers(http):
+        responses = asyncio.run(scenario())
+    assert [getattr(r, "status_code", r) for r in responses] == [504, 504, 504]
+    assert _wait_for(lambda: sample(http, "ffs_rows_dropped_total", pool="cpu")
+                     == dropped_before + 1)
+    assert _wait_for(lambda: sample(http, "ffs_batch_size_sum", pool="cpu") == rows_before + 2)
+
+
+def test_a_client_that_leaves_does_not_break_the_batch_or_the_worker(
+        busy_server: RunningServer, http: httpx.Client) -> None:
+    restarts_before = sample(http, "ffs_worker_restarts_total", pool="cpu")
+    disconnects_before = sample(http, "ffs_client_disconnects_total", task="sst2")
+    dropped_before = sample(http, "ffs_rows_dropped_total", pool="cpu")
+
+    async def scenario() -> list[httpx.Response | Exception]:
+        async with httpx.AsyncClient(base_url=busy_server.url, timeout=30.0) as patient, \
+                httpx.AsyncClient(base_url=busy_server.url, timeout=0.5) as impatient:
+            occupied = asyncio.gather(_post(patient, "good"), _post(patient, "bad", 0.1))
+            leaver = await _post(impatient, "fun", 0.2)  # gives up after 0.5 s and hangs up
+            await asyncio.sleep(0.3)
+            _thaw(pids)
+            return [*(await occupied), leaver]
+
+    pids = _worker_pids(http)
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        responses = asyncio.run(scenario())
+    finally:
+        _thaw(pids)
+    assert [getattr(r, "status_code", None) for r in responses[:2]] == [200, 200]
+    assert isinstance(responses[2], httpx.TimeoutException)
+    assert _wait_for(lambda: sample(http, "ffs_client_disconnects_total", task="sst2")
+                     == disconnects_before + 1)
+    assert _wait_for(lambda: sample(http, "ffs_rows_dropped_total", pool="cpu")
+                     == dropped_before + 1)
+    assert sample(http, "ffs_worker_restarts_total", pool="cpu") == restarts_before
+    assert http.post("/v1/classify/sst2", json={"inputs": ["good"]}).status_code == 200
+
+
+def _thaw(pids: list[int]) -> None:
+    for pid in pids:
+        os.kill(pid, signal.SIGCONT)
+
+
+def test_overload_is_refused_fast_with_retry_after_and_nothing_accepted_is_lost(
+        busy_server: RunningServer, http: httpx.Client) -> None:
+    ok_before = sample(http, "ffs_requests_total", task="sst2", status="200")
+    busy_before = sample(http, "ffs_requests_total", task="sst2", status="429")
+    offered = 3 * (QUEUE_ROWS + 2)  # ~3x what two busy workers and the queue can hold
+
+    thawed_at: list[float] = []
+
+    async def scenario() -> list[tuple[httpx.Response | Exception, float]]:
+        async with httpx.AsyncClient(base_url=busy_server.url, timeout=30.0) as client:
+
+            async def finished_at(index: int) -> tuple[httpx.Response | Exception, float]:
+                result = await _post(client, "the film was good", 0.01 * index)
+                return result, time.monotonic()
+
+            tasks = [asyncio.ensure_future(finished_at(i)) for i in range(offered)]
+            await asyncio.sleep(0.01 * offered + 0.5)
+            thawed_at.append(time.monotonic())
+            _thaw(pids)  # capacity comes back: everything accepted must now be answered
+            return list(await asyncio.gather(*tasks))
+
+    pids = _worker_pids(http)
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        results = asyncio.run(scenario())
+    finally:
+        _thaw(pids)
+    statuses = [getattr(r, "status_code", repr(r)) for r, _ in results]
+    accepted = [when for r, when in results if getattr(r, "status_code", None) == 200]
+    rejected = [(r, when) for r, when in results if getattr(r, "status_code", None) == 429]
+    assert set(statuses) == {200, 429}, statuses  # no 5xx, no timeouts, no hung connections
+    assert len(accepted) + len(rejected) == offered
+    assert len(accepted) >= QUEUE_ROWS  # the queue was used, not refused early
+    assert all(r.headers.get("Retry-After") == "1" for r, _ in rejected)  # type: ignore[union-attr]
+    # Refusals did not wait for model capacity; accepted requests did, and all were answered.
+    assert all(when < thawed_at[0] for _, when in rejected)
+    assert all(when > thawed_at[0] for when in accepted)
+    assert sample(http, "ffs_requests_total", task="sst2", status="200") == ok_before + len(accepted)
+    assert sample(http, "ffs_requests_total", task="sst2", status="429") == \
+        busy_before + len(rejected)
+
+
+def test_the_server_keeps_serving_after_all_of_it(http: httpx.Client, tmp_path: Path) -> None:
+    del tmp_path
+    assert http.get("/readyz").status_code == 200
+    assert http.post("/v1/classify/sst2", json={"inputs": ["lovely"]}).json()["results"][0][
+        "label"] == "positive"
