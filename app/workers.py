@@ -7,6 +7,7 @@ padded feeds in and logits out. Batching and HTTP live elsewhere (batching.py, s
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import multiprocessing as mp
@@ -23,6 +24,12 @@ import numpy as np
 from app.batching import RetryableError
 
 log = logging.getLogger(__name__)
+
+# A worker may crash and come back this often without delay; past it, restarts back off
+# (1, 2, 4 ... CRASH_BACKOFF_MAX_S seconds) so a poison input or a broken host is no hot loop.
+CRASH_BURST = 3
+CRASH_WINDOW_S = 30.0
+CRASH_BACKOFF_MAX_S = 30.0
 
 
 class WorkerError(Exception):
@@ -210,6 +217,7 @@ class WorkerPool:
         self._idle: asyncio.Queue[Worker] = asyncio.Queue()
         self._restarting: set[asyncio.Task[None]] = set()
         self._monitor: asyncio.Task[None] | None = None
+        self._crashes: dict[int, collections.deque[float]] = {}
 
     async def start(self) -> None:
         """Start every worker and wait until each has loaded its models; raise if any fails."""
@@ -279,6 +287,7 @@ class WorkerPool:
         await asyncio.get_running_loop().run_in_executor(dead._io, dead.stop, 0.5)
         log.warning("pool %s: worker %d (pid %s) died; restarting", self.name, dead.spec.index,
                     dead.pid)
+        await asyncio.sleep(self._crash_backoff(dead.spec.index))
         delay = 0.5
         while True:
             fresh = Worker(dead.spec)
@@ -299,6 +308,21 @@ class WorkerPool:
                 continue
             self._idle.put_nowait(fresh)
             return
+
+    def _crash_backoff(self, index: int) -> float:
+        """Seconds to wait before restarting worker `index`: 0 unless it keeps crashing."""
+        now = time.monotonic()
+        history = self._crashes.setdefault(index, collections.deque())
+        history.append(now)
+        while history and now - history[0] > CRASH_WINDOW_S:
+            history.popleft()
+        excess = len(history) - CRASH_BURST
+        if excess <= 0:
+            return 0.0
+        delay = min(CRASH_BACKOFF_MAX_S, 2.0 ** (excess - 1))
+        log.error("pool %s: worker %d crashed %d times in %.0f s; restarting it in %.0f s",
+                  self.name, index, len(history), CRASH_WINDOW_S, delay)
+        return delay
 
     def describe(self) -> list[dict[str, Any]]:
         return [

@@ -190,3 +190,30 @@ def test_the_server_keeps_serving_after_all_of_it(http: httpx.Client, tmp_path: 
     assert http.get("/readyz").status_code == 200
     assert http.post("/v1/classify/sst2", json={"inputs": ["lovely"]}).json()["results"][0][
         "label"] == "positive"
+
+
+def _replace_worker(http: httpx.Client, index: int) -> float:
+    """Kill worker `index` and return the seconds until a new process serves in its place."""
+    victim = _worker_pids(http)[index]
+    os.kill(victim, signal.SIGKILL)
+    started = time.monotonic()
+    while time.monotonic() - started < 60:
+        worker = http.get("/v1/pools").json()["pools"][0]["workers"][index]
+        if worker["pid"] not in (None, victim) and worker["alive"]:
+            return time.monotonic() - started
+        time.sleep(0.02)
+    raise AssertionError(f"worker {index} was not replaced within 60 s")
+
+
+def test_a_crashed_worker_is_back_within_two_seconds(http: httpx.Client) -> None:
+    assert _replace_worker(http, 1) < 2.0
+
+
+def test_a_worker_that_keeps_crashing_is_restarted_with_growing_delays(
+        http: httpx.Client) -> None:
+    times = [_replace_worker(http, 0) for _ in range(5)]
+    # Three restarts in the window are immediate; then 1 s, then 2 s of back-off (at least).
+    assert times[3] >= 1.0
+    assert times[4] >= 2.0
+    assert times[4] > times[3]
+    assert http.post("/v1/classify/sst2", json={"inputs": ["good"]}).status_code == 200
