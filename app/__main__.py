@@ -11,6 +11,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import uvicorn
 
+from app.lifecycle import DrainingServer
 from app.server import create_app
 from app.service import prepare_service
 from app.settings import ConfigError, load_settings
@@ -28,8 +29,10 @@ def main() -> int:
         return 2
     app = create_app(service)
     # One uvicorn process: the API process is light; the model runs in the pinned worker processes.
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                access_log=False, timeout_graceful_shutdown=settings.shutdown_timeout_s)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port,
+                            log_level=settings.log_level, access_log=False,
+                            timeout_graceful_shutdown=settings.shutdown_timeout_s)
+    DrainingServer(config, service, settings.drain_delay_s).run()
     return 0
 
 

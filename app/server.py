@@ -168,7 +168,7 @@ def create_app(service: Service) -> FastAPI:
         """200 once every pool's workers are up; 503 otherwise."""
         if service.ready():
             return JSONResponse({"status": "ready"})
-        return _error(503, "workers are not ready")
+        return _error(503, "draining for shutdown" if service.draining else "workers are not ready")
 
     @app.get("/metrics")
     async def prometheus() -> PlainTextResponse:

@@ -26,8 +26,11 @@ class Service:
     metrics: Metrics = field(default_factory=Metrics)
     pools: dict[PoolName, WorkerPool] = field(default_factory=dict)
     batchers: dict[PoolName, Batcher] = field(default_factory=dict)
+    draining: bool = False  # set on SIGTERM: readiness fails while in-flight work finishes
 
     def ready(self) -> bool:
+        if self.draining:
+            return False
         return bool(self.pools) and all(pool.ready() for pool in self.pools.values())
 
 

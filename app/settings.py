@@ -85,6 +85,10 @@ class Settings(BaseSettings):
     batching: BatchingSettings = Field(default_factory=BatchingSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     worker_start_timeout_s: float = Field(default=120.0, gt=0)
+    drain_delay_s: float = Field(
+        default=2.0, ge=0, description="on SIGTERM, how long to keep serving with readiness "
+                                       "failing before the listening socket closes"
+    )
     shutdown_timeout_s: int = Field(
         default=30, gt=0, description="on SIGTERM, how long in-flight requests may still run"
     )

@@ -217,3 +217,49 @@ def test_a_worker_that_keeps_crashing_is_restarted_with_growing_delays(
     assert times[4] >= 2.0
     assert times[4] > times[3]
     assert http.post("/v1/classify/sst2", json={"inputs": ["good"]}).status_code == 200
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_sigterm_fails_readiness_drains_in_flight_requests_and_exits_zero(
+        tiny_repo: TinyRepo, tmp_path: Path) -> None:
+    server = start_server(tiny_repo.root, tmp_path / "server.log", FFS_CPU_POOL__WORKERS="2",
+                          FFS_DRAIN_DELAY_S="0.8")
+    try:
+        with httpx.Client(base_url=server.url, timeout=30.0) as http:
+            pids = _worker_pids(http)
+
+        async def scenario() -> tuple[int, object, list[httpx.Response | Exception]]:
+            async with httpx.AsyncClient(base_url=server.url, timeout=30.0) as client:
+                in_flight = [asyncio.ensure_future(_post(client, text, 0.02 * i))
+                             for i, text in enumerate(["good", "bad", "fun", "dull"])]
+                await asyncio.sleep(0.3)
+                server.process.send_signal(signal.SIGTERM)
+                await asyncio.sleep(0.2)
+                readiness = (await client.get("/readyz")).status_code  # still serving, not ready
+                await asyncio.sleep(1.0)  # past the drain delay: the socket is closed
+                async with httpx.AsyncClient(base_url=server.url, timeout=5.0) as newcomer:
+                    late = await _post(newcomer, "late")
+                _thaw(pids)
+                return readiness, late, list(await asyncio.gather(*in_flight))
+
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            readiness, late, answered = asyncio.run(scenario())
+        finally:
+            _thaw(pids)
+        assert readiness == 503
+        assert isinstance(late, httpx.ConnectError)  # not accepted once draining has begun
+        assert [getattr(r, "status_code", r) for r in answered] == [200, 200, 200, 200]
+        assert server.process.wait(timeout=30) == 0
+        assert _wait_for(lambda: not any(_running(pid) for pid in pids))
+    finally:
+        if server.process.poll() is None:
+            stop_server(server)
