@@ -89,6 +89,8 @@ def parse_inputs(
         for text in texts:
             if not text.strip():
                 raise ClientError(422, f"inputs[{index}]: text is empty")
+            if "\x00" in text:
+                raise ClientError(422, f"inputs[{index}]: text contains a NUL character")
             if len(text) > limits.max_text_chars:
                 raise ClientError(413, f"inputs[{index}]: text has {len(text)} characters; the "
                                        f"limit is {limits.max_text_chars}")

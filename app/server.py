@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -12,8 +12,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import oip
+from app.guards import BodyLimit
 from app.inference import (
     TIMEOUT_HEADER,
     Classified,
@@ -33,7 +36,7 @@ from app.service import Service, start_service, stop_service
 
 VERSION = "0.1.0"
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 404, 413, 422, 429, 503, 504)
+    code: {"model": ErrorResponse} for code in (400, 404, 413, 415, 422, 429, 503, 504)
 }
 
 
@@ -42,9 +45,9 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
                         headers=headers)
 
 
-def _validation_message(exc: RequestValidationError) -> str:
+def _validation_message(errors: Sequence[Any]) -> str:
     parts = []
-    for error in exc.errors():
+    for error in errors:
         if error.get("type") == "json_invalid":
             reason = (error.get("ctx") or {}).get("error", "")
             parts.append(f"the body is not valid JSON ({reason})".replace(" ()", ""))
@@ -53,6 +56,16 @@ def _validation_message(exc: RequestValidationError) -> str:
         parts.append(f"{where}: {error.get('msg', 'invalid')}")
     return "invalid request: " + "; ".join(parts) + \
         '; expected {"inputs": ["text", ...]} or {"inputs": [["text_a", "text_b"], ...]}'
+
+
+def _parse_classify_body(body: bytes, content_type: str | None) -> ClassifyRequest:
+    media = (content_type or "application/json").split(";")[0].strip().lower()
+    if media != "application/json" and not media.endswith("+json"):
+        raise ClientError(415, f"Content-Type must be application/json, got {media}")
+    try:
+        return ClassifyRequest.model_validate_json(body)
+    except ValidationError as exc:
+        raise ClientError(422, _validation_message(exc.errors())) from None
 
 
 def _predictions(result: Classified, all_scores: bool) -> list[Prediction]:
@@ -84,15 +97,23 @@ def _model_card(service: Service, task: str) -> dict[str, Any]:
     }
 
 
-def _document_v2_request(app: FastAPI) -> None:
-    """The v2 infer body is parsed by hand (it may carry binary tensors); add its schema."""
+_CLASSIFY_SCHEMA = ClassifyRequest.model_json_schema(
+    ref_template="#/components/schemas/{model}")
+_CLASSIFY_BODY_DOC = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": {"$ref": "#/components/schemas/ClassifyRequest"}}}}}
+
+
+def _document_request_bodies(app: FastAPI) -> None:
+    """Bodies parsed by the handlers themselves (size limits, binary v2 tensors, precise JSON
+    errors) are not seen by FastAPI: add their schemas to the OpenAPI document."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version,
                                  description=app.description, routes=app.routes)
-            schema.setdefault("components", {}).setdefault("schemas", {}).update(
-                oip.SCHEMA_DEFINITIONS)
+            schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+            schemas.update(oip.SCHEMA_DEFINITIONS)
+            schemas["ClassifyRequest"] = _CLASSIFY_SCHEMA
             app.openapi_schema = schema
         return app.openapi_schema
 
@@ -114,7 +135,15 @@ def create_app(service: Service) -> FastAPI:
                   description="Native API under /v1; the Open Inference Protocol v2 under /v2.")
     metrics = service.metrics
     app.include_router(oip.build_router(service, VERSION))
-    _document_v2_request(app)
+    app.add_middleware(BodyLimit, max_bytes=service.settings.limits.max_body_bytes)
+    _document_request_bodies(app)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def no_route(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = f"{exc.detail}: {request.method} {request.url.path}"
+        if request.url.path.startswith("/v2"):
+            return JSONResponse({"error": message}, status_code=exc.status_code)
+        return _error(exc.status_code, message)
 
     @app.exception_handler(ClientError)
     async def client_error(request: Request, exc: ClientError) -> JSONResponse:
@@ -128,19 +157,21 @@ def create_app(service: Service) -> FastAPI:
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         task = request.path_params.get("task", "")
         metrics.requests.labels(task if task in service.models else "_unknown", "422").inc()
-        return _error(422, _validation_message(exc))
+        return _error(422, _validation_message(exc.errors()))
 
     @app.post("/v1/classify/{task}", response_model=ClassifyResponse,
-              response_model_exclude_none=True, responses=ERRORS)
-    async def classify_texts(task: str, body: ClassifyRequest, request: Request) \
-            -> ClassifyResponse:
+              response_model_exclude_none=True, responses=ERRORS,
+              openapi_extra=_CLASSIFY_BODY_DOC)
+    async def classify_texts(task: str, request: Request) -> ClassifyResponse:
         """Classify texts (or text pairs) with the task's model.
 
-        Optional header X-Request-Timeout-Ms shortens the server's deadline for this request.
+        Body: ClassifyRequest as JSON. Optional header X-Request-Timeout-Ms shortens the server's
+        deadline for this request.
         """
         with tracked(service, task):
             deadline = deadline_for(service, time.perf_counter(),
                                     request.headers.get(TIMEOUT_HEADER))
+            body = _parse_classify_body(await request.body(), request.headers.get("content-type"))
             result = await unless_disconnected(
                 request, classify(service, task, body.inputs, deadline))
             return ClassifyResponse(task=task, variant=result.variant,

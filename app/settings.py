@@ -52,6 +52,8 @@ class BatchingSettings(BaseModel):
 
 
 class LimitSettings(BaseModel):
+    max_body_bytes: int = Field(default=2 * 1024 * 1024, ge=1024,
+                                description="request body size; larger bodies get 413")
     max_inputs_per_request: int = Field(default=64, ge=1)
     max_text_chars: int = Field(default=20_000, ge=1, description="per text, before tokenizing")
     request_timeout_s: float = Field(
