@@ -96,6 +96,9 @@ class Classified:
 def task_model(service: Service, task: str) -> TaskModel:
     """The task's model, or a 404 naming the tasks this server has."""
     model = service.models.get(task)
+    if model is None and task in service.unavailable:
+        raise ClientError(503, f"task {task!r} is unavailable: its artifact failed to load "
+                               f"({service.unavailable[task]})")
     if model is None:
         raise ClientError(404, f"unknown task {task!r}; this server has: "
                                f"{', '.join(sorted(service.models))}")

@@ -31,29 +31,38 @@ class TaskModel:
         return self.manifest.task
 
 
-def find_artifacts(root: Path) -> dict[str, Path]:
-    """Task name -> artifact folder, for every folder directly under `root` with a manifest."""
-    found: dict[str, Path] = {}
-    for folder in sorted(p for p in root.iterdir() if (p / MANIFEST_NAME).is_file()):
-        task = read_manifest(folder).task
-        if task in found:
-            raise ArtifactError(
-                f"task {task!r} is in both {found[task]} and {folder}; keep one artifact per "
-                "task in the model repository"
-            )
-        found[task] = folder
-    if not found:
+def artifact_folders(root: Path) -> list[Path]:
+    """Folders directly under `root` that hold a manifest; an error if there are none."""
+    folders = sorted(p for p in root.iterdir() if (p / MANIFEST_NAME).is_file())
+    if not folders:
         raise ArtifactError(
             f"model repository {root} has no artifacts (folders with {MANIFEST_NAME}); build one "
             "with `python -m compress build --task sst2`"
         )
-    return found
+    return folders
+
+
+def check_outputs(path: Path, labels: list[str]) -> None:
+    """Refuse a model whose logits do not have one score per label of its manifest."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    width = session.get_outputs()[0].shape[-1]
+    if isinstance(width, int) and width != len(labels):
+        raise ArtifactError(
+            f"{path}: the model outputs {width} scores but the manifest lists {len(labels)} "
+            f"labels ({', '.join(labels)}); rebuild the artifact or fix its labels"
+        )
 
 
 def load_task_model(folder: Path, variants: list[str]) -> TaskModel:
     """Read an artifact and verify the sha256 of each variant the server will load."""
     manifest = read_manifest(folder)
     files = {name: verified_variant_path(folder, manifest, name) for name in variants}
+    for path in files.values():
+        check_outputs(path, manifest.labels)
     tokenizer_path = folder / manifest.tokenizer
     if not tokenizer_path.is_file():
         raise ArtifactError(f"{folder}: tokenizer file {manifest.tokenizer} is missing")

@@ -180,7 +180,9 @@ def create_app(service: Service) -> FastAPI:
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
         """Every task this server has, with its route, labels, architecture and metrics."""
-        return {"models": [_model_card(service, task) for task in sorted(service.models)]}
+        return {"models": [_model_card(service, task) for task in sorted(service.models)],
+                "unavailable": [{"task": name, "error": why}
+                                for name, why in sorted(service.unavailable.items())]}
 
     @app.get("/v1/pools")
     async def pools() -> dict[str, Any]:
@@ -198,7 +200,10 @@ def create_app(service: Service) -> FastAPI:
     async def readyz() -> JSONResponse:
         """200 once every pool's workers are up; 503 otherwise."""
         if service.ready():
-            return JSONResponse({"status": "ready"})
+            body: dict[str, Any] = {"status": "ready"}
+            if service.unavailable:
+                body["unavailable"] = service.unavailable
+            return JSONResponse(body)
         return _error(503, "draining for shutdown" if service.draining else "workers are not ready")
 
     @app.get("/metrics")

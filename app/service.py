@@ -6,13 +6,15 @@ import functools
 import logging
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from app.batching import Batcher, BatchPolicy, TaskInputs
 from app.metrics import Metrics
-from app.repository import TaskModel, find_artifacts, load_task_model
+from app.repository import TaskModel, artifact_folders, load_task_model
 from app.routing import Route, plan_routes
 from app.settings import ConfigError, PoolName, Settings
 from app.workers import ModelFile, WorkerPool, WorkerSpec, cpu_layout
+from compress.artifact import ArtifactError, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +29,8 @@ class Service:
     pools: dict[PoolName, WorkerPool] = field(default_factory=dict)
     batchers: dict[PoolName, Batcher] = field(default_factory=dict)
     draining: bool = False  # set on SIGTERM: readiness fails while in-flight work finishes
+    # Tasks (or folders) whose artifact failed its checks under artifact_errors: skip -> why.
+    unavailable: dict[str, str] = field(default_factory=dict)
 
     def ready(self) -> bool:
         if self.draining:
@@ -58,15 +62,60 @@ def _cpu_specs(settings: Settings, models: dict[str, TaskModel], routes: dict[st
             for i, group in enumerate(layout)]
 
 
+class _Loader:
+    """Reads the model repository, keeping or refusing broken artifacts as configured."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.unavailable: dict[str, str] = {}
+
+    def failed(self, name: str, error: ArtifactError) -> None:
+        if self.settings.artifact_errors == "fail":
+            raise error
+        root = str(self.settings.model_repository.resolve())
+        # Paths relative to the repository: error bodies never show the server's file system.
+        reason = str(error).replace(root + "/", "").replace(f"{self.settings.model_repository}/", "")
+        log.error("artifact %s is unavailable: %s", name, reason)
+        self.unavailable[name] = reason
+
+    def manifests(self) -> dict[str, Path]:
+        found: dict[str, Path] = {}
+        for folder in artifact_folders(self.settings.model_repository):
+            try:
+                task = read_manifest(folder).task
+                if task in found:
+                    raise ArtifactError(f"task {task!r} is in both {found[task]} and {folder}; "
+                                        "keep one artifact per task in the model repository")
+            except ArtifactError as exc:
+                self.failed(folder.name, exc)
+                continue
+            found[task] = folder
+        return found
+
+    def models(self, folders: dict[str, Path], routes: dict[str, Route]) -> dict[str, TaskModel]:
+        loaded: dict[str, TaskModel] = {}
+        for task, folder in folders.items():
+            try:
+                loaded[task] = load_task_model(folder, [routes[task].variant])
+            except ArtifactError as exc:
+                self.failed(task, exc)
+        if not loaded:
+            raise ArtifactError("no artifact could be loaded: " + "; ".join(
+                f"{name}: {why}" for name, why in self.unavailable.items()))
+        return loaded
+
+
 def prepare_service(settings: Settings) -> Service:
     """Everything that can fail without starting a process: read, verify, route, lay out."""
-    folders = find_artifacts(settings.model_repository)
-    routes = plan_routes(sorted(folders), settings)
-    models = {task: load_task_model(folder, [routes[task].variant])
-              for task, folder in folders.items()}
+    loader = _Loader(settings)
+    folders = loader.manifests()
+    all_routes = plan_routes(sorted(folders), settings)
+    models = loader.models(folders, all_routes)
+    routes = {task: route for task, route in all_routes.items() if task in models}
     specs: dict[PoolName, list[WorkerSpec]] = {"cpu": _cpu_specs(settings, models, routes)}
     service = Service(settings=settings, models=models, routes=routes,
-                      specs={name: s for name, s in specs.items() if s})
+                      specs={name: s for name, s in specs.items() if s},
+                      unavailable=loader.unavailable)
     for route in routes.values():
         if route.fallback_reason:
             service.metrics.route_fallback.labels(route.task, route.requested_pool,

@@ -83,6 +83,10 @@ class Settings(BaseSettings):
         default="cpu", description="a gpu-routed task when no GPU pool can run: serve on cpu or "
                                    "refuse to start"
     )
+    artifact_errors: Literal["fail", "skip"] = Field(
+        default="fail", description="an artifact that fails its checks: refuse to start, or start "
+                                    "without that task (listed as unavailable)"
+    )
     cpu_pool: CpuPoolSettings = Field(default_factory=CpuPoolSettings)
     batching: BatchingSettings = Field(default_factory=BatchingSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)

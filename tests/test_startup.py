@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -92,5 +93,59 @@ def test_reject_policy_answers_413_for_inputs_over_max_length(tiny_repo: TinyRep
         assert "inputs [1] exceed the model's 64 tokens" in response.json()["error"]["message"]
         ok = httpx.post(f"{server.url}/v1/classify/sst2", json={"inputs": ["good"]}, timeout=30)
         assert ok.status_code == 200
+    finally:
+        stop_server(server)
+
+
+def _broken_repo(tiny_repo: TinyRepo, tmp_path: Path) -> Path:
+    """A copy of the tiny repository whose sst2 INT8 file no longer matches its sha256."""
+    repo = tmp_path / "models"
+    shutil.copytree(tiny_repo.root, repo)
+    with (repo / "sst2" / "cpu-int8" / "model.onnx").open("ab") as handle:
+        handle.write(b"\0")
+    return repo
+
+
+def test_a_model_whose_outputs_do_not_match_its_labels_refuses_to_start(
+        tiny_repo: TinyRepo, tmp_path: Path) -> None:
+    repo = tmp_path / "models"
+    shutil.copytree(tiny_repo.root, repo)
+    manifest = json.loads((repo / "sst2" / "manifest.json").read_text())
+    manifest["labels"] = ["negative", "neutral", "positive"]
+    (repo / "sst2" / "manifest.json").write_text(json.dumps(manifest))
+    result = _run_app(repo)
+    assert result.returncode == 2
+    assert "outputs 2 scores but the manifest lists 3 labels" in result.stderr
+
+
+def test_a_missing_model_file_refuses_to_start(tiny_repo: TinyRepo, tmp_path: Path) -> None:
+    repo = tmp_path / "models"
+    shutil.copytree(tiny_repo.root, repo)
+    (repo / "rte" / "cpu-int8" / "model.onnx").unlink()
+    result = _run_app(repo)
+    assert result.returncode == 2
+    assert "variant 'cpu-int8' file cpu-int8/model.onnx is missing" in result.stderr
+
+
+def test_skip_mode_serves_the_healthy_tasks_and_names_the_broken_one(
+        tiny_repo: TinyRepo, tmp_path: Path) -> None:
+    server = start_server(_broken_repo(tiny_repo, tmp_path), tmp_path / "server.log",
+                          FFS_ARTIFACT_ERRORS="skip", FFS_CPU_POOL__WORKERS="1")
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            models = http.get("/v1/models").json()
+            assert [m["task"] for m in models["models"]] == ["rte"]
+            [broken] = models["unavailable"]
+            assert broken["task"] == "sst2"
+            assert "sha256 mismatch" in broken["error"]
+            assert str(tmp_path) not in broken["error"]  # no server paths in responses
+            ready = http.get("/readyz")
+            assert ready.status_code == 200
+            assert "sst2" in ready.json()["unavailable"]
+            refused = http.post("/v1/classify/sst2", json={"inputs": ["good"]})
+            assert refused.status_code == 503
+            assert "its artifact failed to load" in refused.json()["error"]["message"]
+            pair = http.post("/v1/classify/rte", json={"inputs": [["a good film", "it was good"]]})
+            assert pair.status_code == 200
     finally:
         stop_server(server)
