@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Awaitable, Iterator
 from contextlib import contextmanager
@@ -24,6 +25,7 @@ from app.service import Service
 from app.workers import WorkerError
 from compress.encoding import EncodedText, encode, softmax
 
+log = logging.getLogger(__name__)
 TIMEOUT_HEADER = "X-Request-Timeout-Ms"
 # Not an HTTP status a client will see (it has gone); nginx's code for it, kept in the metrics.
 CLIENT_GONE = 499
@@ -115,6 +117,8 @@ async def classify(service: Service, task: str, raw_inputs: list[Any],
     model = task_model(service, task)
     manifest = model.manifest
     inputs = parse_inputs(raw_inputs, manifest.input_kind, task, service.settings.limits)
+    if service.settings.log_payloads:
+        log.debug("payload for %s", task, extra={"task": task, "inputs": inputs})
     rows = encode(model.tokenizer, inputs)
     if service.settings.limits.truncation == "reject":
         too_long = [i for i, row in enumerate(rows) if row.truncated]
@@ -161,6 +165,11 @@ def tracked(service: Service, task: str) -> Iterator[None]:
         raise
     finally:
         known = task if task in service.models else "_unknown"
+        latency_ms = round(1000 * (time.perf_counter() - started), 2)
+        # Counts and ids only: the input text never reaches the logs (see log_payloads).
+        log.log(logging.DEBUG if status < 400 else logging.INFO if status < 500
+                else logging.WARNING, "classify %s -> %d", known, status,
+                extra={"task": known, "status": status, "latency_ms": latency_ms})
         if status == CLIENT_GONE:
             service.metrics.disconnects.labels(known).inc()
         service.metrics.requests.labels(known, str(status)).inc()

@@ -53,6 +53,13 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
+def error_payload(path: str, status: int, message: str) -> dict[str, Any]:
+    """The error body of the protocol a path belongs to: v2's {"error": str}, else ours."""
+    if path.startswith("/v2"):
+        return {"error": message}
+    return {"error": {"status": status, "message": message}}
+
+
 def _describe(value: Any) -> str:
     return type(value).__name__ if value is not None else "null"
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -16,7 +17,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import oip
-from app.guards import BodyLimit
+from app.guards import ApiKeyAuth, BodyLimit
 from app.inference import (
     TIMEOUT_HEADER,
     Classified,
@@ -25,14 +26,17 @@ from app.inference import (
     tracked,
     unless_disconnected,
 )
+from app.observability import RequestId
 from app.schemas import (
     ClassifyRequest,
     ClassifyResponse,
     ClientError,
     ErrorResponse,
     Prediction,
+    error_payload,
 )
 from app.service import Service, start_service, stop_service
+from app.settings import Settings
 
 VERSION = "0.1.0"
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -41,7 +45,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"status": status, "message": message}}, status_code=status,
+    return JSONResponse(error_payload("/v1", status, message), status_code=status,
                         headers=headers)
 
 
@@ -120,6 +124,20 @@ def _document_request_bodies(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
+def _add_middleware(app: FastAPI, settings: Settings) -> None:
+    """Outermost last: request ids, then CORS (if configured), then API keys, then body size."""
+    app.add_middleware(BodyLimit, max_bytes=settings.limits.max_body_bytes)
+    keys = settings.auth.keys()
+    if keys:
+        app.add_middleware(ApiKeyAuth, keys=keys, protect_health=settings.auth.protect_health,
+                           protect_metrics=settings.auth.protect_metrics)
+    if settings.cors_allow_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_allow_origins,
+                           allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type", TIMEOUT_HEADER])
+    app.add_middleware(RequestId)
+
+
 def create_app(service: Service) -> FastAPI:
     """The FastAPI app for a prepared service; workers start with the app and stop with it."""
 
@@ -135,15 +153,14 @@ def create_app(service: Service) -> FastAPI:
                   description="Native API under /v1; the Open Inference Protocol v2 under /v2.")
     metrics = service.metrics
     app.include_router(oip.build_router(service, VERSION))
-    app.add_middleware(BodyLimit, max_bytes=service.settings.limits.max_body_bytes)
+    _add_middleware(app, service.settings)
     _document_request_bodies(app)
 
     @app.exception_handler(StarletteHTTPException)
     async def no_route(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = f"{exc.detail}: {request.method} {request.url.path}"
-        if request.url.path.startswith("/v2"):
-            return JSONResponse({"error": message}, status_code=exc.status_code)
-        return _error(exc.status_code, message)
+        return JSONResponse(error_payload(request.url.path, exc.status_code, message),
+                            status_code=exc.status_code)
 
     @app.exception_handler(ClientError)
     async def client_error(request: Request, exc: ClientError) -> JSONResponse:

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -64,6 +64,30 @@ class LimitSettings(BaseModel):
     )
 
 
+class AuthSettings(BaseModel):
+    api_keys: list[SecretStr] = Field(
+        default_factory=list, description="Bearer keys; none configured: no authentication"
+    )
+    api_keys_file: Path | None = Field(
+        default=None, description="file with one key per line (e.g. a mounted secret)"
+    )
+    protect_health: bool = Field(default=False, description="require a key for health probes")
+    protect_metrics: bool = Field(default=False, description="require a key for /metrics")
+
+    @field_validator("api_keys_file")
+    @classmethod
+    def _keys_file_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"{value} is not a file")
+        return value
+
+    def keys(self) -> list[bytes]:
+        found = [key.get_secret_value() for key in self.api_keys]
+        if self.api_keys_file is not None:
+            found += self.api_keys_file.read_text(encoding="utf-8").splitlines()
+        return [key.strip().encode() for key in found if key.strip()]
+
+
 class Settings(BaseSettings):
     """Server settings. Env vars use the FFS_ prefix and `__` for nesting (FFS_CPU_POOL__WORKERS)."""
 
@@ -75,6 +99,14 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    log_format: Literal["json", "text"] = Field(default="json", description="one JSON object "
+                                                "per line, or plain text")
+    log_payloads: bool = Field(default=False, description="log input texts at debug level; off: "
+                                                          "logs never contain input text")
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    cors_allow_origins: list[str] = Field(
+        default_factory=list, description="browser origins allowed by CORS (none: CORS off)"
+    )
     default_pool: PoolName = "cpu"
     routing: dict[str, PoolName] = Field(
         default_factory=dict, description="task -> pool; tasks not listed use default_pool"
