@@ -17,12 +17,8 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import shutil
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,6 +30,7 @@ import onnxruntime as ort
 from compress.artifact import read_manifest, verified_variant_path
 from compress.encoding import TextInput, encode, load_tokenizer, pad_batch, softmax
 from compress.tasks import get_task, load_split
+from loadtest import serving, wrk
 
 
 @dataclass(frozen=True)
@@ -82,58 +79,6 @@ async def http_rate(url: str, task: str, texts: list[TextInput], concurrency: in
         return len(texts) / (time.perf_counter() - started)
 
 
-def _wrk_script(task: str, texts: list[TextInput]) -> Path:
-    """A wrk Lua script that POSTs each text as its own request, cycling through them."""
-    bodies = [json.dumps({"inputs": [t if isinstance(t, str) else list(t)]}) for t in texts]
-    lines = ["bodies = {", *(f"  {json.dumps(b)}," for b in bodies), "}", "i = 0",
-             "wrk.method = 'POST'", "wrk.headers['Content-Type'] = 'application/json'",
-             "request = function()",
-             "  i = i % #bodies + 1",
-             f"  return wrk.format(nil, '/v1/classify/{task}', nil, bodies[i])",
-             "end"]
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as handle:
-        handle.write("\n".join(lines) + "\n")
-    return Path(handle.name)
-
-
-def wrk_rate(url: str, script: Path, concurrency: int, seconds: float) -> float:
-    """Requests/s that wrk sustained; raises if any response was not 2xx."""
-    result = subprocess.run(
-        ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "-s", str(script), url],
-        check=True, capture_output=True, text=True,
-    )
-    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", result.stdout)
-    if bad or "Socket errors" in result.stdout:
-        raise RuntimeError(f"wrk saw failed requests:\n{result.stdout}")
-    found = re.search(r"Requests/sec:\s+([\d.]+)", result.stdout)
-    if found is None:
-        raise RuntimeError(f"cannot read wrk output:\n{result.stdout}")
-    return float(found.group(1))
-
-
-def _serve(artifact: Path, port: int) -> tuple[subprocess.Popen[bytes], Path]:
-    repo = Path(tempfile.mkdtemp(prefix="ffs-overhead-"))
-    (repo / artifact.name).symlink_to(artifact.resolve())
-    log = repo.parent / f"{repo.name}.log"
-    env = {**os.environ, "FFS_MODEL_REPOSITORY": str(repo), "FFS_PORT": str(port),
-           "FFS_LOG_LEVEL": "warning"}
-    with log.open("wb") as handle:
-        process = subprocess.Popen([sys.executable, "-m", "app"], env=env, stdout=handle,
-                                   stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited: {log.read_text()}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return process, log
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    process.kill()
-    raise RuntimeError("server did not become ready")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtest.overhead", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -157,23 +102,25 @@ def main(argv: list[str] | None = None) -> int:
     client = args.client
     if client == "auto":
         client = "wrk" if shutil.which("wrk") else "httpx"
-    script = _wrk_script(manifest.task, texts) if client == "wrk" else None
-    process, _ = _serve(args.artifact, args.port)
+    script = wrk.classify_script(manifest.task, texts) if client == "wrk" else None
+    process = serving.serve_artifact(args.artifact, args.port)
     rounds: list[Round] = []
     try:
         url = f"http://127.0.0.1:{args.port}"
         for index in range(args.rounds):
             local = in_process_rate(args.artifact, texts, args.threads)
             if script is not None:
-                remote = wrk_rate(url, script, args.concurrency, args.seconds)
+                measured = wrk.run(url, script, args.concurrency, args.seconds)
+                if measured.errors:
+                    raise RuntimeError(f"wrk saw {measured.errors} failed requests")
+                remote = measured.requests_per_s
             else:
                 remote = asyncio.run(http_rate(url, manifest.task, texts, args.concurrency))
             rounds.append(Round(local, remote))
             print(f"round {index + 1}: in-process {local:8.1f} sent/s   "
                   f"http {remote:8.1f} sent/s   ratio {remote / local:.2f}", flush=True)
     finally:
-        process.terminate()
-        process.wait(timeout=15)
+        serving.stop(process)
     local = statistics.median(r.in_process for r in rounds)
     remote = statistics.median(r.http for r in rounds)
     ratios = [r.http / r.in_process for r in rounds]
