@@ -121,3 +121,14 @@ def test_error_bodies_carry_no_tracebacks_or_paths(guarded: RunningServer) -> No
     assert response.status_code == 422
     assert "Traceback" not in response.text
     assert str(ROOT) not in response.text and "site-packages" not in response.text
+
+
+def test_payload_logging_shows_input_text_only_when_switched_on(tiny_repo: TinyRepo,
+                                                                tmp_path: Path) -> None:
+    server = start_server(tiny_repo.root, tmp_path / "server.log", FFS_CPU_POOL__WORKERS="1",
+                          FFS_LOG_LEVEL="debug", FFS_LOG_PAYLOADS="true")
+    try:
+        assert _classify(server, None, SECRET_TEXT).status_code == 200
+    finally:
+        stop_server(server)
+    assert SECRET_TEXT in server.log()
