@@ -294,7 +294,7 @@ _REQUEST_SCHEMA = InferenceRequest.model_json_schema(ref_template="#/components/
 SCHEMA_DEFINITIONS: dict[str, Any] = _REQUEST_SCHEMA.pop("$defs", {})
 SCHEMA_DEFINITIONS["InferenceRequest"] = _REQUEST_SCHEMA
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ProtocolError} for code in (400, 404, 413, 429, 503, 504)
+    code: {"model": ProtocolError} for code in (400, 401, 404, 413, 429, 503, 504)
 }
 
 

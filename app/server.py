@@ -40,7 +40,7 @@ from app.settings import Settings
 
 VERSION = "0.1.0"
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 404, 413, 415, 422, 429, 503, 504)
+    code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 415, 422, 429, 503, 504)
 }
 
 
