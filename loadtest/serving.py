@@ -7,39 +7,47 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import httpx
 
 
-def serve_artifact(artifact: Path, port: int, **env: str) -> subprocess.Popen[bytes]:
-    """`python -m app` over a one-task repository holding `artifact`; returns once ready."""
-    repo = Path(tempfile.mkdtemp(prefix="ffs-bench-"))
-    (repo / artifact.name).symlink_to(artifact.resolve())
-    log = repo.parent / f"{repo.name}.log"
+def start(repo: Path, port: int, log_path: Path, env: Mapping[str, str] | None = None,
+          timeout: float = 90.0) -> subprocess.Popen[bytes]:
+    """`python -m app` over the model repository `repo` on 127.0.0.1:`port`, output to
+    `log_path`; returns once /readyz says ready, raises (with the log) if it exits or times out."""
     environment = {**os.environ, "FFS_MODEL_REPOSITORY": str(repo), "FFS_PORT": str(port),
-                   "FFS_HOST": "127.0.0.1", "FFS_LOG_LEVEL": "warning", **env}
-    with log.open("wb") as handle:
+                   "FFS_HOST": "127.0.0.1", "FFS_LOG_LEVEL": "warning", **(env or {})}
+    with log_path.open("wb") as handle:
         process = subprocess.Popen([sys.executable, "-m", "app"], env=environment,
                                    stdout=handle, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"server exited: {log.read_text()}")
+            raise RuntimeError(f"server exited with {process.returncode}:\n{log_path.read_text()}")
         try:
             if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
                 return process
         except httpx.HTTPError:
             pass
         time.sleep(0.1)
-    process.kill()
-    raise RuntimeError(f"server did not become ready; see {log}")
+    stop(process)
+    raise RuntimeError(f"server not ready within {timeout} s:\n{log_path.read_text()}")
 
 
-def stop(process: subprocess.Popen[bytes]) -> None:
+def serve_artifact(artifact: Path, port: int, **env: str) -> subprocess.Popen[bytes]:
+    """The server over a one-task repository holding `artifact`."""
+    repo = Path(tempfile.mkdtemp(prefix="ffs-bench-"))
+    (repo / artifact.name).symlink_to(artifact.resolve())
+    return start(repo, port, repo.parent / f"{repo.name}.log", env)
+
+
+def stop(process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
     process.terminate()
     try:
-        process.wait(timeout=30)
+        process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(timeout=10)

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+
+from loadtest import serving
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -131,33 +130,12 @@ class RunningServer:
 def start_server(repo: Path, log_path: Path, timeout: float = 90.0, **env: str) -> RunningServer:
     """`python -m app` on a free loopback port; returns once /readyz says ready."""
     port = free_port()
-    environment = {**os.environ, "FFS_MODEL_REPOSITORY": str(repo), "FFS_PORT": str(port),
-                   "FFS_HOST": "127.0.0.1", "FFS_LOG_LEVEL": "warning", **env}
-    with log_path.open("wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "app"], cwd=ROOT, env=environment,
-                                   stdout=log, stderr=subprocess.STDOUT)
-    server = RunningServer(f"http://127.0.0.1:{port}", process, log_path)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}:\n{server.log()}")
-        try:
-            if httpx.get(f"{server.url}/readyz", timeout=1.0).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    stop_server(server)
-    raise RuntimeError(f"server not ready within {timeout} s:\n{server.log()}")
+    process = serving.start(repo, port, log_path, env, timeout)
+    return RunningServer(f"http://127.0.0.1:{port}", process, log_path)
 
 
 def stop_server(server: RunningServer) -> None:
-    server.process.terminate()
-    try:
-        server.process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        server.process.kill()
-        server.process.wait(timeout=5)
+    serving.stop(server.process, timeout=15)
 
 
 @pytest.fixture(scope="session")
