@@ -75,6 +75,24 @@ def test_a_wrong_method_is_405_in_the_error_format(client: httpx.Client) -> None
     assert "Method Not Allowed" in _message(response)
 
 
+@pytest.mark.parametrize(("value", "message"), [
+    ("soon", "X-Request-Timeout-Ms must be a number of milliseconds"),
+    ("0", "the request timeout must be positive"),
+    ("-5", "the request timeout must be positive"),
+])
+def test_an_invalid_timeout_header_is_400(client: httpx.Client, value: str, message: str) -> None:
+    response = client.post("/v1/classify/sst2", json={"inputs": ["good"]},
+                           headers={"X-Request-Timeout-Ms": value})
+    assert response.status_code == 400
+    assert message in _message(response)
+
+
+def test_a_timeout_header_within_the_limit_is_accepted(client: httpx.Client) -> None:
+    response = client.post("/v1/classify/sst2", json={"inputs": ["good"]},
+                           headers={"X-Request-Timeout-Ms": "5000"})
+    assert response.status_code == 200
+
+
 def test_the_server_is_healthy_after_bad_input(client: httpx.Client) -> None:
     client.post("/v1/classify/sst2", content=b"[" * 100_000, headers=JSON)
     client.post("/v1/classify/sst2", content=b"x" * BIG, headers=JSON)

@@ -152,6 +152,10 @@ def test_v2_requests_are_counted_in_the_shared_metrics(client: httpx.Client) -> 
      "unknown output 'embedding'"),
     ("sst2", {"inputs": [_text("text", ["   "])]}, 400, "text is empty"),
     ("sst2", {"inputs": [_text("text", ["good"] * 17)]}, 413, "the limit is 16"),
+    ("sst2", {"inputs": [_text("text", ["x"])], "parameters": {"timeout": "soon"}}, 400,
+     "parameter 'timeout' must be microseconds"),
+    ("sst2", {"inputs": [_text("text", ["x"])], "parameters": {"timeout": 0}}, 400,
+     "the request timeout must be positive"),
 ])
 def test_invalid_requests_get_the_protocols_error_body(client: httpx.Client, task: str,
                                                        body: dict[str, Any], status: int,

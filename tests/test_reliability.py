@@ -11,7 +11,7 @@ import os
 import signal
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import httpx
@@ -45,15 +45,15 @@ def _worker_pids(http: httpx.Client) -> list[int]:
 
 
 @contextmanager
-def frozen_workers(http: httpx.Client) -> Iterator[None]:
+def frozen_workers(http: httpx.Client) -> Iterator[list[int]]:
+    """Workers stopped for the block; a test may thaw them earlier with _thaw(pids)."""
     pids = _worker_pids(http)
     for pid in pids:
         os.kill(pid, signal.SIGSTOP)
     try:
-        yield
+        yield pids
     finally:
-        for pid in pids:
-            os.kill(pid, signal.SIGCONT)
+        _thaw(pids)
 
 
 def _wait_for(condition: object, timeout: float = 10.0) -> bool:
@@ -120,13 +120,8 @@ def test_a_client_that_leaves_does_not_break_the_batch_or_the_worker(
             _thaw(pids)
             return [*(await occupied), leaver]
 
-    pids = _worker_pids(http)
-    for pid in pids:
-        os.kill(pid, signal.SIGSTOP)
-    try:
+    with frozen_workers(http) as pids:
         responses = asyncio.run(scenario())
-    finally:
-        _thaw(pids)
     assert [getattr(r, "status_code", None) for r in responses[:2]] == [200, 200]
     assert isinstance(responses[2], httpx.TimeoutException)
     assert _wait_for(lambda: sample(http, "ffs_client_disconnects_total", task="sst2")
@@ -139,7 +134,8 @@ def test_a_client_that_leaves_does_not_break_the_batch_or_the_worker(
 
 def _thaw(pids: list[int]) -> None:
     for pid in pids:
-        os.kill(pid, signal.SIGCONT)
+        with suppress(ProcessLookupError):  # it may have exited (shutdown) or been replaced
+            os.kill(pid, signal.SIGCONT)
 
 
 def test_overload_is_refused_fast_with_retry_after_and_nothing_accepted_is_lost(
@@ -163,13 +159,8 @@ def test_overload_is_refused_fast_with_retry_after_and_nothing_accepted_is_lost(
             _thaw(pids)  # capacity comes back: everything accepted must now be answered
             return list(await asyncio.gather(*tasks))
 
-    pids = _worker_pids(http)
-    for pid in pids:
-        os.kill(pid, signal.SIGSTOP)
-    try:
+    with frozen_workers(http) as pids:
         results = asyncio.run(scenario())
-    finally:
-        _thaw(pids)
     statuses = [getattr(r, "status_code", repr(r)) for r, _ in results]
     accepted = [when for r, when in results if getattr(r, "status_code", None) == 200]
     rejected = [(r, when) for r, when in results if getattr(r, "status_code", None) == 429]
@@ -232,10 +223,8 @@ def test_sigterm_fails_readiness_drains_in_flight_requests_and_exits_zero(
     server = start_server(tiny_repo.root, tmp_path / "server.log", FFS_CPU_POOL__WORKERS="2",
                           FFS_DRAIN_DELAY_S="0.8")
     try:
-        with httpx.Client(base_url=server.url, timeout=30.0) as http:
-            pids = _worker_pids(http)
 
-        async def scenario() -> tuple[int, object, list[httpx.Response | Exception]]:
+        async def scenario(pids: list[int]) -> tuple[int, object, list[httpx.Response | Exception]]:
             async with httpx.AsyncClient(base_url=server.url, timeout=30.0) as client:
                 in_flight = [asyncio.ensure_future(_post(client, text, 0.02 * i))
                              for i, text in enumerate(["good", "bad", "fun", "dull"])]
@@ -249,12 +238,9 @@ def test_sigterm_fails_readiness_drains_in_flight_requests_and_exits_zero(
                 _thaw(pids)
                 return readiness, late, list(await asyncio.gather(*in_flight))
 
-        for pid in pids:
-            os.kill(pid, signal.SIGSTOP)
-        try:
-            readiness, late, answered = asyncio.run(scenario())
-        finally:
-            _thaw(pids)
+        with httpx.Client(base_url=server.url, timeout=30.0) as http, \
+                frozen_workers(http) as pids:
+            readiness, late, answered = asyncio.run(scenario(pids))
         assert readiness == 503
         assert isinstance(late, httpx.ConnectError)  # not accepted once draining has begun
         assert [getattr(r, "status_code", r) for r in answered] == [200, 200, 200, 200]

@@ -118,6 +118,15 @@ def test_a_model_whose_outputs_do_not_match_its_labels_refuses_to_start(
     assert "outputs 2 scores but the manifest lists 3 labels" in result.stderr
 
 
+def test_two_artifacts_for_one_task_refuse_to_start(tiny_repo: TinyRepo, tmp_path: Path) -> None:
+    repo = tmp_path / "models"
+    shutil.copytree(tiny_repo.root, repo)
+    shutil.copytree(repo / "sst2", repo / "sst2-copy")
+    result = _run_app(repo)
+    assert result.returncode == 2
+    assert "task 'sst2' is in both" in result.stderr
+
+
 def test_a_missing_model_file_refuses_to_start(tiny_repo: TinyRepo, tmp_path: Path) -> None:
     repo = tmp_path / "models"
     shutil.copytree(tiny_repo.root, repo)
@@ -130,7 +139,8 @@ def test_a_missing_model_file_refuses_to_start(tiny_repo: TinyRepo, tmp_path: Pa
 def test_skip_mode_serves_the_healthy_tasks_and_names_the_broken_one(
         tiny_repo: TinyRepo, tmp_path: Path) -> None:
     server = start_server(_broken_repo(tiny_repo, tmp_path), tmp_path / "server.log",
-                          FFS_ARTIFACT_ERRORS="skip", FFS_CPU_POOL__WORKERS="1")
+                          FFS_ARTIFACT_ERRORS="skip", FFS_CPU_POOL__WORKERS="1",
+                          FFS_LOG_FORMAT="text")
     try:
         with httpx.Client(base_url=server.url, timeout=30) as http:
             models = http.get("/v1/models").json()
@@ -149,3 +159,4 @@ def test_skip_mode_serves_the_healthy_tasks_and_names_the_broken_one(
             assert pair.status_code == 200
     finally:
         stop_server(server)
+    assert "ERROR app.service [-] artifact sst2 is unavailable: " in server.log()  # text format
