@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from compress.artifact import ArtifactError
+from compress.artifact import CompressError
 from compress.tasks import TASKS, TaskDataError
 
 STAGE_VERBS = ("finetune", "export", "optimize", "quantize")
@@ -96,12 +96,11 @@ def _run_stage(args: argparse.Namespace) -> int:
         print(f"{result.path}: inputs {result.input_names}, max |logit diff| vs PyTorch "
               f"{result.max_abs_diff:.2e}")
     elif args.verb == "optimize":
-        from transformers import AutoModelForSequenceClassification
-
+        from compress.checkpoint import load_classifier
         from compress.export import architecture_of
         from compress.optimize import optimize
 
-        model = AutoModelForSequenceClassification.from_pretrained(args.checkpoint)
+        model, _ = load_classifier(args.checkpoint)
         report = optimize(args.onnx, args.out, architecture_of(model))
         print(f"{args.out}: fused {report.applied}; not applied: {report.missing or 'none'}")
     else:
@@ -132,10 +131,58 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hub", action="store_true")
 
 
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="a whole YAML recipe: teacher -> distil -> prune sweep -> "
+                                   "ONNX variants -> artifact + report (reuses finished stages)")
+    p.add_argument("recipe", type=Path)
+    p.add_argument("--data-dir", type=Path, default=default_data_dir(),
+                   help="task data when the recipe names none (default: $DATA_DIR or "
+                        "../shared/data)")
+
+
+def _add_inspect(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("inspect", help="parameters by group and FLOPs per token, from a config")
+    p.add_argument("source", help="config.json, an HF folder, an artifact folder or a hub id")
+    p.add_argument("--sequence-length", type=int, default=128)
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _run_recipe(args: argparse.Namespace) -> int:
+    from compress.pipeline import run_recipe, stage_summary
+    from compress.recipe import load_recipe
+    from compress.report import table
+
+    recipe = load_recipe(args.recipe)
+    try:
+        report = run_recipe(recipe, args.data_dir)
+    except KeyboardInterrupt:
+        done = ", ".join(stage_summary(recipe.output)) or "none"
+        print(f"\ninterrupted; finished stages kept in {recipe.output}: {done}. "
+              "Run the same command again to resume.", file=sys.stderr)
+        return 130
+    print(table(report))
+    print(f"report: {recipe.output / 'report.md'}; artifact: {recipe.artifact}")
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    import json
+
+    from compress.model_stats import format_stats, inspect_config, load_config
+
+    stats = inspect_config(load_config(args.source), args.sequence_length)
+    print(json.dumps(stats.as_dict(), indent=2) if args.json else format_stats(stats))
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     # Imports are per verb: torch/transformers load only for the verbs that need them.
     if args.verb in STAGE_VERBS:
         return _run_stage(args)
+    if args.verb == "run":
+        return _run_recipe(args)
+    if args.verb == "inspect":
+        return _inspect(args)
     if args.verb == "evaluate":
         from compress.artifact import read_manifest, verified_variant_path
         from compress.evaluate import evaluate
@@ -186,13 +233,15 @@ def main(argv: list[str] | None = None) -> int:
     _add_stages(sub)
     _add_package(sub)
     _add_evaluate(sub)
+    _add_run(sub)
+    _add_inspect(sub)
     args = parser.parse_args(argv)
     # Root at WARNING: ORT's quantizer logs every tensor at INFO on the root logger.
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("compress").setLevel(logging.INFO)
     try:
         return _run(args)
-    except (ArtifactError, TaskDataError) as exc:
+    except (CompressError, TaskDataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -20,7 +20,11 @@ InputKind = Literal["single", "pair"]
 Precision = Literal["fp32", "fp16", "int8"]
 
 
-class ArtifactError(Exception):
+class CompressError(Exception):
+    """An error a person can act on: its message says what to fix (no traceback needed)."""
+
+
+class ArtifactError(CompressError):
     """An artifact folder is missing, malformed, or fails its integrity check."""
 
 

@@ -20,9 +20,10 @@ from compress.artifact import (
     write_manifest,
 )
 from compress.evaluate import evaluate
-from compress.export import OPSET, export_onnx
+from compress.export import OPSET, ExportResult, export_onnx
 from compress.finetune import FinetuneConfig, finetune
-from compress.optimize import operator_counts, optimize
+from compress.fp16 import convert_fp16
+from compress.optimize import FusionReport, operator_counts, optimize
 from compress.pretrained import resolve_model
 from compress.quantize import quantize_int8
 from compress.tasks import Examples, TaskSpec, get_task, load_split
@@ -71,38 +72,76 @@ def build_artifact(plan: BuildPlan) -> Manifest:
     return package_artifact(spec, finetuned, dev, plan)
 
 
-def package_artifact(spec: TaskSpec, finetuned: Path, dev: Examples, plan: BuildPlan) -> Manifest:
-    """Export, fuse, quantize and evaluate a fine-tuned checkpoint into an artifact folder."""
-    staging = plan.out_dir.with_name(plan.out_dir.name + ".building")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+@dataclass(frozen=True)
+class Variants:
+    """The ONNX files made from one checkpoint, and what the export and fusion reported."""
 
+    exported: ExportResult
+    fusion: FusionReport
+    fp32: Path
+    fused: Path
+    int8: Path
+    fp16: Path
+
+
+def make_variants(checkpoint: Path, folder: Path, check_texts: list[str | tuple[str, str]]) -> \
+        Variants:
+    """Export (logit-checked), fuse, quantize to INT8 and convert to FP16 into `folder`."""
     _stage("export")
-    exported = export_onnx(finetuned, staging / "fp32" / "model.onnx", dev.texts[:8])
+    exported = export_onnx(checkpoint, folder / "fp32.onnx", check_texts)
     log.info("export: max |logit diff| vs PyTorch = %.2e", exported.max_abs_diff)
-
     _stage("optimize")
-    fused_path = plan.work_dir / "fused" / "model.onnx"
-    fusion = optimize(exported.path, fused_path, exported.architecture)
+    fusion = optimize(exported.path, folder / "fused.onnx", exported.architecture)
     if fusion.missing:
         log.warning("fusions that did not apply: %s", ", ".join(fusion.missing))
     log.info("fusions applied: %s", fusion.applied)
-
     _stage("quantize")
-    int8_path = staging / "cpu-int8" / "model.onnx"
-    quantize_int8(fused_path, int8_path)
+    quantize_int8(folder / "fused.onnx", folder / "int8.onnx")
+    _stage("fp16")
+    convert_fp16(folder / "fused.onnx", folder / "fp16.onnx")
+    return Variants(exported, fusion, exported.path, folder / "fused.onnx", folder / "int8.onnx",
+                    folder / "fp16.onnx")
 
-    tokenizer = AutoTokenizer.from_pretrained(finetuned)
-    shutil.copyfile(finetuned / "tokenizer.json", staging / "tokenizer.json")
+
+def package_artifact(spec: TaskSpec, finetuned: Path, dev: Examples, plan: BuildPlan) -> Manifest:
+    """Export, fuse, quantize and evaluate a fine-tuned checkpoint into an artifact folder."""
+    variants = make_variants(finetuned, plan.work_dir / "onnx", dev.texts[:8])
+    recipe: dict[str, object] = {
+        "stages": ["finetune", "export", "optimize", "quantize", "fp16", "evaluate"],
+        "data": str(plan.data_dir) if plan.data_dir else "hub",
+        "finetune": plan.finetune.as_dict(),
+    }
+    return assemble_artifact(spec, finetuned, variants, dev, plan.out_dir,
+                             Provenance(teacher=plan.base_model, recipe=recipe, created=""))
+
+
+def assemble_artifact(spec: TaskSpec, checkpoint: Path, made: Variants, dev: Examples,
+                      out_dir: Path, provenance: Provenance) -> Manifest:
+    """Copy the variants, tokenizer and model config into `out_dir` (built aside, moved in whole),
+    evaluate every variant on `dev` and write the manifest."""
+    staging = out_dir.with_name(out_dir.name + ".building")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    files = {"fp32": made.fp32, "cpu-int8": made.int8, "gpu-fp16": made.fp16}
+    for name, source in files.items():
+        (staging / name).mkdir()
+        shutil.copyfile(source, staging / name / "model.onnx")
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    shutil.copyfile(checkpoint / "tokenizer.json", staging / "tokenizer.json")
+    # The model's config beside the graphs: `compress inspect` answers from it without weights.
+    shutil.copyfile(checkpoint / "config.json", staging / "model_config.json")
     max_length = min(spec.max_length, int(tokenizer.model_max_length or spec.max_length))
     pad_id = int(tokenizer.pad_token_id or 0)
-
+    exported, fusion = made.exported, made.fusion
     variants: dict[str, Variant] = {
         "fp32": describe_variant(staging, "fp32/model.onnx", "fp32", "CPUExecutionProvider",
-                                 OPSET, operators=operator_counts(exported.path)),
+                                 OPSET, operators=operator_counts(made.fp32)),
         "cpu-int8": describe_variant(staging, "cpu-int8/model.onnx", "int8",
                                      "CPUExecutionProvider", OPSET, fusions=fusion.applied,
-                                     operators=operator_counts(int8_path)),
+                                     operators=operator_counts(made.int8)),
+        "gpu-fp16": describe_variant(staging, "gpu-fp16/model.onnx", "fp16",
+                                     "CUDAExecutionProvider", OPSET, fusions=fusion.applied,
+                                     operators=operator_counts(made.fp16)),
     }
     _stage("evaluate")
     metrics: list[Metric] = []
@@ -113,7 +152,8 @@ def package_artifact(spec: TaskSpec, finetuned: Path, dev: Examples, plan: Build
                  result.accuracy)
         metrics.append(Metric(name="accuracy", value=round(result.accuracy, 6), dataset=spec.name,
                               split="dev", variant=name, examples=result.examples))
-
+    recipe = {**provenance.recipe, "export_max_abs_logit_diff": exported.max_abs_diff,
+              "fusions_missing": fusion.missing}
     manifest = Manifest(
         task=spec.name,
         labels=list(spec.labels),
@@ -124,21 +164,11 @@ def package_artifact(spec: TaskSpec, finetuned: Path, dev: Examples, plan: Build
         variants=variants,
         architecture=exported.architecture,
         metrics=metrics,
-        provenance=Provenance(
-            teacher=plan.base_model,
-            student_init=None,
-            recipe={
-                "stages": ["finetune", "export", "optimize", "quantize", "evaluate"],
-                "data": str(plan.data_dir) if plan.data_dir else "hub",
-                "finetune": plan.finetune.as_dict(),
-                "export_max_abs_logit_diff": exported.max_abs_diff,
-                "fusions_missing": fusion.missing,
-            },
-            versions=_versions(),
-            created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        ),
+        provenance=provenance.model_copy(update={
+            "recipe": recipe, "versions": _versions(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}),
     )
     write_manifest(staging, manifest)
-    shutil.rmtree(plan.out_dir, ignore_errors=True)
-    staging.rename(plan.out_dir)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    staging.rename(out_dir)
     return manifest

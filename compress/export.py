@@ -8,14 +8,10 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
-from transformers import (
-    AutoModelForSequenceClassification,
-    AutoTokenizer,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-)
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from compress.artifact import Architecture
+from compress.checkpoint import head_size_of, load_classifier
 from compress.finetune import hf_tokenize
 
 OPSET = 17
@@ -55,7 +51,7 @@ def architecture_of(model: PreTrainedModel) -> Architecture:
     config = model.config
     heads = int(config.num_attention_heads)
     hidden = int(config.hidden_size)
-    head_size = int(getattr(config, "attention_head_size", 0) or hidden // heads)
+    head_size = head_size_of(config)
     return Architecture(
         model_type=str(config.model_type),
         layers=int(config.num_hidden_layers),
@@ -74,10 +70,7 @@ def export_onnx(model_dir: Path, out_path: Path, check_texts: list[str | tuple[s
     The dynamo exporter (torch's default since 2.9) produces a graph that ORT's transformer
     optimizer cannot fuse, so the TorchScript path is chosen explicitly.
     """
-    model = AutoModelForSequenceClassification.from_pretrained(
-        model_dir, attn_implementation="eager"
-    ).eval()
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model, tokenizer = load_classifier(model_dir)
     input_names = [name for name in INPUT_ORDER if name in tokenizer.model_input_names]
     sample = _encode(tokenizer, check_texts[:2])
     out_path.parent.mkdir(parents=True, exist_ok=True)

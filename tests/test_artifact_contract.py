@@ -30,8 +30,8 @@ def test_verified_variant_path_refuses_a_changed_file(tiny_repo: TinyRepo, tmp_p
 
 def test_verified_variant_path_names_missing_variants(tiny_repo: TinyRepo) -> None:
     folder = tiny_repo.root / "sst2"
-    with pytest.raises(ArtifactError, match="no 'gpu-fp16' variant"):
-        verified_variant_path(folder, read_manifest(folder), "gpu-fp16")
+    with pytest.raises(ArtifactError, match="no 'gpu-int4' variant"):
+        verified_variant_path(folder, read_manifest(folder), "gpu-int4")
 
 
 def test_read_manifest_refuses_an_unknown_format_version(tiny_repo: TinyRepo,

@@ -18,7 +18,7 @@ from tests.conftest import TinyRepo
 def test_manifest_records_sha256_of_every_variant_file(tiny_repo: TinyRepo) -> None:
     folder = tiny_repo.root / "sst2"
     manifest = read_manifest(folder)
-    assert set(manifest.variants) == {"fp32", "cpu-int8"}
+    assert set(manifest.variants) == {"fp32", "cpu-int8", "gpu-fp16"}
     for variant in manifest.variants.values():
         assert variant.sha256 == sha256_file(folder / variant.file)
         assert variant.size_bytes == (folder / variant.file).stat().st_size

@@ -1,0 +1,292 @@
+"""Task-specific knowledge distillation (FastFormers section 2).
+
+The student learns the teacher's temperature-softened output distribution, optionally mixed with
+the hard labels, and optionally the teacher's hidden states (MSE through a learned projection when
+widths differ) and attention maps (KL) on mapped layers. Teacher and student may use different
+tokenizers: logits are per example, so each side encodes the text its own way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from compress.artifact import CompressError
+from compress.checkpoint import encoder_layers, load_classifier, save_classifier
+from compress.finetune import hf_tokenize, load_pretrained_classifier
+from compress.tasks import Examples, TaskSpec
+from compress.training import TrainingConfig, adamw_with_warmup, run_steps, subsample
+
+Texts = list[str | tuple[str, str]]
+
+
+class DistilError(CompressError):
+    """Distillation cannot run as configured."""
+
+
+@dataclass(frozen=True)
+class DistilConfig(TrainingConfig):
+    learning_rate: float = 1e-4
+    temperature: float = 2.0
+    # Weight of the soft (teacher) loss; 1 - alpha goes to the hard-label cross-entropy.
+    alpha: float = 1.0
+    hidden_weight: float = 0.0
+    attention_weight: float = 0.0
+
+    @property
+    def needs_online_teacher(self) -> bool:
+        return self.hidden_weight > 0 or self.attention_weight > 0
+
+
+def select_layers(total: int, keep: list[int] | int | str | None) -> list[int]:
+    """Layer indices to keep: an explicit list, 'every_other', a count (evenly spaced), or all."""
+    if keep is None:
+        return list(range(total))
+    if keep == "every_other":
+        return list(range(0, total, 2))
+    if isinstance(keep, int):
+        if not 1 <= keep <= total:
+            raise DistilError(f"cannot keep {keep} of {total} layers")
+        return sorted({round(i * total / keep) for i in range(keep)})
+    if isinstance(keep, str):
+        raise DistilError(f"layers: expected a list, a count or 'every_other', got {keep!r}")
+    if not keep or any(not 0 <= i < total for i in keep) or len(set(keep)) != len(keep):
+        raise DistilError(f"layers {keep} are not distinct indices of {total} layers")
+    return sorted(keep)
+
+
+def cut_layers(model: PreTrainedModel, keep: list[int]) -> None:
+    """Keep only the listed encoder layers (DistilBERT-style student initialisation)."""
+    layers = encoder_layers(model)
+    kept = torch.nn.ModuleList([layers[i] for i in keep])
+    base = getattr(model, model.base_model_prefix)
+    base.encoder.layer = kept
+    model.config.num_hidden_layers = len(keep)
+
+
+def init_student(
+    source: str, spec: TaskSpec, keep: list[int] | int | str | None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A student from a fine-tuned checkpoint (e.g. the teacher) or a general encoder, layer-cut."""
+    if (Path(source) / "config.json").is_file() and _has_task_head(Path(source), spec):
+        model, tokenizer = load_classifier(source)
+    else:
+        model, tokenizer = load_pretrained_classifier(source, spec)
+    cut_layers(model, select_layers(len(encoder_layers(model)), keep))
+    return model, tokenizer
+
+
+def _has_task_head(folder: Path, spec: TaskSpec) -> bool:
+    import json
+
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    names = config.get("id2label") or {}
+    return [names.get(str(i)) for i in range(len(names))] == list(spec.labels)
+
+
+def _fingerprint(teacher_dir: Path, texts: Texts, max_length: int) -> str:
+    digest = hashlib.sha256()
+    for name in ("model.safetensors", "config.json"):
+        path = teacher_dir / name
+        if path.is_file():
+            with path.open("rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+    digest.update(repr((max_length, texts)).encode("utf-8"))
+    return digest.hexdigest()[:16]
+
+
+def teacher_logits(
+    teacher_dir: Path, texts: Texts, max_length: int, cache_dir: Path | None = None,
+    batch_size: int = 64,
+) -> np.ndarray:
+    """The teacher's logits for every text, computed once and cached by weights + texts."""
+    cache = None
+    if cache_dir is not None:
+        cache = cache_dir / f"teacher-logits-{_fingerprint(teacher_dir, texts, max_length)}.npy"
+        if cache.is_file():
+            return np.load(cache)
+    teacher, tokenizer = load_classifier(teacher_dir)
+    encoded = hf_tokenize(tokenizer, texts, max_length)
+    order = sorted(range(len(texts)), key=lambda i: len(encoded["input_ids"][i]))
+    logits = np.zeros((len(texts), len(teacher.config.id2label or {})), dtype=np.float32)
+    with torch.no_grad():
+        for start in tqdm(range(0, len(order), batch_size), desc="teacher logits", unit="batch"):
+            picked = order[start : start + batch_size]
+            batch = _pad(tokenizer, encoded, picked)
+            logits[picked] = teacher(**batch).logits.numpy()
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        partial = cache.with_name(cache.name + ".partial.npy")
+        np.save(partial, logits)
+        partial.replace(cache)
+    return logits
+
+
+def _pad(tokenizer: PreTrainedTokenizerBase, encoded: dict[str, Any], picked: list[int]) -> \
+        dict[str, torch.Tensor]:
+    features = [{k: encoded[k][i] for k in encoded} for i in picked]
+    return dict(tokenizer.pad(features, return_tensors="pt"))
+
+
+def soft_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(teacher_T || student_T) x T^2 (Hinton et al.): soft cross-entropy up to a constant."""
+    log_student = F.log_softmax(student / temperature, dim=-1)
+    log_teacher = F.log_softmax(teacher / temperature, dim=-1)
+    kl = F.kl_div(log_student, log_teacher, log_target=True, reduction="batchmean")
+    return kl * temperature**2
+
+
+def hidden_loss(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over real (unpadded) tokens."""
+    weights = mask.unsqueeze(-1).to(student.dtype)
+    squared = ((student - teacher) ** 2 * weights).sum()
+    return squared / (weights.sum() * student.shape[-1]).clamp(min=1.0)
+
+
+def attention_loss(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """KL(teacher || student) of attention rows for real query tokens.
+
+    Head counts may differ (pruned student, smaller model): then the head-averaged maps are compared.
+    """
+    if student.shape[1] != teacher.shape[1]:
+        student, teacher = student.mean(dim=1, keepdim=True), teacher.mean(dim=1, keepdim=True)
+    eps = 1e-9
+    kl = (teacher * ((teacher + eps).log() - (student + eps).log())).sum(dim=-1)  # [B, H, S]
+    rows = mask.unsqueeze(1).to(kl.dtype).expand_as(kl)
+    return (kl * rows).sum() / rows.sum().clamp(min=1.0)
+
+
+def layer_map(student_layers: int, teacher_layers: int) -> list[tuple[int, int]]:
+    """(student, teacher) hidden-state indices, 1-based like `hidden_states` (0 = embeddings)."""
+    return [(s, round(s * teacher_layers / student_layers)) for s in range(1, student_layers + 1)]
+
+
+@dataclass
+class _Teacher:
+    """The teacher side of a batch: cached logits, and for layer transfer the live model."""
+
+    logits: np.ndarray
+    model: PreTrainedModel | None = None
+    encoded: dict[str, Any] | None = None
+    tokenizer: PreTrainedTokenizerBase | None = None
+
+
+def _online_teacher(teacher_dir: Path, texts: Texts, student_encoded: dict[str, Any],
+                    max_length: int, logits: np.ndarray) -> _Teacher:
+    model, tokenizer = load_classifier(teacher_dir)
+    encoded = hf_tokenize(tokenizer, texts, max_length)
+    misaligned = sum(len(a) != len(b) for a, b in zip(encoded["input_ids"],
+                                                      student_encoded["input_ids"], strict=True))
+    if misaligned:
+        raise DistilError(
+            f"hidden/attention transfer needs token-aligned tokenizers, but {misaligned} of "
+            f"{len(texts)} examples tokenize to different lengths; use logits only "
+            "(hidden_weight: 0, attention_weight: 0)")
+    return _Teacher(logits=logits, model=model, encoded=encoded, tokenizer=tokenizer)
+
+
+def distil(
+    student: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    teacher_dir: Path,
+    train: Examples,
+    config: DistilConfig,
+    out_dir: Path,
+    cache_dir: Path | None = None,
+) -> Path:
+    """Train `student` toward the teacher on `train`; save it with its tokenizer to `out_dir`."""
+    torch.manual_seed(config.seed)
+    rng = random.Random(config.seed)
+    data = subsample(train, config.max_examples, rng)
+    logits = teacher_logits(teacher_dir, data.texts, config.max_length, cache_dir)
+    encoded = hf_tokenize(tokenizer, data.texts, config.max_length)
+    teacher = _Teacher(logits=logits)
+    if config.needs_online_teacher:
+        teacher = _online_teacher(teacher_dir, data.texts, encoded, config.max_length, logits)
+    projection = _projection(student, teacher, config)
+
+    params = list(student.named_parameters())
+    if projection is not None:
+        params += [(f"projection.{n}", p) for n, p in projection.named_parameters()]
+    total_steps = max(1, int(math.ceil(len(data) / config.batch_size) * config.epochs))
+    schedule = adamw_with_warmup(params, config.learning_rate, config.weight_decay, total_steps,
+                                 config.warmup_ratio)
+    lengths = [len(ids) for ids in encoded["input_ids"]]
+
+    def step_loss(batch_ids: list[int]) -> torch.Tensor:
+        return _step_loss(student, tokenizer, encoded, batch_ids, data, teacher, projection, config)
+
+    student.train()
+    run_steps(step_loss, [p for _, p in params], lengths, config.batch_size, total_steps, schedule,
+              rng, f"distil {out_dir.name}")
+    student.eval()
+    return save_classifier(student, tokenizer, out_dir)
+
+
+def _projection(student: PreTrainedModel, teacher: _Teacher, config: DistilConfig) -> \
+        torch.nn.Linear | None:
+    if config.hidden_weight <= 0 or teacher.model is None:
+        return None
+    width_s, width_t = int(student.config.hidden_size), int(teacher.model.config.hidden_size)
+    if width_s == width_t:
+        return None
+    return torch.nn.Linear(width_s, width_t)
+
+
+def _step_loss(
+    student: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    encoded: dict[str, Any],
+    batch_ids: list[int],
+    data: Examples,
+    teacher: _Teacher,
+    projection: torch.nn.Linear | None,
+    config: DistilConfig,
+) -> torch.Tensor:
+    batch = _pad(tokenizer, encoded, batch_ids)
+    layered = config.needs_online_teacher
+    out = student(**batch, output_hidden_states=config.hidden_weight > 0,
+                  output_attentions=config.attention_weight > 0) if layered else student(**batch)
+    target = torch.from_numpy(teacher.logits[batch_ids])
+    loss = config.alpha * soft_loss(out.logits, target, config.temperature)
+    if config.alpha < 1.0:
+        labels = torch.tensor([data.labels[i] for i in batch_ids])
+        loss = loss + (1.0 - config.alpha) * F.cross_entropy(out.logits, labels)
+    if layered:
+        loss = loss + _layer_loss(out, batch, batch_ids, teacher, projection, config)
+    return loss
+
+
+def _layer_loss(out: Any, batch: dict[str, torch.Tensor], batch_ids: list[int], teacher: _Teacher,
+                projection: torch.nn.Linear | None, config: DistilConfig) -> torch.Tensor:
+    assert teacher.model is not None and teacher.tokenizer is not None and teacher.encoded
+    teacher_batch = _pad(teacher.tokenizer, teacher.encoded, batch_ids)
+    with torch.no_grad():
+        reference = teacher.model(**teacher_batch, output_hidden_states=config.hidden_weight > 0,
+                                  output_attentions=config.attention_weight > 0)
+    mask = batch["attention_mask"]
+    student_layers = len(out.hidden_states) - 1 if out.hidden_states else len(out.attentions)
+    pairs = layer_map(student_layers, int(teacher.model.config.num_hidden_layers))
+    loss = out.logits.new_zeros(())
+    for s, t in pairs:
+        if config.hidden_weight > 0:
+            hidden = out.hidden_states[s]
+            if projection is not None:
+                hidden = projection(hidden)
+            loss = loss + config.hidden_weight * hidden_loss(hidden, reference.hidden_states[t],
+                                                             mask) / len(pairs)
+        if config.attention_weight > 0:
+            loss = loss + config.attention_weight * attention_loss(
+                out.attentions[s - 1], reference.attentions[t - 1], mask) / len(pairs)
+    return loss

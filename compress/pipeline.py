@@ -1,0 +1,359 @@
+"""`python -m compress run <recipe>`: teacher -> distil -> prune sweep -> ONNX variants -> report.
+
+Every stage writes its own folder under the run directory, built aside and renamed in when done,
+with a `stage.json` holding a key of its settings and of its inputs' keys. A rerun reuses every
+stage whose key still matches, so an interrupted run (Ctrl-C) resumes at the stage it was in, and a
+changed setting rebuilds that stage and everything downstream.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from compress.artifact import Architecture, Provenance
+from compress.build import Variants, assemble_artifact, make_variants
+from compress.checkpoint import load_classifier, write_json_atomic
+from compress.distill import distil, init_student, soft_loss, teacher_logits
+from compress.export import ExportResult
+from compress.finetune import finetune, hf_tokenize
+from compress.model_stats import inspect_config, load_config
+from compress.optimize import FusionReport
+from compress.pretrained import resolve_model
+from compress.prune import Importance, PruneLevel, importance_scores, model_shape, prune_model
+from compress.recipe import PruneLevelSpec, Recipe
+from compress.report import Candidate, Report, Row, write_report
+from compress.speed import (
+    OrtPredictor,
+    Predictor,
+    TorchPredictor,
+    accuracy,
+    batch1_side_by_side,
+    predictions,
+)
+from compress.tasks import Examples, TaskSpec, get_task, load_split
+
+log = logging.getLogger(__name__)
+STAGE_FILE = "stage.json"
+
+
+@dataclass(frozen=True)
+class Stage:
+    folder: Path
+    key: str
+    record: dict[str, Any]
+
+
+def _key(payload: object) -> str:
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def run_stage(folder: Path, payload: dict[str, Any], build: Callable[[Path], dict[str, Any]]) -> Stage:
+    """Reuse `folder` if its key matches `payload`, else build it aside and rename it in."""
+    key = _key(payload)
+    marker = folder / STAGE_FILE
+    if marker.is_file():
+        record = json.loads(marker.read_text(encoding="utf-8"))
+        if record.get("key") == key:
+            log.info("stage %s: reused (key %s)", folder.name, key)
+            return Stage(folder, key, record)
+        log.info("stage %s: settings or inputs changed, rebuilding", folder.name)
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    started = time.perf_counter()
+    log.info("stage %s: building", folder.name)
+    details = build(partial)
+    record = {"key": key, "seconds": round(time.perf_counter() - started, 1), **details}
+    write_json_atomic(partial / STAGE_FILE, record)
+    shutil.rmtree(folder, ignore_errors=True)
+    partial.rename(folder)
+    log.info("stage %s: done in %.0f s", folder.name, record["seconds"])
+    return Stage(folder, key, record)
+
+
+@dataclass
+class _Run:
+    recipe: Recipe
+    spec: TaskSpec
+    train: Examples
+    dev: Examples
+    out: Path
+
+    @property
+    def cache(self) -> Path:
+        return self.out / "cache"
+
+
+def run_recipe(recipe: Recipe, data_dir: Path | None) -> Report:
+    """Run every stage of `recipe` (reusing finished ones) and write the report and artifact."""
+    spec = get_task(recipe.task)
+    source = None if recipe.hub else (recipe.data_dir or data_dir)
+    run = _Run(recipe, spec, load_split(spec, "train", source),
+               load_split(spec, "dev", source).head(recipe.evaluate.max_dev_examples),
+               recipe.output)
+    run.out.mkdir(parents=True, exist_ok=True)
+    teacher = _teacher_stage(run)
+    student = _student_stage(run, teacher)
+    candidates = _sweep(run, teacher, student)
+    chosen = _choose(run, candidates, teacher, student)
+    log.info("chosen pruning level: %s", chosen.level)
+    assemble_artifact(spec, Path(chosen.checkpoint), _variants_of(chosen), run.dev,
+                      recipe.artifact, Provenance(teacher=str(teacher.folder),
+                                                  student_init=recipe.student.init,
+                                                  recipe=recipe.model_dump(mode="json"),
+                                                  created=""))
+    report = _measure(run, teacher, student, chosen, candidates)
+    write_report(report, run.out)
+    return report
+
+
+def _teacher_stage(run: _Run) -> Stage:
+    section = run.recipe.teacher
+    if section.checkpoint is not None:
+        weights = section.checkpoint / "model.safetensors"
+        stat = weights.stat() if weights.is_file() else None
+        return Stage(section.checkpoint, _key([str(section.checkpoint.resolve()),
+                                               stat.st_size if stat else 0,
+                                               stat.st_mtime if stat else 0]), {})
+
+    def build(folder: Path) -> dict[str, Any]:
+        finetune(resolve_model(section.model), run.spec, run.train, section.finetune, folder)
+        return {}
+
+    payload = {"model": section.model, "finetune": asdict(section.finetune), "task": run.spec.name,
+               "train": len(run.train)}
+    return run_stage(run.out / "teacher", payload, build)
+
+
+def _student_stage(run: _Run, teacher: Stage) -> Stage:
+    section = run.recipe.student
+    init = str(teacher.folder) if section.init == "teacher" else resolve_model(section.init)
+
+    def build(folder: Path) -> dict[str, Any]:
+        model, tokenizer = init_student(init, run.spec, section.layers)
+        distil(model, tokenizer, teacher.folder, run.train, run.recipe.distil, folder, run.cache)
+        return {}
+
+    payload = {"teacher": teacher.key, "init": section.init, "layers": section.layers,
+               "distil": asdict(run.recipe.distil)}
+    return run_stage(run.out / "student", payload, build)
+
+
+def _levels(run: _Run, student: Stage) -> list[PruneLevel]:
+    model, _ = load_classifier(student.folder)
+    levels: list[PruneLevel] = []
+    for spec in run.recipe.prune.levels:
+        level = PruneLevel(spec.heads, spec.ffn) if isinstance(spec, PruneLevelSpec) \
+            else PruneLevel.from_ratio(model, spec)
+        if level not in levels:
+            levels.append(level)
+    return levels
+
+
+def _importance_stage(run: _Run, teacher: Stage, student: Stage) -> Importance:
+    count = min(run.recipe.prune.importance_examples, len(run.train))
+    texts = run.train.texts[:count]
+    max_length = run.recipe.prune.distil.max_length
+
+    def build(folder: Path) -> dict[str, Any]:
+        targets = torch.from_numpy(teacher_logits(teacher.folder, texts, max_length, run.cache))
+        model, tokenizer = load_classifier(student.folder)
+        encoded = hf_tokenize(tokenizer, texts, max_length)
+        batch_size = 32
+        order = sorted(range(count), key=lambda i: len(encoded["input_ids"][i]))
+        chunks = [order[i : i + batch_size] for i in range(0, count, batch_size)]
+
+        def batches() -> Any:
+            for picked in chunks:
+                features = [{k: encoded[k][i] for k in encoded} for i in picked]
+                batch = dict(tokenizer.pad(features, return_tensors="pt"))
+                batch["labels"] = torch.tensor(picked)  # row indices into the teacher targets
+                yield batch
+
+        def loss_of(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+            return soft_loss(logits, targets[batch["labels"]], run.recipe.prune.distil.temperature)
+
+        scores = importance_scores(model, batches(), loss_of, total=len(chunks))
+        scores.save(folder / "importance.npz")
+        return {"examples": count}
+
+    payload = {"student": student.key, "examples": count, "max_length": max_length}
+    stage = run_stage(run.out / "prune" / "importance", payload, build)
+    return Importance.load(stage.folder / "importance.npz")
+
+
+@dataclass(frozen=True)
+class _Level:
+    level: PruneLevel
+    checkpoint: Stage
+    variants: Stage
+
+
+def _sweep(run: _Run, teacher: Stage, student: Stage) -> list[Candidate]:
+    levels = _levels(run, student)
+    full = PruneLevel(*model_shape(load_classifier(student.folder)[0]))
+    importance = None
+    made: list[_Level] = []
+    for level in levels:
+        checkpoint = student
+        if level != full:
+            importance = importance or _importance_stage(run, teacher, student)
+            checkpoint = _pruned_stage(run, teacher, student, importance, level)
+        made.append(_Level(level, checkpoint, _variants_stage(run, checkpoint, level.name)))
+    return _evaluate_candidates(run, made, full)
+
+
+def _pruned_stage(run: _Run, teacher: Stage, student: Stage, importance: Importance,
+                  level: PruneLevel) -> Stage:
+    def build(folder: Path) -> dict[str, Any]:
+        model, tokenizer = load_classifier(student.folder)
+        prune_model(model, importance, level)
+        # Distil again from the unpruned teacher: pruning alone loses accuracy.
+        distil(model, tokenizer, teacher.folder, run.train, run.recipe.prune.distil, folder,
+               run.cache)
+        return {}
+
+    payload = {"student": student.key, "teacher": teacher.key, "level": asdict(level),
+               "importance_examples": run.recipe.prune.importance_examples,
+               "distil": asdict(run.recipe.prune.distil)}
+    return run_stage(run.out / "prune" / level.name, payload, build)
+
+
+def _variants_stage(run: _Run, checkpoint: Stage, name: str) -> Stage:
+    def build(folder: Path) -> dict[str, Any]:
+        made = make_variants(checkpoint.folder, folder, run.dev.texts[:8])
+        return {"input_names": made.exported.input_names,
+                "max_abs_diff": made.exported.max_abs_diff,
+                "architecture": made.exported.architecture.model_dump(),
+                "fusions": made.fusion.applied, "fusions_missing": made.fusion.missing}
+
+    return run_stage(run.out / "onnx" / name, {"checkpoint": checkpoint.key}, build)
+
+
+def _ort(run: _Run, checkpoint: Path, graph: Path, input_names: list[str]) -> OrtPredictor:
+    tokenizer = load_classifier(checkpoint)[1]
+    max_length = min(run.spec.max_length, int(tokenizer.model_max_length or run.spec.max_length))
+    return OrtPredictor(graph, checkpoint / "tokenizer.json", input_names, max_length,
+                        int(tokenizer.pad_token_id or 0), run.recipe.evaluate.threads)
+
+
+def _evaluate_candidates(run: _Run, made: list[_Level], full: PruneLevel) -> list[Candidate]:
+    """INT8 accuracy of every level, and INT8 batch-1 speed of all levels side by side."""
+    predictors: dict[str, Predictor] = {}
+    for item in made:
+        names = item.variants.record["input_names"]
+        predictors[item.level.name] = _ort(run, item.checkpoint.folder,
+                                           item.variants.folder / "int8.onnx", names)
+    texts = run.dev.texts[: run.recipe.evaluate.speed_examples]
+    speeds = batch1_side_by_side(predictors, texts, rounds=2, threads=run.recipe.evaluate.threads)
+    candidates = []
+    for item in made:
+        stats = inspect_config(load_config(item.checkpoint.folder))
+        candidates.append(Candidate(
+            level=item.level.name, pruned=item.level != full,
+            checkpoint=str(item.checkpoint.folder), variants=str(item.variants.folder),
+            parameters=stats.total_parameters,
+            int8_accuracy=accuracy(predictors[item.level.name], run.dev),
+            int8_ms=speeds[item.level.name].ms_per_sentence))
+    return candidates
+
+
+def _choose(run: _Run, candidates: list[Candidate], teacher: Stage, student: Stage) -> Candidate:
+    """The fastest level within the accuracy budget; without a budget the fastest; if none meets
+    it, the most accurate (and the report says the budget was not met)."""
+    budget = run.recipe.prune.max_accuracy_drop
+    if budget is None:
+        chosen = min(candidates, key=lambda c: c.int8_ms)
+    else:
+        reference_dir = teacher.folder if run.recipe.prune.budget_reference == "teacher" \
+            else student.folder
+        reference = accuracy(TorchPredictor(reference_dir, run.spec.max_length), run.dev)
+        floor = reference - budget / 100.0
+        for candidate in candidates:
+            candidate.meets_budget = candidate.int8_accuracy >= floor
+        within = [c for c in candidates if c.meets_budget]
+        chosen = min(within, key=lambda c: c.int8_ms) if within else \
+            max(candidates, key=lambda c: c.int8_accuracy)
+    chosen.chosen = True
+    return chosen
+
+
+def _variants_of(candidate: Candidate) -> Variants:
+    folder = Path(candidate.variants)
+    record = json.loads((folder / STAGE_FILE).read_text(encoding="utf-8"))
+
+    exported = ExportResult(folder / "fp32.onnx", record["input_names"], record["max_abs_diff"],
+                            Architecture.model_validate(record["architecture"]))
+    fusion = FusionReport(applied=record["fusions"], missing=record["fusions_missing"])
+    return Variants(exported, fusion, folder / "fp32.onnx", folder / "fused.onnx",
+                    folder / "int8.onnx", folder / "fp16.onnx")
+
+
+def _measure(run: _Run, teacher: Stage, student: Stage, chosen: Candidate,
+             candidates: list[Candidate]) -> Report:
+    """Table 3: every stage's accuracy, and batch-1 speed of all stages side by side."""
+    variants = _variants_of(chosen)
+    names = variants.exported.input_names
+    checkpoint = Path(chosen.checkpoint)
+    max_length = run.spec.max_length
+    plan: list[tuple[str, str, Path, Predictor, Path]] = [
+        ("teacher", "PyTorch fp32", teacher.folder, TorchPredictor(teacher.folder, max_length),
+         teacher.folder / "model.safetensors"),
+        ("distilled student", "PyTorch fp32", student.folder,
+         TorchPredictor(student.folder, max_length), student.folder / "model.safetensors"),
+    ]
+    if chosen.pruned:
+        plan.append((f"pruned {chosen.level}", "PyTorch fp32", checkpoint,
+                     TorchPredictor(checkpoint, max_length), checkpoint / "model.safetensors"))
+    for stage, runtime, graph in (("ONNX export", "ORT fp32", variants.fp32),
+                                  ("graph fusion", "ORT fp32 fused", variants.fused),
+                                  ("INT8 quantization", "ORT int8", variants.int8)):
+        plan.append((stage, runtime, checkpoint, _ort(run, checkpoint, graph, names), graph))
+    texts = run.dev.texts[: run.recipe.evaluate.speed_examples]
+    speeds = batch1_side_by_side({name: p for name, _, _, p, _ in plan}, texts,
+                                 run.recipe.evaluate.rounds, run.recipe.evaluate.threads)
+    rows = []
+    for name, runtime, model_dir, predictor, file in plan:
+        stats = inspect_config(load_config(model_dir))
+        shape = stats.architecture
+        rows.append(Row(
+            stage=name, runtime=runtime,
+            shape=f"{shape.layers}L/{shape.hidden}H/{shape.heads}x{shape.head_size}/{shape.ffn}",
+            parameters=stats.total_parameters, size_mb=round(file.stat().st_size / 1e6, 2),
+            accuracy=accuracy(predictor, run.dev),
+            ms_per_sentence=speeds[name].ms_per_sentence, rounds_ms=speeds[name].rounds_ms,
+            flops_per_token=sum(stats.flops_per_token.values())))
+    fp16 = _ort(run, checkpoint, variants.fp16, names)
+    fp32 = plan[-3][3]
+    agreement = _agreement(fp16, fp32, run.dev)
+    return Report(recipe=run.recipe.model_dump(mode="json"), task=run.spec.name,
+                  dev_examples=len(run.dev), speed_examples=len(texts),
+                  rounds=run.recipe.evaluate.rounds, threads=run.recipe.evaluate.threads,
+                  rows=rows, candidates=candidates,
+                  budget=run.recipe.prune.max_accuracy_drop,
+                  budget_reference=run.recipe.prune.budget_reference,
+                  fusions=variants.fusion.applied, fusions_missing=variants.fusion.missing,
+                  fp16_cpu_agreement=agreement, artifact=str(run.recipe.artifact))
+
+
+def _agreement(first: Predictor, second: Predictor, dev: Examples) -> float:
+    a, b = predictions(first, dev.texts), predictions(second, dev.texts)
+    return float(np.mean(a == b))
+
+
+def stage_summary(out: Path) -> list[str]:
+    """Names of finished stages under a run folder (for the Ctrl-C message)."""
+    return sorted(str(p.parent.relative_to(out)) for p in out.rglob(STAGE_FILE))
+

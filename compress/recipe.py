@@ -1,0 +1,135 @@
+"""The YAML recipe: one file that says how a teacher becomes a served student.
+
+Sections mirror the stages (teacher finetune -> student distil -> prune sweep -> ONNX variants ->
+evaluate). Unknown keys and wrong types are refused at load, naming the key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from compress.artifact import CompressError
+from compress.distill import DistilConfig
+from compress.finetune import FinetuneConfig
+from compress.tasks import TASKS
+
+
+class RecipeError(CompressError):
+    """The recipe file cannot be read or is invalid."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TeacherSection(_Section):
+    model: str = Field(default="packaged:minilm-l6", description="encoder to fine-tune into the teacher")
+    checkpoint: Path | None = Field(
+        default=None, description="an already fine-tuned teacher: no finetune"
+    )
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+
+
+class StudentSection(_Section):
+    init: str = Field(
+        default="teacher",
+        description="'teacher' (layer subset of it), packaged:NAME, a local folder or a hub id",
+    )
+    layers: list[int] | int | Literal["every_other"] | None = Field(
+        default=None, description="encoder layers to keep: indices, a count or 'every_other'"
+    )
+
+
+class PruneLevelSpec(_Section):
+    heads: int = Field(gt=0)
+    ffn: int = Field(gt=0)
+
+
+def _unpruned() -> list[float | PruneLevelSpec]:
+    return [1.0]
+
+
+class PruneSection(_Section):
+    levels: list[float | PruneLevelSpec] = Field(
+        default_factory=_unpruned,
+        description="share of heads and FFN neurons every layer keeps (1.0 = unpruned), or "
+        "{heads, ffn} counts",
+    )
+    importance_examples: int = Field(default=2000, gt=0)
+    distil: DistilConfig = Field(default_factory=DistilConfig)
+    max_accuracy_drop: float | None = Field(
+        default=None,
+        ge=0,
+        description="accuracy points the served model may lose; the fastest level within it is chosen",
+    )
+    budget_reference: Literal["teacher", "student"] = "teacher"
+
+    @field_validator("levels")
+    @classmethod
+    def _ratios_in_range(cls, levels: list[float | PruneLevelSpec]) -> list[float | PruneLevelSpec]:
+        if not levels:
+            raise ValueError("at least one level")
+        for level in levels:
+            if isinstance(level, float) and not 0 < level <= 1:
+                raise ValueError(f"ratio {level} is not in (0, 1]")
+        return levels
+
+
+class EvaluateSection(_Section):
+    max_dev_examples: int | None = Field(default=None, gt=0)
+    speed_examples: int = Field(default=300, gt=0, description="dev sentences timed at batch 1")
+    rounds: int = Field(default=3, gt=0)
+    threads: int = Field(default=1, gt=0, description="threads per model while timing (one instance)")
+
+
+class Recipe(_Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    task: str
+    data_dir: Path | None = Field(
+        default=None, description="local task data; default ../shared/data or $DATA_DIR"
+    )
+    hub: bool = False
+    out_dir: Path | None = Field(
+        default=None, description="stage checkpoints and report; default runs/<name>"
+    )
+    artifact_dir: Path | None = Field(
+        default=None, description="the servable artifact; default <out_dir>/artifact"
+    )
+    teacher: TeacherSection = Field(default_factory=TeacherSection)
+    student: StudentSection = Field(default_factory=StudentSection)
+    distil: DistilConfig = Field(default_factory=DistilConfig)
+    prune: PruneSection = Field(default_factory=PruneSection)
+    evaluate: EvaluateSection = Field(default_factory=EvaluateSection)
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, task: str) -> str:
+        if task not in TASKS:
+            raise ValueError(f"unknown task {task!r}; known: {', '.join(sorted(TASKS))}")
+        return task
+
+    @property
+    def output(self) -> Path:
+        return self.out_dir or Path("runs") / self.name
+
+    @property
+    def artifact(self) -> Path:
+        return self.artifact_dir or self.output / "artifact"
+
+
+def load_recipe(path: Path) -> Recipe:
+    """Read and validate a recipe file; errors name the file and the offending key."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise RecipeError(f"{path}: cannot read recipe: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{path}: a recipe is a YAML mapping")
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as exc:
+        raise RecipeError(f"{path}: invalid recipe:\n{exc}") from exc

@@ -1,0 +1,108 @@
+"""Accuracy and batch-1 latency of PyTorch checkpoints and ONNX graphs, measured side by side.
+
+Every row is timed in each round, round-robin, so that noise from a shared machine falls on all of
+them alike; a row's figure is its median round. Tokenization is inside the timing for every row,
+as it is for a served request.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from compress.checkpoint import load_classifier
+from compress.encoding import encode, load_tokenizer, pad_batch
+from compress.finetune import hf_tokenize
+from compress.tasks import Examples
+
+Texts = Sequence[str | tuple[str, str]]
+
+
+class Predictor(Protocol):
+    def logits(self, texts: Texts) -> np.ndarray: ...
+
+
+class TorchPredictor:
+    """A classifier checkpoint run eagerly by PyTorch in fp32 (the 'out of the box' baseline)."""
+
+    def __init__(self, checkpoint: Path, max_length: int) -> None:
+        self.model, self.tokenizer = load_classifier(checkpoint)
+        self.max_length = max_length
+
+    def logits(self, texts: Texts) -> np.ndarray:
+        batch = hf_tokenize(self.tokenizer, list(texts), self.max_length, padding=True,
+                            return_tensors="pt")
+        with torch.inference_mode():
+            return self.model(**batch).logits.numpy()
+
+
+class OrtPredictor:
+    """An ONNX graph on ORT's CPU provider, fed by the serving tokenizer."""
+
+    def __init__(self, graph: Path, tokenizer_json: Path, input_names: list[str], max_length: int,
+                 pad_token_id: int, threads: int) -> None:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(graph), options,
+                                            providers=["CPUExecutionProvider"])
+        self.tokenizer = load_tokenizer(tokenizer_json, max_length)
+        self.input_names = input_names
+        self.pad_token_id = pad_token_id
+
+    def logits(self, texts: Texts) -> np.ndarray:
+        feeds = pad_batch(encode(self.tokenizer, texts), self.input_names, self.pad_token_id)
+        result: np.ndarray = self.session.run(None, feeds)[0]
+        return result
+
+
+def predictions(predictor: Predictor, texts: Texts, batch_size: int = 32) -> np.ndarray:
+    """Argmax label of every text, batching similar lengths (accuracy, not speed)."""
+    order = sorted(range(len(texts)), key=lambda i: len(str(texts[i])))
+    out = np.zeros(len(texts), dtype=np.int64)
+    for start in range(0, len(order), batch_size):
+        picked = order[start : start + batch_size]
+        out[picked] = predictor.logits([texts[i] for i in picked]).argmax(axis=-1)
+    return out
+
+
+def accuracy(predictor: Predictor, examples: Examples) -> float:
+    """Share of `examples` labelled correctly."""
+    predicted = predictions(predictor, examples.texts)
+    return float(np.mean(predicted == np.asarray(examples.labels)))
+
+
+@dataclass(frozen=True)
+class Speed:
+    ms_per_sentence: float
+    rounds_ms: list[float]
+
+    @property
+    def sentences_per_s(self) -> float:
+        return 1000.0 / self.ms_per_sentence
+
+
+def batch1_side_by_side(predictors: dict[str, Predictor], texts: Texts, rounds: int = 3,
+                        threads: int = 1) -> dict[str, Speed]:
+    """ms per sentence at batch 1 for every predictor, interleaved over `rounds`."""
+    torch.set_num_threads(threads)
+    for predictor in predictors.values():  # warm-up: first calls allocate and plan
+        for text in texts[:5]:
+            predictor.logits([text])
+    per_round: dict[str, list[float]] = {name: [] for name in predictors}
+    for _ in range(rounds):
+        for name, predictor in predictors.items():
+            started = time.perf_counter()
+            for text in texts:
+                predictor.logits([text])
+            per_round[name].append(1000.0 * (time.perf_counter() - started) / len(texts))
+    return {name: Speed(statistics.median(times), [round(t, 3) for t in times])
+            for name, times in per_round.items()}
