@@ -107,7 +107,7 @@ def run_recipe(recipe: Recipe, data_dir: Path | None) -> Report:
     teacher = _teacher_stage(run)
     student = _student_stage(run, teacher)
     candidates = _sweep(run, teacher, student)
-    chosen = _choose(run, candidates, teacher, student)
+    chosen, reference = _choose(run, candidates, teacher, student)
     log.info("chosen pruning level: %s", chosen.level)
     assemble_artifact(spec, Path(chosen.checkpoint), _variants_of(chosen), run.dev,
                       recipe.artifact, Provenance(teacher=str(teacher.folder),
@@ -115,6 +115,7 @@ def run_recipe(recipe: Recipe, data_dir: Path | None) -> Report:
                                                   recipe=recipe.model_dump(mode="json"),
                                                   created=""))
     report = _measure(run, teacher, student, chosen, candidates)
+    report.budget_reference_accuracy = reference
     write_report(report, run.out)
     return report
 
@@ -270,17 +271,25 @@ def _evaluate_candidates(run: _Run, made: list[_Level], full: PruneLevel) -> lis
     return candidates
 
 
-def _choose(run: _Run, candidates: list[Candidate], teacher: Stage, student: Stage) -> Candidate:
-    """The fastest level within the accuracy budget; without a budget the fastest; if none meets
-    it, the most accurate (and the report says the budget was not met)."""
+def _choose(run: _Run, candidates: list[Candidate], teacher: Stage, student: Stage) -> \
+        tuple[Candidate, float | None]:
+    """The level to serve, and the accuracy the budget was measured from (if there is one)."""
     budget = run.recipe.prune.max_accuracy_drop
-    if budget is None:
-        chosen = min(candidates, key=lambda c: c.int8_ms)
-    else:
+    floor = reference = None
+    if budget is not None:
         reference_dir = teacher.folder if run.recipe.prune.budget_reference == "teacher" \
             else student.folder
         reference = accuracy(TorchPredictor(reference_dir, run.spec.max_length), run.dev)
         floor = reference - budget / 100.0
+    return pick_level(candidates, floor), reference
+
+
+def pick_level(candidates: list[Candidate], floor: float | None) -> Candidate:
+    """The fastest level with INT8 accuracy >= floor; without a floor the fastest; if none
+    reaches it, the most accurate (the report then says the budget was not met)."""
+    if floor is None:
+        chosen = min(candidates, key=lambda c: c.int8_ms)
+    else:
         for candidate in candidates:
             candidate.meets_budget = candidate.int8_accuracy >= floor
         within = [c for c in candidates if c.meets_budget]

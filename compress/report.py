@@ -58,6 +58,7 @@ class Report:
     fusions_missing: list[str]
     fp16_cpu_agreement: float
     artifact: str
+    budget_reference_accuracy: float | None = None
     machine: str = field(default_factory=lambda: f"{platform.machine()} "
                                                  f"{platform.processor() or ''}".strip())
 
@@ -100,6 +101,8 @@ def sweep_table(report: Report) -> str:
 def markdown(report: Report) -> str:
     budget = "none (fastest level)" if report.budget is None else \
         f"at most {report.budget:.1f} points below the {report.budget_reference}"
+    if report.budget_reference_accuracy is not None:
+        budget += f" ({100 * report.budget_reference_accuracy:.2f}% in PyTorch)"
     met = [c for c in report.candidates if c.chosen and c.meets_budget is False]
     return "\n".join([
         f"# Compression report: {report.recipe.get('name')} ({report.task})",

@@ -58,15 +58,20 @@ def write_pair_jsonl(path: Path, rows: int, seed: int) -> None:
                                      "label": label, "idx": idx}) + "\n")
 
 
-def build_tiny_bert(folder: Path) -> Path:
-    """A random-init 2-layer BERT (hidden 32) with a word-level vocabulary, saved as an HF folder."""
+def build_tiny_bert(folder: Path, heads: int = 2, ffn: int = 64, layers: int = 2,
+                    char_level: bool = False) -> Path:
+    """A random-init BERT (hidden 32) with a word-level vocabulary, saved as an HF folder.
+
+    char_level leaves the words out of the vocabulary: a tokenizer that splits every word into
+    letters, as a teacher with another tokenizer would.
+    """
     from tokenizers import BertWordPieceTokenizer
     from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
 
     folder.mkdir(parents=True, exist_ok=True)
     letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
-    vocab = SPECIALS + sorted(set(POSITIVE + NEGATIVE + FILLER + ["it"])) + letters + \
-        [f"##{c}" for c in letters]
+    words = [] if char_level else sorted(set(POSITIVE + NEGATIVE + FILLER + ["it"]))
+    vocab = SPECIALS + words + letters + [f"##{c}" for c in letters]
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
     # Built with `tokenizers` and wrapped: transformers 5 ignores vocab_file= for fast tokenizers.
     BertWordPieceTokenizer(str(folder / "vocab.txt"), lowercase=True).save(
@@ -74,8 +79,11 @@ def build_tiny_bert(folder: Path) -> Path:
     tokenizer = BertTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"),
                                   model_max_length=64)
     tokenizer.save_pretrained(folder)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
-                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=layers,
+                        num_attention_heads=heads, intermediate_size=ffn,
+                        max_position_embeddings=64,
+                        id2label={0: "negative", 1: "positive"},
+                        label2id={"negative": 0, "positive": 1})
     import torch
 
     torch.manual_seed(0)
@@ -88,6 +96,7 @@ class TinyRepo:
     root: Path  # the model repository (one folder per task)
     data_dir: Path
     base_model: Path
+    sst2_teacher: Path  # the fine-tuned sst2 checkpoint the artifact was made from
 
 
 @pytest.fixture(scope="session")
@@ -108,7 +117,8 @@ def tiny_repo(tmp_path_factory: pytest.TempPathFactory) -> TinyRepo:
         config = FinetuneConfig(epochs=epochs, batch_size=16, learning_rate=2e-3, threads=1)
         build_artifact(BuildPlan(task=task, base_model=str(base), out_dir=repo / task,
                                  work_dir=work / "runs" / task, data_dir=data, finetune=config))
-    return TinyRepo(root=repo, data_dir=data, base_model=base)
+    return TinyRepo(root=repo, data_dir=data, base_model=base,
+                    sst2_teacher=work / "runs" / "sst2" / "finetuned")
 
 
 def free_port() -> int:

@@ -77,18 +77,33 @@ def test_finetune_learns_the_task(tiny_repo: TinyRepo) -> None:
     assert metrics["fp32"].value >= 0.9
 
 
-def test_int8_agrees_with_fp32_on_dev_predictions(tiny_repo: TinyRepo) -> None:
+@pytest.mark.parametrize("variant", ["cpu-int8", "gpu-fp16"])
+def test_variant_agrees_with_fp32_on_dev_predictions(tiny_repo: TinyRepo, variant: str) -> None:
     folder = tiny_repo.root / "sst2"
     manifest = read_manifest(folder)
     dev = load_local(get_task("sst2"), "dev", tiny_repo.data_dir)
 
-    def labels(variant: str) -> list[int]:
-        return predict(folder / manifest.variants[variant].file, folder / "tokenizer.json",
+    def labels(name: str) -> list[int]:
+        return predict(folder / manifest.variants[name].file, folder / "tokenizer.json",
                        dev.texts, manifest.model_inputs, manifest.max_length)
 
-    fp32, int8 = labels("fp32"), labels("cpu-int8")
-    agreement = sum(a == b for a, b in zip(fp32, int8, strict=True)) / len(fp32)
+    fp32, other = labels("fp32"), labels(variant)
+    agreement = sum(a == b for a, b in zip(fp32, other, strict=True)) / len(fp32)
     assert agreement >= 0.95
+
+
+def test_fp16_variant_keeps_fp32_inputs_and_outputs_around_fp16_weights(
+        tiny_repo: TinyRepo) -> None:
+    import onnx
+
+    folder = tiny_repo.root / "sst2"
+    variant = read_manifest(folder).variants["gpu-fp16"]
+    assert (variant.precision, variant.execution_provider) == ("fp16", "CUDAExecutionProvider")
+    graph = onnx.load(str(folder / variant.file)).graph
+    assert graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    weights = [t for t in graph.initializer if len(t.dims) == 2]
+    assert weights and all(t.data_type == onnx.TensorProto.FLOAT16 for t in weights)
+    assert variant.fusions["Attention"] == 2
 
 
 def test_cli_evaluate_reports_accuracy_of_an_artifact(tiny_repo: TinyRepo,

@@ -1,0 +1,203 @@
+"""`python -m compress run <recipe>` on a tiny teacher: stages, reuse, resume, budget, report."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from compress import pipeline
+from compress.artifact import read_manifest
+from compress.recipe import Recipe, RecipeError, load_recipe
+from compress.report import Candidate, Report
+from tests.conftest import ROOT, TinyRepo
+
+STAGE_NAMES = ["teacher", "distilled student", "pruned h1-f32", "ONNX export", "graph fusion",
+               "INT8 quantization"]
+
+
+def _recipe(tiny_repo: TinyRepo, out: Path, **changes: Any) -> Recipe:
+    raw: dict[str, Any] = {
+        "name": "tiny", "task": "sst2", "data_dir": str(tiny_repo.data_dir), "out_dir": str(out),
+        "teacher": {"model": str(tiny_repo.base_model),
+                    "finetune": {"epochs": 4, "batch_size": 16, "learning_rate": 2e-3,
+                                 "threads": 1}},
+        "student": {"init": "teacher", "layers": 1},
+        "distil": {"epochs": 3, "batch_size": 16, "learning_rate": 2e-3, "max_length": 64},
+        "prune": {"levels": [1.0, 0.5], "importance_examples": 200,
+                  "distil": {"epochs": 1, "batch_size": 16, "learning_rate": 1e-3,
+                             "max_length": 64},
+                  "max_accuracy_drop": 20.0, "budget_reference": "student"},
+        "evaluate": {"speed_examples": 30, "rounds": 2},
+    }
+    for key, value in changes.items():
+        section, _, field = key.partition("__")
+        if field:
+            raw[section] = {**raw[section], field: value}
+        else:
+            raw[section] = value
+    return Recipe.model_validate(raw)
+
+
+@pytest.fixture(scope="module")
+def finished(tiny_repo: TinyRepo, tmp_path_factory: pytest.TempPathFactory) -> tuple[Recipe,
+                                                                                     Report]:
+    recipe = _recipe(tiny_repo, tmp_path_factory.mktemp("recipe") / "run")
+    return recipe, pipeline.run_recipe(recipe, None)
+
+
+def test_report_has_one_row_per_stage_measured_in_the_same_run(
+        finished: tuple[Recipe, Report]) -> None:
+    recipe, report = finished
+    assert [row.stage for row in report.rows] == STAGE_NAMES
+    for row in report.rows:
+        assert len(row.rounds_ms) == 2 and row.ms_per_sentence > 0
+        assert 0.0 <= row.accuracy <= 1.0 and row.size_mb > 0
+    assert report.rows[2].parameters < report.rows[1].parameters < report.rows[0].parameters
+    saved = json.loads((recipe.output / "report.json").read_text())
+    assert [row["stage"] for row in saved["rows"]] == STAGE_NAMES
+    markdown = (recipe.output / "report.md").read_text()
+    assert "speed-up (cumulative)" in markdown and "| INT8 quantization | ORT int8 |" in markdown
+    assert (recipe.output / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_student_stays_close_to_the_teacher_on_the_tiny_task(
+        finished: tuple[Recipe, Report]) -> None:
+    _, report = finished
+    teacher, student = report.rows[0].accuracy, report.rows[1].accuracy
+    assert teacher >= 0.9 and student >= teacher - 0.1
+
+
+def test_sweep_levels_are_judged_on_int8_and_the_chosen_one_is_served(
+        finished: tuple[Recipe, Report]) -> None:
+    recipe, report = finished
+    assert [c.level for c in report.candidates] == ["h2-f64", "h1-f32"]
+    chosen = [c for c in report.candidates if c.chosen]
+    assert len(chosen) == 1 and chosen[0].meets_budget
+    manifest = read_manifest(recipe.artifact)
+    assert set(manifest.variants) == {"fp32", "cpu-int8", "gpu-fp16"}
+    assert (manifest.architecture.heads, manifest.architecture.ffn) == (1, 32)
+    assert manifest.provenance.recipe["name"] == "tiny"
+
+
+def test_fp16_variant_gives_the_fp32_labels_on_cpu(finished: tuple[Recipe, Report]) -> None:
+    _, report = finished
+    assert report.fp16_cpu_agreement >= 0.95
+
+
+def _forbid(monkeypatch: pytest.MonkeyPatch, *names: str) -> None:
+    for name in names:
+        def refuse(*_: object, _name: str = name, **__: object) -> None:
+            raise AssertionError(f"{_name} ran again")
+
+        monkeypatch.setattr(pipeline, name, refuse)
+
+
+def test_rerun_reuses_every_finished_stage(finished: tuple[Recipe, Report],
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    recipe, _ = finished
+    _forbid(monkeypatch, "finetune", "distil", "make_variants", "importance_scores")
+    report = pipeline.run_recipe(recipe, None)
+    assert [row.stage for row in report.rows] == STAGE_NAMES
+
+
+def test_changed_prune_setting_rebuilds_only_the_pruned_stage(
+        finished: tuple[Recipe, Report], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    recipe, _ = finished
+    out = tmp_path / "run"
+    shutil.copytree(recipe.output, out)
+    changed = recipe.model_copy(update={"out_dir": out, "artifact_dir": None})
+    changed = changed.model_copy(update={"prune": changed.prune.model_copy(
+        update={"distil": changed.prune.distil.__class__(
+            **{**changed.prune.distil.as_dict(), "learning_rate": 5e-4})})})
+    _forbid(monkeypatch, "finetune", "importance_scores")
+    calls: list[str] = []
+    real_distil = pipeline.distil
+
+    def counting(*args: Any, **kwargs: Any) -> Path:
+        calls.append(Path(args[5]).name)
+        return real_distil(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "distil", counting)
+    pipeline.run_recipe(changed, None)
+    assert calls == ["h1-f32.partial"]
+
+
+def test_interrupted_run_keeps_finished_stages_and_resumes(
+        tiny_repo: TinyRepo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    recipe = _recipe(tiny_repo, tmp_path / "run", prune__levels=[1.0])
+
+    def interrupted(*_: object, **__: object) -> None:
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(pipeline, "distil", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            pipeline.run_recipe(recipe, None)
+    assert pipeline.stage_summary(recipe.output) == ["teacher"]
+    assert not (recipe.output / "student").exists()
+    _forbid(monkeypatch, "finetune")
+    report = pipeline.run_recipe(recipe, None)
+    assert [row.stage for row in report.rows][:2] == ["teacher", "distilled student"]
+
+
+def _candidate(level: str, accuracy: float, ms: float) -> Candidate:
+    return Candidate(level=level, pruned=level != "full", checkpoint="", variants="",
+                     parameters=0, int8_accuracy=accuracy, int8_ms=ms)
+
+
+def test_budget_picks_the_fastest_level_within_it() -> None:
+    levels = [_candidate("full", 0.90, 3.0), _candidate("h8", 0.895, 2.0),
+              _candidate("h6", 0.87, 1.0)]
+    chosen = pipeline.pick_level(levels, floor=0.89)
+    assert chosen.level == "h8" and [c.meets_budget for c in levels] == [True, True, False]
+
+
+def test_budget_no_level_meets_keeps_the_most_accurate() -> None:
+    levels = [_candidate("full", 0.90, 3.0), _candidate("h6", 0.80, 1.0)]
+    assert pipeline.pick_level(levels, floor=0.95).level == "full"
+
+
+def test_without_a_budget_the_fastest_level_is_chosen() -> None:
+    levels = [_candidate("full", 0.90, 3.0), _candidate("h6", 0.80, 1.0)]
+    assert pipeline.pick_level(levels, floor=None).level == "h6"
+
+
+def test_recipe_with_an_unknown_key_is_refused_naming_it(tmp_path: Path) -> None:
+    path = tmp_path / "recipe.yaml"
+    path.write_text("name: x\ntask: sst2\ndistil:\n  temprature: 3\n", encoding="utf-8")
+    with pytest.raises(RecipeError, match="temprature"):
+        load_recipe(path)
+
+
+def test_recipe_with_an_unknown_task_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "recipe.yaml"
+    path.write_text("name: x\ntask: imdb\n", encoding="utf-8")
+    with pytest.raises(RecipeError, match="unknown task 'imdb'"):
+        load_recipe(path)
+
+
+def test_prune_ratio_outside_zero_one_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "recipe.yaml"
+    path.write_text("name: x\ntask: sst2\nprune:\n  levels: [1.5]\n", encoding="utf-8")
+    with pytest.raises(RecipeError, match="not in"):
+        load_recipe(path)
+
+
+def test_the_shipped_recipe_is_valid() -> None:
+    recipe = load_recipe(ROOT / "recipes" / "sst2-minilm-l3.yaml")
+    assert recipe.student.layers == [0, 2, 4] and recipe.prune.max_accuracy_drop == 1.0
+
+
+def test_run_command_reports_an_invalid_recipe_without_a_traceback(tmp_path: Path) -> None:
+    path = tmp_path / "recipe.yaml"
+    path.write_text("name: x\ntask: sst2\nstudent: {layers: every_third}\n", encoding="utf-8")
+    result = subprocess.run([sys.executable, "-m", "compress", "run", str(path)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "invalid recipe" in result.stderr and "Traceback" not in result.stderr
