@@ -131,6 +131,72 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hub", action="store_true")
 
 
+def _add_distil_prune(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("distil", help="distil a fine-tuned teacher into a (layer-cut) student")
+    p.add_argument("--task", required=True, choices=sorted(TASKS))
+    p.add_argument("--teacher", type=Path, required=True, help="fine-tuned teacher checkpoint")
+    p.add_argument("--student", default="teacher",
+                   help="'teacher' (layer subset of it), packaged:NAME, a folder or a hub id")
+    p.add_argument("--layers", default=None,
+                   help="layers to keep: '0,2,4', a count, or every_other (default: all)")
+    p.add_argument("--temperature", type=float, default=2.0)
+    p.add_argument("--alpha", type=float, default=1.0, help="weight of the soft loss")
+    p.add_argument("--hidden-weight", type=float, default=0.0)
+    p.add_argument("--attention-weight", type=float, default=0.0)
+    p.add_argument("--data-dir", type=Path, default=default_data_dir())
+    p.add_argument("--hub", action="store_true")
+    p.add_argument("--out", type=Path, required=True)
+    _add_finetune_args(p)
+
+    p = sub.add_parser("prune", help="score heads/FFN neurons, cut them, distil again")
+    p.add_argument("--task", required=True, choices=sorted(TASKS))
+    p.add_argument("--checkpoint", type=Path, required=True, help="the model to prune")
+    p.add_argument("--teacher", type=Path, required=True, help="unpruned teacher to distil from")
+    p.add_argument("--heads", type=int, required=True, help="heads every layer keeps")
+    p.add_argument("--ffn", type=int, required=True, help="FFN neurons every layer keeps")
+    p.add_argument("--importance-examples", type=int, default=2000)
+    p.add_argument("--data-dir", type=Path, default=default_data_dir())
+    p.add_argument("--hub", action="store_true")
+    p.add_argument("--out", type=Path, required=True)
+    _add_finetune_args(p)
+
+
+def _layers_arg(text: str | None) -> list[int] | int | str | None:
+    if text is None or text == "every_other":
+        return text
+    if "," in text:
+        return [int(part) for part in text.split(",")]
+    return int(text)
+
+
+def _run_distil_prune(args: argparse.Namespace) -> int:
+    from compress.distill import DistilConfig, distil, init_student
+    from compress.pretrained import resolve_model
+    from compress.tasks import get_task, load_split
+
+    spec = get_task(args.task)
+    train = load_split(spec, "train", None if args.hub else args.data_dir)
+    common = {"epochs": args.epochs, "batch_size": args.batch_size,
+              "learning_rate": args.learning_rate, "max_examples": args.max_train_examples,
+              "seed": args.seed}
+    if args.verb == "distil":
+        config = DistilConfig(temperature=args.temperature, alpha=args.alpha,
+                              hidden_weight=args.hidden_weight,
+                              attention_weight=args.attention_weight, **common)
+        source = str(args.teacher) if args.student == "teacher" else resolve_model(args.student)
+        model, tokenizer = init_student(source, spec, _layers_arg(args.layers))
+        out = distil(model, tokenizer, args.teacher, train, config, args.out)
+    else:
+        from compress.pipeline import prune_checkpoint
+        from compress.prune import PruneLevel
+
+        out = prune_checkpoint(args.checkpoint, args.teacher, train,
+                               PruneLevel(args.heads, args.ffn), args.importance_examples,
+                               DistilConfig(**common), args.out)
+    print(f"checkpoint written to {out}")
+    return 0
+
+
 def _add_run(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="a whole YAML recipe: teacher -> distil -> prune sweep -> "
                                    "ONNX variants -> artifact + report (reuses finished stages)")
@@ -181,6 +247,8 @@ def _run(args: argparse.Namespace) -> int:
         return _run_stage(args)
     if args.verb == "run":
         return _run_recipe(args)
+    if args.verb in ("distil", "prune"):
+        return _run_distil_prune(args)
     if args.verb == "inspect":
         return _inspect(args)
     if args.verb == "evaluate":
@@ -233,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_stages(sub)
     _add_package(sub)
     _add_evaluate(sub)
+    _add_distil_prune(sub)
     _add_run(sub)
     _add_inspect(sub)
     args = parser.parse_args(argv)

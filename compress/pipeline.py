@@ -13,7 +13,7 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ import torch
 from compress.artifact import Architecture, Provenance
 from compress.build import Variants, assemble_artifact, make_variants
 from compress.checkpoint import load_classifier, write_json_atomic
-from compress.distill import distil, init_student, soft_loss, teacher_logits
+from compress.distill import DistilConfig, distil, init_student, soft_loss, teacher_logits
 from compress.export import ExportResult
 from compress.finetune import finetune, hf_tokenize
 from compress.model_stats import inspect_config, load_config
@@ -44,6 +44,7 @@ from compress.speed import (
 from compress.tasks import Examples, TaskSpec, get_task, load_split
 
 log = logging.getLogger(__name__)
+Texts = list[str | tuple[str, str]]
 STAGE_FILE = "stage.json"
 
 
@@ -163,34 +164,54 @@ def _levels(run: _Run, student: Stage) -> list[PruneLevel]:
     return levels
 
 
+def score_heads_and_neurons(checkpoint: Path, teacher_dir: Path, texts: Texts, max_length: int,
+                            temperature: float, cache_dir: Path | None = None) -> Importance:
+    """Importance of every head and FFN neuron of `checkpoint` under the distillation loss."""
+    targets = torch.from_numpy(teacher_logits(teacher_dir, texts, max_length, cache_dir))
+    model, tokenizer = load_classifier(checkpoint)
+    encoded = hf_tokenize(tokenizer, texts, max_length)
+    order = sorted(range(len(texts)), key=lambda i: len(encoded["input_ids"][i]))
+    chunks = [order[i : i + 32] for i in range(0, len(order), 32)]
+
+    def batches() -> Iterator[dict[str, torch.Tensor]]:
+        for picked in chunks:
+            features = [{k: encoded[k][i] for k in encoded} for i in picked]
+            batch = dict(tokenizer.pad(features, return_tensors="pt"))
+            batch["labels"] = torch.tensor(picked)  # row indices into the teacher targets
+            yield batch
+
+    def loss_of(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return soft_loss(logits, targets[batch["labels"]], temperature)
+
+    return importance_scores(model, batches(), loss_of, total=len(chunks))
+
+
+def prune_checkpoint(checkpoint: Path, teacher_dir: Path, train: Examples, level: PruneLevel,
+                     importance_examples: int, config: DistilConfig, out: Path,
+                     cache_dir: Path | None = None, importance: Importance | None = None) -> Path:
+    """Score, cut to `level`, then distil again from the unpruned teacher (pruning alone loses
+    accuracy); the pruned checkpoint is written to `out`."""
+    if importance is None:
+        importance = score_heads_and_neurons(checkpoint, teacher_dir,
+                                             train.texts[:importance_examples], config.max_length,
+                                             config.temperature, cache_dir)
+    model, tokenizer = load_classifier(checkpoint)
+    prune_model(model, importance, level)
+    return distil(model, tokenizer, teacher_dir, train, config, out, cache_dir)
+
+
 def _importance_stage(run: _Run, teacher: Stage, student: Stage) -> Importance:
     count = min(run.recipe.prune.importance_examples, len(run.train))
-    texts = run.train.texts[:count]
-    max_length = run.recipe.prune.distil.max_length
+    config = run.recipe.prune.distil
 
     def build(folder: Path) -> dict[str, Any]:
-        targets = torch.from_numpy(teacher_logits(teacher.folder, texts, max_length, run.cache))
-        model, tokenizer = load_classifier(student.folder)
-        encoded = hf_tokenize(tokenizer, texts, max_length)
-        batch_size = 32
-        order = sorted(range(count), key=lambda i: len(encoded["input_ids"][i]))
-        chunks = [order[i : i + batch_size] for i in range(0, count, batch_size)]
-
-        def batches() -> Any:
-            for picked in chunks:
-                features = [{k: encoded[k][i] for k in encoded} for i in picked]
-                batch = dict(tokenizer.pad(features, return_tensors="pt"))
-                batch["labels"] = torch.tensor(picked)  # row indices into the teacher targets
-                yield batch
-
-        def loss_of(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-            return soft_loss(logits, targets[batch["labels"]], run.recipe.prune.distil.temperature)
-
-        scores = importance_scores(model, batches(), loss_of, total=len(chunks))
+        scores = score_heads_and_neurons(student.folder, teacher.folder, run.train.texts[:count],
+                                         config.max_length, config.temperature, run.cache)
         scores.save(folder / "importance.npz")
         return {"examples": count}
 
-    payload = {"student": student.key, "examples": count, "max_length": max_length}
+    payload = {"student": student.key, "examples": count, "max_length": config.max_length,
+               "temperature": config.temperature}
     stage = run_stage(run.out / "prune" / "importance", payload, build)
     return Importance.load(stage.folder / "importance.npz")
 
@@ -218,17 +239,17 @@ def _sweep(run: _Run, teacher: Stage, student: Stage) -> list[Candidate]:
 
 def _pruned_stage(run: _Run, teacher: Stage, student: Stage, importance: Importance,
                   level: PruneLevel) -> Stage:
+    section = run.recipe.prune
+
     def build(folder: Path) -> dict[str, Any]:
-        model, tokenizer = load_classifier(student.folder)
-        prune_model(model, importance, level)
-        # Distil again from the unpruned teacher: pruning alone loses accuracy.
-        distil(model, tokenizer, teacher.folder, run.train, run.recipe.prune.distil, folder,
-               run.cache)
+        prune_checkpoint(student.folder, teacher.folder, run.train, level,
+                         section.importance_examples, section.distil, folder, run.cache,
+                         importance)
         return {}
 
     payload = {"student": student.key, "teacher": teacher.key, "level": asdict(level),
-               "importance_examples": run.recipe.prune.importance_examples,
-               "distil": asdict(run.recipe.prune.distil)}
+               "importance_examples": section.importance_examples,
+               "distil": asdict(section.distil)}
     return run_stage(run.out / "prune" / level.name, payload, build)
 
 

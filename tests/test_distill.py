@@ -190,3 +190,14 @@ def test_subsampled_distillation_uses_at_most_max_examples(tiny_repo: TinyRepo,
     distil(student, tokenizer, tiny_repo.sst2_teacher, train, config, tmp_path / "s", tmp_path)
     cached = np.load(next(tmp_path.glob("teacher-logits-*.npy")))
     assert cached.shape == (8, 2)
+
+
+def test_distil_command_cuts_layers_and_writes_a_student(tiny_repo: TinyRepo,
+                                                         tmp_path: Path) -> None:
+    from compress.__main__ import main
+
+    out = tmp_path / "student"
+    assert main(["distil", "--task", "sst2", "--teacher", str(tiny_repo.sst2_teacher),
+                 "--layers", "1", "--data-dir", str(tiny_repo.data_dir), "--out", str(out),
+                 "--max-train-examples", "64", "--batch-size", "16"]) == 0
+    assert load_classifier(out)[0].config.num_hidden_layers == 1

@@ -24,7 +24,7 @@ from compress.prune import (
     prune_model,
 )
 from compress.quantize import quantize_int8
-from tests.conftest import build_tiny_bert
+from tests.conftest import TinyRepo, build_tiny_bert
 
 LAYERS, HEADS, HEAD_SIZE, FFN = 2, 4, 8, 64
 
@@ -163,3 +163,18 @@ def test_ratio_levels_round_and_keep_at_least_one() -> None:
     model = _model()
     assert PruneLevel.from_ratio(model, 0.5) == PruneLevel(heads=2, ffn=32)
     assert PruneLevel.from_ratio(model, 0.01) == PruneLevel(heads=1, ffn=1)
+
+
+def test_prune_command_writes_a_smaller_distilled_checkpoint(tiny_repo: TinyRepo,
+                                                             tmp_path: Path) -> None:
+    from compress.__main__ import main
+
+    out = tmp_path / "pruned"
+    assert main(["prune", "--task", "sst2", "--checkpoint", str(tiny_repo.sst2_teacher),
+                 "--teacher", str(tiny_repo.sst2_teacher), "--heads", "1", "--ffn", "16",
+                 "--importance-examples", "64", "--data-dir", str(tiny_repo.data_dir),
+                 "--out", str(out), "--max-train-examples", "64", "--batch-size", "16"]) == 0
+    model, _ = load_classifier(out)
+    layer = model.bert.encoder.layer[0]
+    assert (layer.attention.self.num_attention_heads, layer.intermediate.dense.out_features) == \
+        (1, 16)
