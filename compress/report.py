@@ -121,11 +121,24 @@ def markdown(report: Report) -> str:
         "## Graph",
         "",
         f"Fusions applied: {report.fusions}; not applied: {report.fusions_missing or 'none'}.",
+        _attention_note(report),
         f"FP16 variant (gpu-fp16) on ORT CPU: labels agree with fp32 on "
         f"{100 * report.fp16_cpu_agreement:.1f}% of dev (its speed is a GPU question).",
         f"Artifact: `{report.artifact}`.",
         "",
     ])
+
+
+def _attention_note(report: Report) -> str:
+    """Whether ORT's Attention fusion survived pruning (attention width != hidden size)."""
+    layers_text, hidden_text, heads_text = report.rows[-1].shape.split("/")[:3]
+    layers, hidden = int(layers_text.rstrip("L")), int(hidden_text.rstrip("H"))
+    heads, head_size = (int(x) for x in heads_text.split("x"))
+    fused = report.fusions.get("Attention", 0)
+    width = f"{heads} heads x {head_size} = {heads * head_size}"
+    relation = "equals" if heads * head_size == hidden else "differs from"
+    return (f"Attention fusion: {fused} of {layers} layers fused; attention width {width} "
+            f"{relation} hidden {hidden}.")
 
 
 def write_pareto(report: Report, path: Path) -> None:

@@ -35,7 +35,7 @@ class TorchPredictor:
 
     def __init__(self, checkpoint: Path, max_length: int) -> None:
         self.model, self.tokenizer = load_classifier(checkpoint)
-        self.max_length = max_length
+        self.max_length = min(max_length, int(self.tokenizer.model_max_length or max_length))
 
     def logits(self, texts: Texts) -> np.ndarray:
         batch = hf_tokenize(self.tokenizer, list(texts), self.max_length, padding=True,

@@ -65,6 +65,8 @@ def test_report_has_one_row_per_stage_measured_in_the_same_run(
     assert [row["stage"] for row in saved["rows"]] == names
     markdown = (recipe.output / "report.md").read_text()
     assert "speed-up (cumulative)" in markdown and "| INT8 quantization | ORT int8 |" in markdown
+    assert "Attention fusion: 1 of 1 layers fused; attention width 1 heads x 16 = 16 differs " \
+        "from hidden 32" in markdown
     assert (recipe.output / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
