@@ -89,12 +89,21 @@ def inspect_config(config: PretrainedConfig, sequence_length: int = 128) -> Mode
     heads, head_size = int(config.num_attention_heads), head_size_of(config)
     architecture = Architecture(
         model_type=str(config.model_type), layers=layers, hidden=int(config.hidden_size),
-        heads=heads, head_size=head_size, ffn=int(config.intermediate_size),
+        heads=heads, head_size=head_size, ffn=_ffn_width(config),
         parameters=sum(parameters.values()))
     return ModelStats(
         architecture=architecture, parameters=parameters, sequence_length=sequence_length,
         flops_per_token=_flops_per_token(model, layers, heads * head_size, sequence_length),
     )
+
+
+def _ffn_width(config: PretrainedConfig) -> int:
+    # DistilBERT names it hidden_dim; the BERT family intermediate_size.
+    for key in ("intermediate_size", "hidden_dim"):
+        width = getattr(config, key, None)
+        if width:
+            return int(width)
+    return 0
 
 
 def _flops_per_token(model: torch.nn.Module, layers: int, attention_width: int,

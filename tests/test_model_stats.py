@@ -78,3 +78,11 @@ def test_inspect_command_prints_json_for_a_config_file(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "compress", "inspect", str(path), "--json"],
                          cwd=ROOT, capture_output=True, text=True, check=True, timeout=120)
     assert json.loads(out.stdout)["total_parameters"] == inspect_config(SMALL).total_parameters
+
+
+def test_distilbert_config_with_its_own_key_names_is_inspected() -> None:
+    from transformers import DistilBertConfig
+
+    stats = inspect_config(DistilBertConfig())
+    assert stats.architecture.ffn == 3072 and stats.architecture.layers == 6
+    assert stats.total_parameters == pytest.approx(66.4e6, rel=1e-3)
