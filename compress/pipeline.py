@@ -31,6 +31,7 @@ from compress.model_stats import inspect_config, load_config
 from compress.optimize import FusionReport
 from compress.pretrained import resolve_model
 from compress.prune import Importance, PruneLevel, importance_scores, model_shape, prune_model
+from compress.quantize import quantize_int8
 from compress.recipe import PruneLevelSpec, Recipe
 from compress.report import Candidate, Report, Row, write_report
 from compress.speed import (
@@ -46,6 +47,7 @@ from compress.tasks import Examples, TaskSpec, get_task, load_split
 log = logging.getLogger(__name__)
 Texts = list[str | tuple[str, str]]
 STAGE_FILE = "stage.json"
+UNFUSED_INT8 = "int8-unfused.onnx"
 
 
 @dataclass(frozen=True)
@@ -200,7 +202,7 @@ def prune_checkpoint(checkpoint: Path, teacher_dir: Path, train: Examples, level
     return distil(model, tokenizer, teacher_dir, train, config, out, cache_dir)
 
 
-def _importance_stage(run: _Run, teacher: Stage, student: Stage) -> Importance:
+def _importance_stage(run: _Run, teacher: Stage, student: Stage) -> tuple[Importance, str]:
     count = min(run.recipe.prune.importance_examples, len(run.train))
     config = run.recipe.prune.distil
 
@@ -213,7 +215,7 @@ def _importance_stage(run: _Run, teacher: Stage, student: Stage) -> Importance:
     payload = {"student": student.key, "examples": count, "max_length": config.max_length,
                "temperature": config.temperature}
     stage = run_stage(run.out / "prune" / "importance", payload, build)
-    return Importance.load(stage.folder / "importance.npz")
+    return Importance.load(stage.folder / "importance.npz"), stage.key
 
 
 @dataclass(frozen=True)
@@ -226,20 +228,21 @@ class _Level:
 def _sweep(run: _Run, teacher: Stage, student: Stage) -> list[Candidate]:
     levels = _levels(run, student)
     full = PruneLevel(*model_shape(load_classifier(student.folder)[0]))
-    importance = None
+    scored: tuple[Importance, str] | None = None
     made: list[_Level] = []
     for level in levels:
         checkpoint = student
         if level != full:
-            importance = importance or _importance_stage(run, teacher, student)
-            checkpoint = _pruned_stage(run, teacher, student, importance, level)
+            scored = scored or _importance_stage(run, teacher, student)
+            checkpoint = _pruned_stage(run, teacher, student, scored, level)
         made.append(_Level(level, checkpoint, _variants_stage(run, checkpoint, level.name)))
     return _evaluate_candidates(run, made, full)
 
 
-def _pruned_stage(run: _Run, teacher: Stage, student: Stage, importance: Importance,
+def _pruned_stage(run: _Run, teacher: Stage, student: Stage, scored: tuple[Importance, str],
                   level: PruneLevel) -> Stage:
     section = run.recipe.prune
+    importance, importance_key = scored
 
     def build(folder: Path) -> dict[str, Any]:
         prune_checkpoint(student.folder, teacher.folder, run.train, level,
@@ -248,14 +251,15 @@ def _pruned_stage(run: _Run, teacher: Stage, student: Stage, importance: Importa
         return {}
 
     payload = {"student": student.key, "teacher": teacher.key, "level": asdict(level),
-               "importance_examples": section.importance_examples,
-               "distil": asdict(section.distil)}
+               "importance": importance_key, "distil": asdict(section.distil)}
     return run_stage(run.out / "prune" / level.name, payload, build)
 
 
 def _variants_stage(run: _Run, checkpoint: Stage, name: str) -> Stage:
     def build(folder: Path) -> dict[str, Any]:
         made = make_variants(checkpoint.folder, folder, run.dev.texts[:8])
+        # A control for the report: INT8 of the plain export, without ORT's offline fusion.
+        quantize_int8(made.fp32, folder / UNFUSED_INT8)
         return {"input_names": made.exported.input_names,
                 "max_abs_diff": made.exported.max_abs_diff,
                 "architecture": made.exported.architecture.model_dump(),
@@ -352,7 +356,9 @@ def _measure(run: _Run, teacher: Stage, student: Stage, chosen: Candidate,
                                   ("INT8 quantization", "ORT int8", variants.int8)):
         plan.append((stage, runtime, checkpoint, _ort(run, checkpoint, graph, names), graph))
     texts = run.dev.texts[: run.recipe.evaluate.speed_examples]
-    speeds = batch1_side_by_side({name: p for name, _, _, p, _ in plan}, texts,
+    unfused = _ort(run, checkpoint, variants.fp32.with_name(UNFUSED_INT8), names)
+    timed: dict[str, Predictor] = {name: p for name, _, _, p, _ in plan}
+    speeds = batch1_side_by_side({**timed, UNFUSED_INT8: unfused}, texts,
                                  run.recipe.evaluate.rounds, run.recipe.evaluate.threads)
     rows = []
     for name, runtime, model_dir, predictor, file in plan:
@@ -375,7 +381,19 @@ def _measure(run: _Run, teacher: Stage, student: Stage, chosen: Candidate,
                   budget=run.recipe.prune.max_accuracy_drop,
                   budget_reference=run.recipe.prune.budget_reference,
                   fusions=variants.fusion.applied, fusions_missing=variants.fusion.missing,
-                  fp16_cpu_agreement=agreement, artifact=str(run.recipe.artifact))
+                  fp16_cpu_agreement=agreement, artifact=str(run.recipe.artifact),
+                  unfused_int8_ms=speeds[UNFUSED_INT8].ms_per_sentence,
+                  unfused_int8_accuracy=accuracy(unfused, run.dev),
+                  stage_seconds=_stage_seconds(run.out))
+
+
+def _stage_seconds(out: Path) -> dict[str, float]:
+    """How long each stage took when it was built (reused stages keep their first time)."""
+    seconds = {}
+    for marker in sorted(out.rglob(STAGE_FILE)):
+        record = json.loads(marker.read_text(encoding="utf-8"))
+        seconds[str(marker.parent.relative_to(out))] = float(record.get("seconds", 0.0))
+    return seconds
 
 
 def _agreement(first: Predictor, second: Predictor, dev: Examples) -> float:

@@ -3,9 +3,23 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+
+def machine_name() -> str:
+    """CPU model and usable cores, e.g. 'Intel(R) Xeon(R) ... (2 cores usable)'."""
+    model = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{model} ({cores} cores usable)"
 
 
 @dataclass
@@ -59,8 +73,10 @@ class Report:
     fp16_cpu_agreement: float
     artifact: str
     budget_reference_accuracy: float | None = None
-    machine: str = field(default_factory=lambda: f"{platform.machine()} "
-                                                 f"{platform.processor() or ''}".strip())
+    unfused_int8_ms: float | None = None
+    unfused_int8_accuracy: float | None = None
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    machine: str = field(default_factory=lambda: machine_name())
 
     def as_dict(self) -> dict[str, object]:
         rows = [{**asdict(r), "sentences_per_s": round(r.sentences_per_s, 1)} for r in self.rows]
@@ -124,9 +140,28 @@ def markdown(report: Report) -> str:
         _attention_note(report),
         f"FP16 variant (gpu-fp16) on ORT CPU: labels agree with fp32 on "
         f"{100 * report.fp16_cpu_agreement:.1f}% of dev (its speed is a GPU question).",
+        _unfused_note(report),
         f"Artifact: `{report.artifact}`.",
         "",
+        "## Stage build times",
+        "",
+        "| stage | seconds |",
+        "|---|---:|",
+        *[f"| {name} | {seconds:.0f} |" for name, seconds in report.stage_seconds.items()],
+        f"| total | {sum(report.stage_seconds.values()):.0f} |",
+        "",
     ])
+
+
+def _unfused_note(report: Report) -> str:
+    """The control: INT8 of the plain export, timed in the same run as the table."""
+    if report.unfused_int8_ms is None or report.unfused_int8_accuracy is None:
+        return ""
+    fused = report.rows[-1]
+    return (f"Control, same run: INT8 of the plain export without ORT's offline fusion: "
+            f"{report.unfused_int8_ms:.2f} ms/sent (fused INT8 {fused.ms_per_sentence:.2f}; "
+            f"ratio {fused.ms_per_sentence / report.unfused_int8_ms:.2f}), dev acc "
+            f"{100 * report.unfused_int8_accuracy:.2f}%.")
 
 
 def _attention_note(report: Report) -> str:

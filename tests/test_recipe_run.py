@@ -68,6 +68,8 @@ def test_report_has_one_row_per_stage_measured_in_the_same_run(
     assert "Attention fusion: 1 of 1 layers fused; attention width 1 heads x 16 = 16 differs " \
         "from hidden 32" in markdown
     assert (recipe.output / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "Control, same run: INT8 of the plain export" in markdown
+    assert set(report.stage_seconds) >= {"teacher", "student", "prune/importance"}
 
 
 def test_student_stays_close_to_the_teacher_on_the_tiny_task(
@@ -131,6 +133,27 @@ def test_changed_prune_setting_rebuilds_only_the_pruned_stage(
     monkeypatch.setattr(pipeline, "distil", counting)
     pipeline.run_recipe(changed, None)
     assert calls == ["h1-f32.partial", "h1-f16.partial"]
+
+
+def test_new_importance_scores_rebuild_every_pruned_level_but_not_the_student(
+        finished: tuple[Recipe, Report], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    recipe, _ = finished
+    out = tmp_path / "run"
+    shutil.copytree(recipe.output, out)
+    changed = recipe.model_copy(update={"out_dir": out, "artifact_dir": None, "prune":
+                                        recipe.prune.model_copy(update={"importance_examples": 100})})
+    _forbid(monkeypatch, "finetune")
+    calls: list[str] = []
+    real_distil = pipeline.distil
+
+    def counting(*args: Any, **kwargs: Any) -> Path:
+        calls.append(Path(args[5]).name)
+        return real_distil(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "distil", counting)
+    pipeline.run_recipe(changed, None)
+    assert calls == ["h1-f32.partial", "h1-f16.partial"]
+    assert json.loads((out / "prune" / "importance" / "stage.json").read_text())["examples"] == 100
 
 
 def test_interrupted_run_keeps_finished_stages_and_resumes(
