@@ -17,7 +17,7 @@ PORT ?= 8000
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: serve test setup demo lint typecheck pytest bench clean
+.PHONY: serve test setup demo lint typecheck pytest bench compress clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,11 @@ test: lint typecheck pytest
 
 bench: demo
 	$(BIN)/python -m loadtest.overhead --artifact models/$(DEMO_TASK) --data-dir "$(DATA_DIR)"
+
+# The FastFormers recipe on SST-2: MiniLM-L6 teacher -> 3-layer student -> pruning sweep -> INT8.
+RECIPE ?= recipes/sst2-minilm-l3.yaml
+compress: $(STAMP)
+	$(BIN)/python -m compress run $(RECIPE) --data-dir "$(DATA_DIR)"
 
 clean:
 	rm -rf runs/ .pytest_cache .mypy_cache .ruff_cache

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -105,6 +106,19 @@ def _forbid(monkeypatch: pytest.MonkeyPatch, *names: str) -> None:
         monkeypatch.setattr(pipeline, name, refuse)
 
 
+def _count_distillations(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record the output folder of every distillation the pipeline runs."""
+    calls: list[str] = []
+    real_distil = pipeline.distil
+
+    def counting(*args: Any, **kwargs: Any) -> Path:
+        calls.append(Path(args[5]).name)
+        return real_distil(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "distil", counting)
+    return calls
+
+
 def test_rerun_reuses_every_finished_stage(finished: tuple[Recipe, Report],
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     recipe, first = finished
@@ -118,19 +132,11 @@ def test_changed_prune_setting_rebuilds_only_the_pruned_stage(
     recipe, _ = finished
     out = tmp_path / "run"
     shutil.copytree(recipe.output, out)
-    changed = recipe.model_copy(update={"out_dir": out, "artifact_dir": None})
-    changed = changed.model_copy(update={"prune": changed.prune.model_copy(
-        update={"distil": changed.prune.distil.__class__(
-            **{**changed.prune.distil.as_dict(), "learning_rate": 5e-4})})})
+    distil_config = dataclasses.replace(recipe.prune.distil, learning_rate=5e-4)
+    changed = recipe.model_copy(update={"out_dir": out, "artifact_dir": None, "prune":
+                                        recipe.prune.model_copy(update={"distil": distil_config})})
     _forbid(monkeypatch, "finetune", "importance_scores")
-    calls: list[str] = []
-    real_distil = pipeline.distil
-
-    def counting(*args: Any, **kwargs: Any) -> Path:
-        calls.append(Path(args[5]).name)
-        return real_distil(*args, **kwargs)
-
-    monkeypatch.setattr(pipeline, "distil", counting)
+    calls = _count_distillations(monkeypatch)
     pipeline.run_recipe(changed, None)
     assert calls == ["h1-f32.partial", "h1-f16.partial"]
 
@@ -143,14 +149,7 @@ def test_new_importance_scores_rebuild_every_pruned_level_but_not_the_student(
     changed = recipe.model_copy(update={"out_dir": out, "artifact_dir": None, "prune":
                                         recipe.prune.model_copy(update={"importance_examples": 100})})
     _forbid(monkeypatch, "finetune")
-    calls: list[str] = []
-    real_distil = pipeline.distil
-
-    def counting(*args: Any, **kwargs: Any) -> Path:
-        calls.append(Path(args[5]).name)
-        return real_distil(*args, **kwargs)
-
-    monkeypatch.setattr(pipeline, "distil", counting)
+    calls = _count_distillations(monkeypatch)
     pipeline.run_recipe(changed, None)
     assert calls == ["h1-f32.partial", "h1-f16.partial"]
     assert json.loads((out / "prune" / "importance" / "stage.json").read_text())["examples"] == 100
