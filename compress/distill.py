@@ -9,6 +9,7 @@ tokenizers: logits are per example, so each side encodes the text its own way.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import random
 from dataclasses import dataclass
@@ -87,8 +88,6 @@ def init_student(
 
 
 def _has_task_head(folder: Path, spec: TaskSpec) -> bool:
-    import json
-
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     names = config.get("id2label") or {}
     return [names.get(str(i)) for i in range(len(names))] == list(spec.labels)
