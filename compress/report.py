@@ -187,14 +187,16 @@ def write_pareto(report: Report, path: Path) -> None:
     xs = [r.ms_per_sentence for r in report.rows]
     ys = [100 * r.accuracy for r in report.rows]
     ax.plot(xs, ys, "o-", label="stages (Table 3)")
-    for row, x, y in zip(report.rows, xs, ys, strict=True):
-        ax.annotate(row.stage, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    for index, (row, x, y) in enumerate(zip(report.rows, xs, ys, strict=True)):
+        # Alternate above/below: neighbouring stages often share an accuracy.
+        offset = (4, 6) if index % 2 == 0 else (4, -12)
+        ax.annotate(row.stage, (x, y), textcoords="offset points", xytext=offset, fontsize=7)
     ax.scatter([c.int8_ms for c in report.candidates],
                [100 * c.int8_accuracy for c in report.candidates], marker="s", color="tab:orange",
                label="pruning sweep (INT8)")
     for c in report.candidates:
         ax.annotate(c.level, (c.int8_ms, 100 * c.int8_accuracy), textcoords="offset points",
-                    xytext=(4, -10), fontsize=7, color="tab:orange")
+                    xytext=(4, 16), fontsize=7, color="tab:orange")
     ax.set_xscale("log")
     ax.set_xlabel("ms per sentence, batch 1 (log)")
     ax.set_ylabel(f"{report.task} dev accuracy (%)")
