@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from app.batching import Batcher, BatchPolicy, TaskInputs
+from app.cpu_quota import usable_cores
 from app.metrics import Metrics
 from app.repository import TaskModel, artifact_folders, load_task_model
 from app.routing import Route, plan_routes
@@ -44,7 +45,7 @@ def _cpu_specs(settings: Settings, models: dict[str, TaskModel], routes: dict[st
     if not tasks:
         return []
     pool = settings.cpu_pool
-    cores = pool.cores if pool.cores is not None else sorted(os.sched_getaffinity(0))
+    cores = pool.cores if pool.cores is not None else usable_cores()
     allowed = os.sched_getaffinity(0)
     if not set(cores) <= allowed:
         raise ConfigError(f"cpu_pool.cores {sorted(cores)} include cores this process may not use "

@@ -24,7 +24,8 @@ class ConfigError(Exception):
 
 class CpuPoolSettings(BaseModel):
     workers: int | None = Field(
-        default=None, ge=1, description="worker processes (default: available cores / threads)"
+        default=None, ge=1, description="worker processes (default: usable cores / threads; "
+                                         "usable = affinity capped by the cgroup CPU quota)"
     )
     threads_per_worker: int = Field(default=1, ge=1, description="ORT intra-op threads each")
     cores: list[int] | None = Field(
