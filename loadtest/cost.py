@@ -1,0 +1,66 @@
+"""Cost per 100M requests: measured capacity, scaled by cores to a VM size, times its price."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import yaml
+
+PRICES = Path(__file__).with_name("prices.yaml")
+REQUESTS = 100_000_000
+
+
+@dataclass(frozen=True)
+class VmPrice:
+    name: str
+    vcpus: int
+    usd_per_hour: float
+    pool: str
+
+
+@dataclass(frozen=True)
+class Projection:
+    """Capacity measured here and what it projects to on `vm` (an estimate, not a measurement)."""
+
+    vm: str
+    vm_vcpus: int
+    measured_rps: float
+    measured_cores: int
+    projected_rps: float
+    usd_per_hour: float
+    usd_per_100m: float
+    price_date: str
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def load_prices(path: Path = PRICES) -> tuple[dict[str, VmPrice], str]:
+    """VM prices and the date they are from."""
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    vms = {name: VmPrice(name, int(v["vcpus"]), float(v["usd_per_hour"]), str(v["pool"]))
+           for name, v in raw["vms"].items()}
+    return vms, str(raw["date"])
+
+
+def usd_per_100m(rps: float, usd_per_hour: float) -> float:
+    """Hours to serve 100M requests at `rps`, times the hourly price."""
+    return usd_per_hour * REQUESTS / (rps * 3600.0)
+
+
+def project(measured_rps: float, measured_cores: int, vm: str, path: Path = PRICES) -> Projection:
+    """Scale a capacity measured on `measured_cores` linearly to the VM's vCPUs and price it.
+
+    Linear scaling assumes one pinned worker per core and no shared bottleneck (the API process,
+    memory bandwidth); it is a projection, which is why the measured figure is kept beside it.
+    """
+    prices, date = load_prices(path)
+    if vm not in prices:
+        raise KeyError(f"no price for {vm!r} in {path}; known: {', '.join(sorted(prices))}")
+    price = prices[vm]
+    projected = measured_rps * price.vcpus / measured_cores
+    return Projection(vm=vm, vm_vcpus=price.vcpus, measured_rps=measured_rps,
+                      measured_cores=measured_cores,
+                      projected_rps=projected, usd_per_hour=price.usd_per_hour,
+                      usd_per_100m=usd_per_100m(projected, price.usd_per_hour), price_date=date)
