@@ -17,22 +17,30 @@ def start(repo: Path, port: int, log_path: Path, env: Mapping[str, str] | None =
           timeout: float = 90.0) -> subprocess.Popen[bytes]:
     """`python -m app` over the model repository `repo` on 127.0.0.1:`port`, output to
     `log_path`; returns once /readyz says ready, raises (with the log) if it exits or times out."""
-    environment = {**os.environ, "FFS_MODEL_REPOSITORY": str(repo), "FFS_PORT": str(port),
+    environment = {"FFS_MODEL_REPOSITORY": str(repo), "FFS_PORT": str(port),
                    "FFS_HOST": "127.0.0.1", "FFS_LOG_LEVEL": "warning", **(env or {})}
+    return launch([sys.executable, "-m", "app"], f"http://127.0.0.1:{port}/readyz", log_path,
+                  environment, timeout)
+
+
+def launch(command: list[str], ready_url: str, log_path: Path,
+           env: Mapping[str, str] | None = None, timeout: float = 90.0,
+           cwd: Path | None = None) -> subprocess.Popen[bytes]:
+    """Any server process: started with `env` added (in `cwd`), output to `log_path`, returned
+    once `ready_url` answers 200; raises (with the log) if it exits or times out."""
     with log_path.open("wb") as handle:
-        process = subprocess.Popen([sys.executable, "-m", "app"], env=environment,
-                                   stdout=handle, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+        process = subprocess.Popen(command, env={**os.environ, **(env or {})}, stdout=handle,
+                                   stderr=subprocess.STDOUT, cwd=cwd)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"server exited with {process.returncode}:\n{log_path.read_text()}")
         try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+            if httpx.get(ready_url, timeout=1).status_code == 200:
                 return process
         except httpx.HTTPError:
             pass
-        time.sleep(0.1)
+        time.sleep(0.2)
     stop(process)
     raise RuntimeError(f"server not ready within {timeout} s:\n{log_path.read_text()}")
 

@@ -17,7 +17,7 @@ from loadtest.__main__ import main as loadtest_main
 from loadtest.capacity import find_capacity, ladder
 from loadtest.cost import project, usd_per_100m
 from loadtest.openloop import Request, StepResult, arrival_times, run_blocking, run_step
-from tests.conftest import RunningServer
+from tests.conftest import RunningServer, TinyRepo
 
 SST2 = [Request("/v1/classify/sst2", {"inputs": [text]})
         for text in ("a good film", "dull and tedious", "the acting was superb", "weak plot")]
@@ -151,3 +151,26 @@ def test_command_writes_json_markdown_and_a_plot(server: RunningServer, tmp_path
     assert all(step["errors"] == 0 for step in saved["steps"])
     assert "| offered req/s |" in (out / "results.md").read_text()
     assert (out / "latency.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_baseline_server_answers_in_the_same_shape_as_this_project(
+        tiny_repo: TinyRepo, tmp_path: Path) -> None:
+    import sys
+
+    import httpx
+
+    from loadtest import serving
+
+    port = _free_port()
+    process = serving.launch(
+        [sys.executable, "-m", "loadtest.baseline_server", "--model", str(tiny_repo.sst2_teacher),
+         "--task", "sst2", "--port", str(port)], f"http://127.0.0.1:{port}/readyz",
+        tmp_path / "baseline.log", timeout=120)
+    try:
+        response = httpx.post(f"http://127.0.0.1:{port}/v1/classify/sst2",
+                              json={"inputs": ["a wonderful film", "dull and tedious"]})
+    finally:
+        serving.stop(process)
+    assert response.status_code == 200
+    results = response.json()["results"]
+    assert [r["label"] for r in results] == ["positive", "negative"]
