@@ -114,8 +114,14 @@ def _repository(artifact: Path, task: str) -> Path:
 def measure(peer: Peer, port: int, texts: Texts, args: argparse.Namespace, logs: Path) -> Outcome:
     url = f"http://127.0.0.1:{port}"
     log = logs / f"{peer.name.split(':')[0].split(' ')[0].lower()}.log"
+    command, env = peer.command, dict(peer.env)
+    if args.server_cpus:
+        # The server on its own cores, the client (this process) on the others: neither slows
+        # the other, and each server gets one thread per core it has.
+        command = ["taskset", "-c", args.server_cpus, *command]
+        env.setdefault("OMP_NUM_THREADS", str(len(_cpu_list(args.server_cpus))))
     try:
-        process = serving.launch(peer.command, url + peer.ready_path, log, peer.env,
+        process = serving.launch(command, url + peer.ready_path, log, env,
                                  timeout=args.start_timeout, cwd=peer.cwd)
     except RuntimeError as exc:
         return Outcome(peer.name, None, f"did not start: {str(exc).splitlines()[0]} (log: {log})")
@@ -134,6 +140,15 @@ def measure(peer: Peer, port: int, texts: Texts, args: argparse.Namespace, logs:
                                                 args.max_rate))
     finally:
         serving.stop(process)
+
+
+def _cpu_list(text: str) -> set[int]:
+    """'0', '0,2' or '0-3' as a set of core numbers."""
+    cores: set[int] = set()
+    for part in text.split(","):
+        first, _, last = part.partition("-")
+        cores.update(range(int(first), int(last or first) + 1))
+    return cores
 
 
 def table(outcomes: list[Outcome], cores: int, vm: str) -> str:
@@ -170,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8300)
     parser.add_argument("--start-timeout", type=float, default=300.0)
     parser.add_argument("--vm", default="Standard_F16s_v2")
+    parser.add_argument("--server-cpus", default=None,
+                        help="pin each server to these cores (e.g. 0) and the client to the rest")
     parser.add_argument("--out", type=Path, default=Path("runs/peers"))
     args = parser.parse_args(argv)
 
@@ -179,11 +196,18 @@ def main(argv: list[str] | None = None) -> int:
     examples = load_split(get_task(args.task), "dev", args.data_dir or default_data_dir())
     texts: Texts = [t if isinstance(t, str) else list(t) for t in examples.texts]
     args.out.mkdir(parents=True, exist_ok=True)
+    cores = len(os.sched_getaffinity(0))
+    if args.server_cpus:
+        server = _cpu_list(args.server_cpus)
+        client = os.sched_getaffinity(0) - server
+        if not client:
+            parser.error("--server-cpus leaves no core for the client")
+        os.sched_setaffinity(0, client)
+        cores = len(server)
     outcomes = []
     for peer in peers(args, args.port):
         print(f"{peer.name} ...", flush=True)
         outcomes.append(measure(peer, args.port, texts, args, args.out))
-    cores = len(os.sched_getaffinity(0))
     summary = table(outcomes, cores, args.vm)
     details = "\n\n".join(f"### {o.name}\n\n{steps_table(o.capacity.steps)}"
                           for o in outcomes if o.capacity is not None)

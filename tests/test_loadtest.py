@@ -174,3 +174,11 @@ def test_baseline_server_answers_in_the_same_shape_as_this_project(
     assert response.status_code == 200
     results = response.json()["results"]
     assert [r["label"] for r in results] == ["positive", "negative"]
+
+
+def test_server_cpu_lists_accept_single_cores_lists_and_ranges() -> None:
+    from loadtest.peers import _cpu_list
+
+    assert _cpu_list("0") == {0}
+    assert _cpu_list("0,2") == {0, 2}
+    assert _cpu_list("0-3,6") == {0, 1, 2, 3, 6}
