@@ -114,12 +114,7 @@ def _repository(artifact: Path, task: str) -> Path:
 def measure(peer: Peer, port: int, texts: Texts, args: argparse.Namespace, logs: Path) -> Outcome:
     url = f"http://127.0.0.1:{port}"
     log = logs / f"{peer.name.split(':')[0].split(' ')[0].lower()}.log"
-    command, env = peer.command, dict(peer.env)
-    if args.server_cpus:
-        # The server on its own cores, the client (this process) on the others: neither slows
-        # the other, and each server gets one thread per core it has.
-        command = ["taskset", "-c", args.server_cpus, *command]
-        env.setdefault("OMP_NUM_THREADS", str(len(_cpu_list(args.server_cpus))))
+    command, env = pinned(peer.command, peer.env, args.server_cpus)
     try:
         process = serving.launch(command, url + peer.ready_path, log, env,
                                  timeout=args.start_timeout, cwd=peer.cwd)
@@ -140,6 +135,18 @@ def measure(peer: Peer, port: int, texts: Texts, args: argparse.Namespace, logs:
                                                 args.max_rate))
     finally:
         serving.stop(process)
+
+
+def pinned(command: list[str], env: dict[str, str], cpus: str | None) -> \
+        tuple[list[str], dict[str, str]]:
+    """The server on its own cores (`taskset`), one PyTorch/OpenMP thread per core it has.
+
+    The client (this process) keeps the other cores, so neither slows the other down.
+    """
+    if not cpus:
+        return command, dict(env)
+    return (["taskset", "-c", cpus, *command],
+            {"OMP_NUM_THREADS": str(len(_cpu_list(cpus))), **env})
 
 
 def _cpu_list(text: str) -> set[int]:

@@ -182,3 +182,32 @@ def test_server_cpu_lists_accept_single_cores_lists_and_ranges() -> None:
     assert _cpu_list("0") == {0}
     assert _cpu_list("0,2") == {0, 2}
     assert _cpu_list("0-3,6") == {0, 1, 2, 3, 6}
+
+
+def test_pinned_servers_run_under_taskset_with_one_thread_per_core() -> None:
+    import os
+    import subprocess
+    import sys
+
+    from loadtest.peers import pinned
+
+    command, env = pinned([sys.executable, "-c", "import os; print(sorted(os.sched_getaffinity(0)),"
+                           " os.environ['OMP_NUM_THREADS'])"], {}, "0")
+    result = subprocess.run(command, env={**os.environ, **env}, capture_output=True,
+                            text=True, check=True, timeout=30)
+    assert result.stdout.strip() == "[0] 1"
+    assert pinned(["server"], {"A": "1"}, None) == (["server"], {"A": "1"})
+
+
+def test_pair_tasks_and_tab_separated_lines_become_pair_inputs(tiny_repo: TinyRepo,
+                                                               tmp_path: Path) -> None:
+    from loadtest.workload import file_requests, task_requests
+
+    rte = task_requests("rte", tiny_repo.data_dir, inputs_per_request=2)
+    assert rte[0].path == "/v1/classify/rte"
+    assert len(rte[0].body["inputs"]) == 2  # type: ignore[arg-type]
+    assert all(isinstance(x, list) and len(x) == 2 for x in rte[0].body["inputs"])  # type: ignore[attr-defined]
+    lines = tmp_path / "pairs.txt"
+    lines.write_text("a premise\ta hypothesis\na single text\n", encoding="utf-8")
+    bodies = [r.body["inputs"] for r in file_requests("rte", lines)]
+    assert bodies == [[["a premise", "a hypothesis"]], ["a single text"]]
