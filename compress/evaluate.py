@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,27 @@ class Evaluation:
     predictions: list[int]
 
 
+class OrtPredictor:
+    """An ONNX graph on ORT's CPU provider, fed by the serving tokenizer (torch-free)."""
+
+    def __init__(self, graph: Path, tokenizer_json: Path, input_names: list[str], max_length: int,
+                 pad_token_id: int = 0, threads: int | None = None) -> None:
+        options = ort.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(graph), options,
+                                            providers=["CPUExecutionProvider"])
+        self.tokenizer = load_tokenizer(tokenizer_json, max_length)
+        self.input_names = input_names
+        self.pad_token_id = pad_token_id
+
+    def logits(self, texts: Sequence[str | tuple[str, str]]) -> np.ndarray:
+        feeds = pad_batch(encode(self.tokenizer, texts), self.input_names, self.pad_token_id)
+        result: np.ndarray = self.session.run(None, feeds)[0]
+        return result
+
+
 def predict(
     model_path: Path,
     tokenizer_path: Path,
@@ -29,17 +51,14 @@ def predict(
     batch_size: int = 32,
 ) -> list[int]:
     """Predicted label index for every text, batching texts of similar length together."""
-    options = ort.SessionOptions()
-    session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
-    tokenizer = load_tokenizer(tokenizer_path, max_length)
-    rows = encode(tokenizer, texts)
+    predictor = OrtPredictor(model_path, tokenizer_path, input_names, max_length, pad_token_id)
+    rows = encode(predictor.tokenizer, texts)
     order = sorted(range(len(rows)), key=lambda i: rows[i].length)
     predictions = np.zeros(len(rows), dtype=np.int64)
     for start in range(0, len(order), batch_size):
         picked = order[start : start + batch_size]
         feeds = pad_batch([rows[i] for i in picked], input_names, pad_token_id)
-        logits = session.run(None, feeds)[0]
-        predictions[picked] = logits.argmax(axis=-1)
+        predictions[picked] = predictor.session.run(None, feeds)[0].argmax(axis=-1)
     return [int(p) for p in predictions]
 
 

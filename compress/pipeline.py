@@ -20,11 +20,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from transformers import PreTrainedModel
 
 from compress.artifact import Architecture, Provenance
 from compress.build import Variants, assemble_artifact, make_variants
 from compress.checkpoint import load_classifier, write_json_atomic
 from compress.distill import DistilConfig, distil, init_student, soft_loss, teacher_logits
+from compress.evaluate import OrtPredictor
 from compress.export import ExportResult
 from compress.finetune import finetune, hf_tokenize
 from compress.model_stats import inspect_config, load_config
@@ -35,7 +37,6 @@ from compress.quantize import quantize_int8
 from compress.recipe import PruneLevelSpec, Recipe
 from compress.report import Candidate, Report, Row, write_report
 from compress.speed import (
-    OrtPredictor,
     Predictor,
     TorchPredictor,
     accuracy,
@@ -155,8 +156,7 @@ def _student_stage(run: _Run, teacher: Stage) -> Stage:
     return run_stage(run.out / "student", payload, build)
 
 
-def _levels(run: _Run, student: Stage) -> list[PruneLevel]:
-    model, _ = load_classifier(student.folder)
+def _levels(run: _Run, model: PreTrainedModel) -> list[PruneLevel]:
     levels: list[PruneLevel] = []
     for spec in run.recipe.prune.levels:
         level = PruneLevel(spec.heads, spec.ffn) if isinstance(spec, PruneLevelSpec) \
@@ -226,8 +226,9 @@ class _Level:
 
 
 def _sweep(run: _Run, teacher: Stage, student: Stage) -> list[Candidate]:
-    levels = _levels(run, student)
-    full = PruneLevel(*model_shape(load_classifier(student.folder)[0]))
+    model, _ = load_classifier(student.folder)
+    levels = _levels(run, model)
+    full = PruneLevel(*model_shape(model))
     scored: tuple[Importance, str] | None = None
     made: list[_Level] = []
     for level in levels:

@@ -15,11 +15,9 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-import onnxruntime as ort
 import torch
 
 from compress.checkpoint import load_classifier
-from compress.encoding import encode, load_tokenizer, pad_batch
 from compress.finetune import hf_tokenize
 from compress.tasks import Examples
 
@@ -42,26 +40,6 @@ class TorchPredictor:
                             return_tensors="pt")
         with torch.inference_mode():
             return self.model(**batch).logits.numpy()
-
-
-class OrtPredictor:
-    """An ONNX graph on ORT's CPU provider, fed by the serving tokenizer."""
-
-    def __init__(self, graph: Path, tokenizer_json: Path, input_names: list[str], max_length: int,
-                 pad_token_id: int, threads: int) -> None:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(graph), options,
-                                            providers=["CPUExecutionProvider"])
-        self.tokenizer = load_tokenizer(tokenizer_json, max_length)
-        self.input_names = input_names
-        self.pad_token_id = pad_token_id
-
-    def logits(self, texts: Texts) -> np.ndarray:
-        feeds = pad_batch(encode(self.tokenizer, texts), self.input_names, self.pad_token_id)
-        result: np.ndarray = self.session.run(None, feeds)[0]
-        return result
 
 
 def predictions(predictor: Predictor, texts: Texts, batch_size: int = 32) -> np.ndarray:
