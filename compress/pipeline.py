@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import random
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -34,7 +35,7 @@ from compress.optimize import FusionReport
 from compress.pretrained import resolve_model
 from compress.prune import Importance, PruneLevel, importance_scores, model_shape, prune_model
 from compress.quantize import quantize_int8
-from compress.recipe import PruneLevelSpec, Recipe
+from compress.recipe import PruneLevelSpec, Recipe, RecipeError
 from compress.report import Candidate, Report, Row, write_report
 from compress.speed import (
     Predictor,
@@ -102,11 +103,57 @@ class _Run:
 
 def run_recipe(recipe: Recipe, data_dir: Path | None) -> Report:
     """Run every stage of `recipe` (reusing finished ones) and write the report and artifact."""
+    built = build_stages(recipe, data_dir)
+    report = _measure(built.run, built.teacher, built.student, built.chosen, built.candidates)
+    report.budget_reference_accuracy = built.reference_accuracy
+    write_report(report, built.run.out)
+    return report
+
+
+@dataclass(frozen=True)
+class Built:
+    """Every stage of a recipe, built or reused, and the level chosen for the artifact."""
+
+    run: _Run
+    teacher: Stage
+    student: Stage
+    candidates: list[Candidate]
+    chosen: Candidate
+    reference_accuracy: float | None
+
+    @property
+    def train(self) -> Examples:
+        return self.run.train
+
+    @property
+    def dev(self) -> Examples:
+        return self.run.dev
+
+
+def task_splits(recipe: Recipe, data_dir: Path | None) -> tuple[Examples, Examples]:
+    """Train and dev examples of the recipe's task (train carved out of dev if so asked)."""
     spec = get_task(recipe.task)
     source = None if recipe.hub else (recipe.data_dir or data_dir)
-    run = _Run(recipe, spec, load_split(spec, "train", source),
-               load_split(spec, "dev", source).head(recipe.evaluate.max_dev_examples),
-               recipe.output)
+    dev = load_split(spec, "dev", source)
+    if recipe.train_from_dev is None:
+        train = load_split(spec, "train", source)
+    else:
+        if recipe.train_from_dev >= len(dev):
+            raise RecipeError(f"train_from_dev: {recipe.train_from_dev} leaves no dev examples "
+                              f"of {len(dev)}")
+        order = list(range(len(dev)))
+        random.Random(0).shuffle(order)
+        cut = recipe.train_from_dev
+        train = Examples([dev.texts[i] for i in order[:cut]], [dev.labels[i] for i in order[:cut]])
+        dev = Examples([dev.texts[i] for i in order[cut:]], [dev.labels[i] for i in order[cut:]])
+    return train, dev.head(recipe.evaluate.max_dev_examples)
+
+
+def build_stages(recipe: Recipe, data_dir: Path | None) -> Built:
+    """Teacher, student, pruning sweep and the servable artifact of `recipe` (no report)."""
+    spec = get_task(recipe.task)
+    train, dev = task_splits(recipe, data_dir)
+    run = _Run(recipe, spec, train, dev, recipe.output)
     run.out.mkdir(parents=True, exist_ok=True)
     teacher = _teacher_stage(run)
     student = _student_stage(run, teacher)
@@ -118,10 +165,7 @@ def run_recipe(recipe: Recipe, data_dir: Path | None) -> Report:
                                                   student_init=recipe.student.init,
                                                   recipe=recipe.model_dump(mode="json"),
                                                   created=""))
-    report = _measure(run, teacher, student, chosen, candidates)
-    report.budget_reference_accuracy = reference
-    write_report(report, run.out)
-    return report
+    return Built(run, teacher, student, candidates, chosen, reference)
 
 
 def _teacher_stage(run: _Run) -> Stage:

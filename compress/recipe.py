@@ -93,6 +93,11 @@ class Recipe(_Section):
         default=None, description="local task data; default ../shared/data or $DATA_DIR"
     )
     hub: bool = False
+    train_from_dev: int | None = Field(
+        default=None, gt=0,
+        description="train on this many dev examples (seeded shuffle) and evaluate on the rest: "
+        "for tasks whose train split is not available offline (BoolQ)",
+    )
     out_dir: Path | None = Field(
         default=None, description="stage checkpoints and report; default runs/<name>"
     )

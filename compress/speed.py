@@ -31,12 +31,15 @@ class Predictor(Protocol):
 class TorchPredictor:
     """A classifier checkpoint run eagerly by PyTorch in fp32 (the 'out of the box' baseline)."""
 
-    def __init__(self, checkpoint: Path, max_length: int) -> None:
+    def __init__(self, checkpoint: Path, max_length: int, fixed_length: bool = False) -> None:
+        """`fixed_length` pads every input to `max_length` (the 'no dynamic sequence length'
+        baseline of the FastFormers tables); otherwise a batch pads to its longest input."""
         self.model, self.tokenizer = load_classifier(checkpoint)
         self.max_length = min(max_length, int(self.tokenizer.model_max_length or max_length))
+        self.padding: str | bool = "max_length" if fixed_length else True
 
     def logits(self, texts: Texts) -> np.ndarray:
-        batch = hf_tokenize(self.tokenizer, list(texts), self.max_length, padding=True,
+        batch = hf_tokenize(self.tokenizer, list(texts), self.max_length, padding=self.padding,
                             return_tensors="pt")
         with torch.inference_mode():
             return self.model(**batch).logits.numpy()

@@ -1,0 +1,440 @@
+"""The FastFormers Table 3 ablation on this machine: every row measured in one run, side by side.
+
+Rows (batch 1, one sentence at a time, tokenization included):
+  1 the base-size teacher in PyTorch fp32, every input padded to the task's max length, all cores;
+  2 + dynamic sequence length (a sentence is padded to nothing but itself);
+  3 + distillation: the student in PyTorch fp32;
+  4 + ONNX export, graph fusion and INT8 (ORT, one instance, all cores);
+  5 + multi-instance: N pinned processes x M threads, the best layout of the ones that use all cores;
+  6 + structured pruning, two levels, each in its best layout;
+  7 the final artifact served over HTTP by the real server (sentences/s at saturation).
+Every round times every row once, in order, so that a shared machine's noise falls on all rows
+alike; a row's figure is its median round.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import httpx
+import torch
+
+from compress.evaluate import OrtPredictor
+from compress.instances import GraphSpec, InstancePool, Layout, layouts_for
+from compress.model_stats import inspect_config, load_config
+from compress.pipeline import Built
+from compress.speed import Predictor, TorchPredictor, accuracy
+from loadtest import serving, wrk
+from loadtest.cost import Projection, project
+
+Texts = list[str | tuple[str, str]]
+VM = "Standard_F16s_v2"
+
+
+@dataclass
+class Table3Row:
+    row: str
+    stage: str
+    runtime: str
+    model: str
+    accuracy: float | None
+    sentences_per_s: float
+    rounds: list[float]
+    layout: str | None = None
+    per_row_speedup: float = 1.0
+    cumulative_speedup: float = 1.0
+    usd_per_100m: float = 0.0
+
+    @property
+    def ms_per_sentence(self) -> float:
+        return 1000.0 / self.sentences_per_s
+
+
+@dataclass
+class Table3:
+    task: str
+    machine: str
+    cores: int
+    speed_examples: int
+    dev_examples: int
+    train_examples: int
+    rounds: int
+    recipe: dict[str, object]
+    rows: list[Table3Row]
+    layouts: dict[str, dict[str, float]]  # graph -> layout -> median sentences/s
+    http_client: str
+    http_overhead: float  # row 7 / the row 6 level it serves
+    price: dict[str, object]
+    fixed_length: int
+    mean_tokens: float
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Table3Options:
+    speed_texts: Texts
+    rounds: int
+    port: int
+    http_seconds: float = 5.0
+    http_concurrency: int = 16
+
+
+@dataclass
+class _Timed:
+    name: str
+    run: Callable[[], float]  # one timed pass; returns sentences/s
+    rates: list[float] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.rates)
+
+
+def _batch1_rate(predictor: Predictor, texts: Texts) -> Callable[[], float]:
+    def run() -> float:
+        started = time.perf_counter()
+        for text in texts:
+            predictor.logits([text])
+        return len(texts) / (time.perf_counter() - started)
+
+    return run
+
+
+def _graph_spec(built: Built, level: str) -> GraphSpec:
+    candidate = next(c for c in built.candidates if c.level == level)
+    record = json.loads((Path(candidate.variants) / "stage.json").read_text(encoding="utf-8"))
+    checkpoint = Path(candidate.checkpoint)
+    tokenizer = json.loads((checkpoint / "tokenizer_config.json").read_text(encoding="utf-8"))
+    max_length = min(built.run.spec.max_length,
+                     int(tokenizer.get("model_max_length") or built.run.spec.max_length))
+    config = json.loads((checkpoint / "config.json").read_text(encoding="utf-8"))
+    return GraphSpec(Path(candidate.variants) / "int8.onnx", checkpoint / "tokenizer.json",
+                     list(record["input_names"]), max_length, int(config.get("pad_token_id") or 0))
+
+
+def _shape(folder: Path) -> str:
+    stats = inspect_config(load_config(folder))
+    a = stats.architecture
+    return f"{a.layers}L/{a.hidden} {a.heads}x{a.head_size} heads, FFN {a.ffn}"
+
+
+def _levels(built: Built) -> tuple[str, list[str]]:
+    """The unpruned level and the pruned ones (up to two, in recipe order)."""
+    unpruned = next(c.level for c in built.candidates if not c.pruned)
+    pruned = [c.level for c in built.candidates if c.pruned][:2]
+    return unpruned, pruned
+
+
+def measure(built: Built, options: Table3Options, log: Callable[[str], None] = print) -> Table3:
+    """Run the ablation: build every row's runner, time them all each round, then assemble."""
+    cores = sorted(os.sched_getaffinity(0))
+    threads = len(cores)
+    torch.set_num_threads(threads)
+    spec = built.run.spec
+    texts = options.speed_texts
+    unpruned, pruned = _levels(built)
+    teacher_fixed = TorchPredictor(built.teacher.folder, spec.max_length, fixed_length=True)
+    teacher = TorchPredictor(built.teacher.folder, spec.max_length)
+    student = TorchPredictor(built.student.folder, spec.max_length)
+    student_spec = _graph_spec(built, unpruned)
+    student_int8 = OrtPredictor(student_spec.graph, student_spec.tokenizer_json,
+                                student_spec.input_names, student_spec.max_length,
+                                student_spec.pad_token_id, threads)
+    in_process = [_Timed("1", _batch1_rate(teacher_fixed, texts)),
+                  _Timed("2", _batch1_rate(teacher, texts)),
+                  _Timed("3", _batch1_rate(student, texts)),
+                  _Timed("4", _batch1_rate(student_int8, texts))]
+    pools: dict[tuple[str, str], InstancePool] = {}
+    timed_pools: dict[tuple[str, str], _Timed] = {}
+    final_level = built.chosen.level if built.chosen.pruned else (pruned or [unpruned])[-1]
+    server = None
+    try:
+        for level in [unpruned, *pruned]:
+            graph = _graph_spec(built, level)
+            for layout in layouts_for(threads):
+                pool = InstancePool(graph, layout, cores)
+                pools[level, layout.name] = pool
+                timed_pools[level, layout.name] = _Timed(f"{level} {layout.name}",
+                                                          _pool_rate(pool, texts))
+        runners = [*in_process, *timed_pools.values()]
+        log(f"timing {len(texts)} inputs x {options.rounds} rounds: rows 1-4 and "
+            f"{len(timed_pools)} multi-instance pools")
+        for runner in runners:
+            runner.run()  # warm-up pass, not counted
+        _rounds(runners, options.rounds, log)
+        # Row 7 serves the final level in the layout that was best for it in process, and is
+        # timed alternately with that pool so that its overhead is a side-by-side ratio.
+        served_layout = _best_layout(timed_pools, final_level)
+        http = _HttpRow(built, options, texts)
+        server = http.start(served_layout)
+        paired = [_Timed("7", http.rate),
+                  _Timed("6 again", timed_pools[final_level, served_layout.name].run)]
+        paired[0].run()  # warm-up: connections, first batches
+        log(f"row 7: {http.client} against the server, alternating with its in-process pool")
+        _rounds(paired, options.rounds, log)
+        http_accuracy = http.accuracy(built)
+    finally:
+        for pool in pools.values():
+            pool.close()
+        if server is not None:
+            serving.stop(server)
+    return _assemble(built, options, in_process, timed_pools, unpruned, pruned, final_level,
+                     served_layout, paired, http_accuracy, http.client, threads, teacher)
+
+
+def _rounds(runners: list[_Timed], rounds: int, log: Callable[[str], None]) -> None:
+    for index in range(rounds):
+        for runner in runners:
+            runner.rates.append(runner.run())
+        log(f"round {index + 1}: " + ", ".join(f"{r.name} {r.rates[-1]:.1f}/s" for r in runners))
+
+
+def _pool_rate(pool: InstancePool, texts: Texts) -> Callable[[], float]:
+    return lambda: pool.run(texts).sentences_per_s
+
+
+def _best_layout(timed: dict[tuple[str, str], _Timed], level: str) -> Layout:
+    """The layout with the highest median rate for `level`."""
+    rates = {name: runner.median for (graph_level, name), runner in timed.items()
+             if graph_level == level}
+    best = max(rates, key=lambda name: rates[name])
+    instances, threads = (int(x) for x in best.split("x"))
+    return Layout(instances, threads)
+
+
+class _HttpRow:
+    """Row 7: the chosen artifact behind the real server, loaded to saturation."""
+
+    def __init__(self, built: Built, options: Table3Options, texts: Texts) -> None:
+        self.artifact = built.run.recipe.artifact
+        self.task = built.run.spec.name
+        self.options = options
+        self.texts = texts
+        self.url = f"http://127.0.0.1:{options.port}"
+        self.client = "wrk" if _has_wrk() else "httpx"
+        self.script = wrk.classify_script(self.task, texts) if self.client == "wrk" else None
+
+    def start(self, layout: Layout) -> subprocess.Popen[bytes]:
+        return serving.serve_artifact(self.artifact, self.options.port,
+                                      FFS_CPU_POOL__WORKERS=str(layout.instances),
+                                      FFS_CPU_POOL__THREADS_PER_WORKER=str(layout.threads))
+
+    def rate(self) -> float:
+        if self.script is not None:
+            result = wrk.run(self.url, self.script, self.options.http_concurrency,
+                             self.options.http_seconds)
+            if result.errors:
+                raise RuntimeError(f"wrk saw {result.errors} failed requests")
+            return result.requests_per_s
+        return _httpx_rate(self.url, self.task, self.texts, self.options.http_concurrency)
+
+    def accuracy(self, built: Built) -> float:
+        """Accuracy of the served labels on the dev split, sent 32 inputs a request."""
+        dev = built.dev
+        names = list(built.run.spec.labels)
+        correct = 0
+        with httpx.Client(base_url=self.url, timeout=120.0) as client:
+            for start in range(0, len(dev), 32):
+                inputs = [t if isinstance(t, str) else list(t)
+                          for t in dev.texts[start : start + 32]]
+                response = client.post(f"/v1/classify/{self.task}", json={"inputs": inputs})
+                response.raise_for_status()
+                labels = [names.index(r["label"]) for r in response.json()["results"]]
+                correct += sum(int(a == b) for a, b in
+                               zip(labels, dev.labels[start : start + 32], strict=True))
+        return correct / len(dev)
+
+
+def _has_wrk() -> bool:
+    try:
+        wrk.require_wrk()
+    except wrk.WrkMissing:
+        return False
+    return True
+
+
+def _httpx_rate(url: str, task: str, texts: Texts, concurrency: int) -> float:
+    import asyncio
+
+    from loadtest.overhead import http_rate
+
+    return asyncio.run(http_rate(url, task, list(texts), concurrency))
+
+
+def _assemble(built: Built, options: Table3Options, in_process: list[_Timed],
+              timed_pools: dict[tuple[str, str], _Timed], unpruned: str, pruned: list[str],
+              final_level: str, served_layout: Layout, paired: list[_Timed],
+              http_accuracy: float, http_client: str, cores: int,
+              teacher: TorchPredictor) -> Table3:
+    spec = built.run.spec
+    dev = built.dev
+    teacher_accuracy = accuracy(teacher, dev)
+    student_accuracy = accuracy(TorchPredictor(built.student.folder, spec.max_length), dev)
+    int8_accuracy = {c.level: c.int8_accuracy for c in built.candidates}
+    by_level = {c.level: c for c in built.candidates}
+    teacher_shape = _shape(built.teacher.folder)
+    student_shape = _shape(built.student.folder)
+    t = in_process
+    rows = [
+        Table3Row("1", "PyTorch, base-size teacher", f"PyTorch fp32, padded to {spec.max_length}, "
+                  f"{cores} threads", teacher_shape, teacher_accuracy, t[0].median, t[0].rates),
+        Table3Row("2", "+ dynamic sequence length", f"PyTorch fp32, {cores} threads",
+                  teacher_shape, teacher_accuracy, t[1].median, t[1].rates),
+        Table3Row("3", "+ distillation (student)", f"PyTorch fp32, {cores} threads", student_shape,
+                  student_accuracy, t[2].median, t[2].rates),
+        Table3Row("4", "+ ONNX, fusion, INT8", f"ORT int8, 1 instance x {cores} threads",
+                  student_shape, int8_accuracy[unpruned], t[3].median, t[3].rates),
+    ]
+    layouts: dict[str, dict[str, float]] = {}
+    for (level, name), runner in timed_pools.items():
+        layouts.setdefault(level, {})[name] = runner.median
+    best5 = _best_layout(timed_pools, unpruned)
+    runner5 = timed_pools[unpruned, best5.name]
+    rows.append(Table3Row("5", "+ multi-instance", f"ORT int8, {best5.instances} instances x "
+                          f"{best5.threads} threads, pinned", student_shape,
+                          int8_accuracy[unpruned], runner5.median, runner5.rates, best5.name))
+    served_row = "5"
+    for suffix, level in zip("ab", pruned, strict=False):
+        best = _best_layout(timed_pools, level)
+        runner = timed_pools[level, best.name]
+        rows.append(Table3Row(f"6{suffix}", f"+ structured pruning ({level})",
+                              f"ORT int8, {best.instances} x {best.threads}, pinned",
+                              _shape(Path(by_level[level].checkpoint)), int8_accuracy[level],
+                              runner.median, runner.rates, best.name))
+        if level == final_level:
+            served_row = f"6{suffix}"
+    rows.append(Table3Row("7", f"served over HTTP ({final_level})",
+                          f"app/, {served_layout.instances} workers x {served_layout.threads} "
+                          f"threads, {http_client}, {options.http_concurrency} connections",
+                          _shape(Path(by_level[final_level].checkpoint)), http_accuracy,
+                          paired[0].median, paired[0].rates, served_layout.name))
+    projection = _fill_speedups(rows, cores, served_row)
+    overhead = statistics.median(h / p for h, p in zip(paired[0].rates, paired[1].rates,
+                                                         strict=True))
+    rows[-1].per_row_speedup = overhead  # the side-by-side ratio, not one across two phases
+    return Table3(task=spec.name, machine=_machine(), cores=cores,
+                  speed_examples=len(options.speed_texts), dev_examples=len(dev),
+                  train_examples=len(built.train), rounds=options.rounds,
+                  recipe=built.run.recipe.model_dump(mode="json"), rows=rows, layouts=layouts,
+                  http_client=http_client, http_overhead=overhead,
+                  price={"vm": VM, "usd_per_hour": projection.usd_per_hour,
+                         "vcpus": projection.vm_vcpus, "date": projection.price_date},
+                  fixed_length=spec.max_length, mean_tokens=_mean_tokens(built, options),
+                  stage_seconds=_stage_seconds(built))
+
+
+def _fill_speedups(rows: list[Table3Row], cores: int, served_row: str) -> Projection:
+    """Cumulative speed-up over row 1; per-row over the row before (rows 6a and 6b both over
+    row 5, row 7 over the row whose graph it serves); the cost projection of every row."""
+    rate = {row.row: row.sentences_per_s for row in rows}
+    order = [row.row for row in rows]
+    projection = project(rate["1"], cores, VM)
+    for index, row in enumerate(rows):
+        row.cumulative_speedup = row.sentences_per_s / rate["1"]
+        if row.row.startswith("6"):
+            reference = rate["5"]
+        elif row.row == "7":
+            reference = rate[served_row]
+        else:
+            reference = rate[order[max(0, index - 1)]]
+        row.per_row_speedup = row.sentences_per_s / reference
+        projection = project(row.sentences_per_s, cores, VM)
+        row.usd_per_100m = projection.usd_per_100m
+    return projection
+
+
+def _mean_tokens(built: Built, options: Table3Options) -> float:
+    spec = _graph_spec(built, built.candidates[0].level)
+    from compress.encoding import encode, load_tokenizer
+
+    tokenizer = load_tokenizer(spec.tokenizer_json, spec.max_length)
+    rows = encode(tokenizer, list(options.speed_texts))
+    return sum(r.length for r in rows) / max(1, len(rows))
+
+
+def _stage_seconds(built: Built) -> dict[str, float]:
+    out = built.run.out
+    seconds = {}
+    for marker in sorted(out.rglob("stage.json")):
+        record = json.loads(marker.read_text(encoding="utf-8"))
+        seconds[str(marker.parent.relative_to(out))] = float(record.get("seconds", 0.0))
+    return seconds
+
+
+def _machine() -> str:
+    from compress.report import machine_name
+
+    return machine_name()
+
+
+def write(table: Table3, out: Path) -> None:
+    """table3.json, table3.md and pareto.png into `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "table3.json").write_text(json.dumps(asdict(table), indent=2, default=str),
+                                     encoding="utf-8")
+    (out / "table3.md").write_text(markdown(table), encoding="utf-8")
+    plot(table, out / "pareto.png")
+
+
+def markdown(table: Table3) -> str:
+    """The table and what it was measured on."""
+    lines = [
+        f"### Table 3 on {table.task}: {table.machine}",
+        "",
+        f"Batch 1, tokenization included; {table.speed_examples} {table.task} dev inputs timed "
+        f"(mean {table.mean_tokens:.1f} student tokens), every row in each of {table.rounds} "
+        f"interleaved rounds, median round. Accuracy on {table.dev_examples} dev examples "
+        f"({table.train_examples} used for training). Cost: measured sentences/s per core x "
+        f"{table.price['vcpus']} vCPUs of an Azure {table.price['vm']} at "
+        f"${table.price['usd_per_hour']}/h ({table.price['date']}): a projection, not a "
+        "measurement.",
+        "",
+        "| row | stage | runtime | model | ms/sentence | sentences/s | speed-up (row) | "
+        "speed-up (cumulative) | dev acc | USD / 100M (projected) |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in table.rows:
+        acc = "" if r.accuracy is None else f"{100 * r.accuracy:.2f}"
+        lines.append(f"| {r.row} | {r.stage} | {r.runtime} | {r.model} | "
+                     f"{r.ms_per_sentence:.2f} | {r.sentences_per_s:.1f} | "
+                     f"{r.per_row_speedup:.2f}x | {r.cumulative_speedup:.1f}x | {acc} | "
+                     f"${r.usd_per_100m:,.2f} |")
+    lines += ["", "Multi-instance layouts (median sentences/s): " + "; ".join(
+        f"{level}: " + ", ".join(f"{name} {rate:.1f}" for name, rate in sorted(rates.items()))
+        for level, rates in table.layouts.items()),
+        f"HTTP (row 7) / the in-process pool it serves, timed alternately in the same rounds: "
+        f"{table.http_overhead:.2f} (median of per-round ratios).",
+        "Rows 1 and 2 are one model (padding is masked), as are rows 4 and 5; rows 6a and 6b each "
+        "compare with row 5."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(table: Table3, path: Path) -> None:
+    """Dev accuracy against sentences/s (log scale), one point per row."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    for row in table.rows:
+        if row.accuracy is None:
+            continue
+        axes.scatter(row.sentences_per_s, 100 * row.accuracy)
+        axes.annotate(row.row, (row.sentences_per_s, 100 * row.accuracy),
+                      textcoords="offset points", xytext=(4, 4))
+    axes.set_xscale("log")
+    axes.set_xlabel("sentences/s, batch 1 (log)")
+    axes.set_ylabel("dev accuracy (%)")
+    axes.set_title(f"Table 3 rows, {table.task}, {table.cores} cores")
+    axes.grid(True, which="both", alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
