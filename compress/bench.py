@@ -89,9 +89,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="dev inputs timed per row and round (default: all; --quick: a few)")
     p.add_argument("--rounds", type=int, help=f"interleaved rounds (default {FULL_ROUNDS}, "
                    f"--quick {QUICK_ROUNDS})")
+    p.add_argument("--build-only", action="store_true",
+                   help="build or reuse the stages and stop (time them later on a quiet machine)")
     p.add_argument("--data-dir", type=Path, default=default_data_dir())
     p.add_argument("--port", type=int, default=8797, help="loopback port for row 7")
     p.add_argument("--http-seconds", type=float, default=5.0, help="load per HTTP round")
+    p.add_argument("--http-connections", type=int, default=32,
+                   help="wrk connections (or concurrent httpx requests) for row 7")
     return parser
 
 
@@ -125,6 +129,9 @@ def _table3(recipe: Recipe, args: argparse.Namespace) -> int:
     from compress.tasks import get_task, load_split
 
     built = build_stages(recipe, args.data_dir)
+    if args.build_only:
+        print(f"stages built under {recipe.output}; artifact: {recipe.artifact}")
+        return 0
     source = None if recipe.hub else (recipe.data_dir or args.data_dir)
     # Speed needs no labels: time the task's whole dev split (BoolQ: all 3,270 val examples),
     # shuffled once so that a capped run still sees short and long inputs alike.
@@ -133,7 +140,8 @@ def _table3(recipe: Recipe, args: argparse.Namespace) -> int:
     caps = QUICK.get(recipe.task, DEFAULT_QUICK)
     count = args.speed_examples or (caps.speed_examples if args.quick else len(texts))
     rounds = args.rounds or (QUICK_ROUNDS if args.quick else FULL_ROUNDS)
-    options = table3.Table3Options(texts[:count], rounds, args.port, args.http_seconds)
+    options = table3.Table3Options(texts[:count], rounds, args.port, args.http_seconds,
+                                   args.http_connections)
     table = table3.measure(built, options)
     out = recipe.output / "table3"
     table3.write(table, out)

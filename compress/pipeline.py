@@ -160,12 +160,20 @@ def build_stages(recipe: Recipe, data_dir: Path | None) -> Built:
     candidates = _sweep(run, teacher, student)
     chosen, reference = _choose(run, candidates, teacher, student)
     log.info("chosen pruning level: %s", chosen.level)
-    assemble_artifact(spec, Path(chosen.checkpoint), _variants_of(chosen), run.dev,
-                      recipe.artifact, Provenance(teacher=str(teacher.folder),
-                                                  student_init=recipe.student.init,
-                                                  recipe=recipe.model_dump(mode="json"),
-                                                  created=""))
-    return Built(run, teacher, student, candidates, chosen, reference)
+    built = Built(run, teacher, student, candidates, chosen, reference)
+    assemble_level(built, chosen, recipe.artifact)
+    return built
+
+
+def assemble_level(built: Built, candidate: Candidate, out_dir: Path) -> Path:
+    """A servable artifact of one level of the sweep (the chosen one, or another to compare)."""
+    recipe = built.run.recipe
+    assemble_artifact(built.run.spec, Path(candidate.checkpoint), _variants_of(candidate),
+                      built.run.dev, out_dir,
+                      Provenance(teacher=str(built.teacher.folder),
+                                 student_init=recipe.student.init,
+                                 recipe=recipe.model_dump(mode="json"), created=""))
+    return out_dir
 
 
 def _teacher_stage(run: _Run) -> Stage:

@@ -29,7 +29,7 @@ import torch
 from compress.evaluate import OrtPredictor
 from compress.instances import GraphSpec, InstancePool, Layout, layouts_for
 from compress.model_stats import inspect_config, load_config
-from compress.pipeline import Built
+from compress.pipeline import Built, assemble_level
 from compress.speed import Predictor, TorchPredictor, accuracy
 from loadtest import serving, wrk
 from loadtest.cost import Projection, project
@@ -83,7 +83,7 @@ class Table3Options:
     rounds: int
     port: int
     http_seconds: float = 5.0
-    http_concurrency: int = 16
+    http_concurrency: int = 32
 
 
 @dataclass
@@ -153,6 +153,7 @@ def measure(built: Built, options: Table3Options, log: Callable[[str], None] = p
                   _Timed("4", _batch1_rate(student_int8, texts))]
     pools: dict[tuple[str, str], InstancePool] = {}
     timed_pools: dict[tuple[str, str], _Timed] = {}
+    # The table ends on the recipe's chosen level when it is pruned, else on the last level.
     final_level = built.chosen.level if built.chosen.pruned else (pruned or [unpruned])[-1]
     server = None
     try:
@@ -172,7 +173,7 @@ def measure(built: Built, options: Table3Options, log: Callable[[str], None] = p
         # Row 7 serves the final level in the layout that was best for it in process, and is
         # timed alternately with that pool so that its overhead is a side-by-side ratio.
         served_layout = _best_layout(timed_pools, final_level)
-        http = _HttpRow(built, options, texts)
+        http = _HttpRow(built, _served_artifact(built, final_level), options, texts)
         server = http.start(served_layout)
         paired = [_Timed("7", http.rate),
                   _Timed("6 again", timed_pools[final_level, served_layout.name].run)]
@@ -196,6 +197,22 @@ def _rounds(runners: list[_Timed], rounds: int, log: Callable[[str], None]) -> N
         log(f"round {index + 1}: " + ", ".join(f"{r.name} {r.rates[-1]:.1f}/s" for r in runners))
 
 
+def _served_artifact(built: Built, level: str) -> Path:
+    """The recipe's artifact when it holds `level`, else one assembled for it beside the table
+    (row 7 serves the graph of the last row 6, whichever level the recipe's budget chose)."""
+    if level == built.chosen.level:
+        return built.run.recipe.artifact
+    candidate = next(c for c in built.candidates if c.level == level)
+    out = built.run.out / "table3" / f"artifact-{level}"
+    marker = out / "source.json"
+    source = json.dumps({"variants": candidate.variants, "key": json.loads(
+        (Path(candidate.variants) / "stage.json").read_text(encoding="utf-8"))["key"]})
+    if not marker.is_file() or marker.read_text(encoding="utf-8") != source:
+        assemble_level(built, candidate, out)
+        marker.write_text(source, encoding="utf-8")
+    return out
+
+
 def _pool_rate(pool: InstancePool, texts: Texts) -> Callable[[], float]:
     return lambda: pool.run(texts).sentences_per_s
 
@@ -212,8 +229,9 @@ def _best_layout(timed: dict[tuple[str, str], _Timed], level: str) -> Layout:
 class _HttpRow:
     """Row 7: the chosen artifact behind the real server, loaded to saturation."""
 
-    def __init__(self, built: Built, options: Table3Options, texts: Texts) -> None:
-        self.artifact = built.run.recipe.artifact
+    def __init__(self, built: Built, artifact: Path, options: Table3Options,
+                 texts: Texts) -> None:
+        self.artifact = artifact
         self.task = built.run.spec.name
         self.options = options
         self.texts = texts
@@ -369,9 +387,20 @@ def _stage_seconds(built: Built) -> dict[str, float]:
 
 
 def _machine() -> str:
+    """CPU model and usable cores, plus lscpu's topology where lscpu exists."""
     from compress.report import machine_name
 
-    return machine_name()
+    name = machine_name()
+    try:
+        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return name
+    facts = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    keep = ("CPU(s)", "Thread(s) per core", "Core(s) per socket", "Socket(s)", "Model")
+    topology = ", ".join(f"{key} {facts[key].strip()}" for key in keep if key in facts)
+    flags = facts.get("Flags", "").split()
+    extras = [flag for flag in ("avx512_vnni", "amx_int8") if flag in flags]
+    return f"{name}; lscpu: {topology}" + (f"; {', '.join(extras)}" if extras else "")
 
 
 def write(table: Table3, out: Path) -> None:
