@@ -157,22 +157,51 @@ def build_stages(recipe: Recipe, data_dir: Path | None) -> Built:
     run.out.mkdir(parents=True, exist_ok=True)
     teacher = _teacher_stage(run)
     student = _student_stage(run, teacher)
-    candidates = _sweep(run, teacher, student)
-    chosen, reference = _choose(run, candidates, teacher, student)
+    made, full = _sweep(run, teacher, student)
+    candidates, chosen, reference = _choice_stage(run, made, full, teacher, student)
     log.info("chosen pruning level: %s", chosen.level)
     built = Built(run, teacher, student, candidates, chosen, reference)
     assemble_level(built, chosen, recipe.artifact)
     return built
 
 
+def _choice_stage(run: _Run, made: list[_Level], full: PruneLevel, teacher: Stage,
+                  student: Stage) -> tuple[list[Candidate], Candidate, float | None]:
+    """Judge every level (INT8 accuracy and speed) and pick one; kept like a stage, so that a
+    rerun does not evaluate the teacher and every graph on the dev split again."""
+
+    def build(folder: Path) -> dict[str, Any]:
+        candidates = _evaluate_candidates(run, made, full)
+        _, reference = _choose(run, candidates, teacher, student)
+        return {"candidates": [asdict(c) for c in candidates], "reference_accuracy": reference}
+
+    payload = {"levels": [[m.level.name, m.checkpoint.key, m.variants.key] for m in made],
+               "teacher": teacher.key, "student": student.key, "dev": len(run.dev),
+               "evaluate": run.recipe.evaluate.model_dump(mode="json"),
+               "budget": [run.recipe.prune.max_accuracy_drop, run.recipe.prune.budget_reference]}
+    stage = run_stage(run.out / "choice", payload, build)
+    candidates = [Candidate(**c) for c in stage.record["candidates"]]
+    chosen = next(c for c in candidates if c.chosen)
+    return candidates, chosen, stage.record["reference_accuracy"]
+
+
 def assemble_level(built: Built, candidate: Candidate, out_dir: Path) -> Path:
-    """A servable artifact of one level of the sweep (the chosen one, or another to compare)."""
+    """A servable artifact of one level of the sweep (the chosen one, or another to compare);
+    an artifact already assembled from the same graphs is kept."""
     recipe = built.run.recipe
+    key = json.loads((Path(candidate.variants) / STAGE_FILE).read_text(encoding="utf-8"))["key"]
+    source = json.dumps({"variants": candidate.variants, "key": key,
+                         "dev": len(built.run.dev)})
+    marker = out_dir / "source.json"
+    if (out_dir / "manifest.json").is_file() and marker.is_file() \
+            and marker.read_text(encoding="utf-8") == source:
+        return out_dir
     assemble_artifact(built.run.spec, Path(candidate.checkpoint), _variants_of(candidate),
                       built.run.dev, out_dir,
                       Provenance(teacher=str(built.teacher.folder),
                                  student_init=recipe.student.init,
                                  recipe=recipe.model_dump(mode="json"), created=""))
+    marker.write_text(source, encoding="utf-8")
     return out_dir
 
 
@@ -277,7 +306,8 @@ class _Level:
     variants: Stage
 
 
-def _sweep(run: _Run, teacher: Stage, student: Stage) -> list[Candidate]:
+def _sweep(run: _Run, teacher: Stage, student: Stage) -> tuple[list[_Level], PruneLevel]:
+    """Every level's checkpoint and ONNX variants (built or reused), and the unpruned shape."""
     model, _ = load_classifier(student.folder)
     levels = _levels(run, model)
     full = PruneLevel(*model_shape(model))
@@ -289,7 +319,7 @@ def _sweep(run: _Run, teacher: Stage, student: Stage) -> list[Candidate]:
             scored = scored or _importance_stage(run, teacher, student)
             checkpoint = _pruned_stage(run, teacher, student, scored, level)
         made.append(_Level(level, checkpoint, _variants_stage(run, checkpoint, level.name)))
-    return _evaluate_candidates(run, made, full)
+    return made, full
 
 
 def _pruned_stage(run: _Run, teacher: Stage, student: Stage, scored: tuple[Importance, str],

@@ -203,14 +203,7 @@ def _served_artifact(built: Built, level: str) -> Path:
     if level == built.chosen.level:
         return built.run.recipe.artifact
     candidate = next(c for c in built.candidates if c.level == level)
-    out = built.run.out / "table3" / f"artifact-{level}"
-    marker = out / "source.json"
-    source = json.dumps({"variants": candidate.variants, "key": json.loads(
-        (Path(candidate.variants) / "stage.json").read_text(encoding="utf-8"))["key"]})
-    if not marker.is_file() or marker.read_text(encoding="utf-8") != source:
-        assemble_level(built, candidate, out)
-        marker.write_text(source, encoding="utf-8")
-    return out
+    return assemble_level(built, candidate, built.run.out / "table3" / f"artifact-{level}")
 
 
 def _pool_rate(pool: InstancePool, texts: Texts) -> Callable[[], float]:
@@ -293,7 +286,10 @@ def _assemble(built: Built, options: Table3Options, in_process: list[_Timed],
               teacher: TorchPredictor) -> Table3:
     spec = built.run.spec
     dev = built.dev
-    teacher_accuracy = accuracy(teacher, dev)
+    # The recipe's budget already measured the teacher on this dev split when it is the reference.
+    reference = built.run.recipe.prune.budget_reference == "teacher"
+    teacher_accuracy = built.reference_accuracy if reference and built.reference_accuracy \
+        is not None else accuracy(teacher, dev)
     student_accuracy = accuracy(TorchPredictor(built.student.folder, spec.max_length), dev)
     int8_accuracy = {c.level: c.int8_accuracy for c in built.candidates}
     by_level = {c.level: c for c in built.candidates}
