@@ -467,10 +467,10 @@ def _measure(run: _Run, teacher: Stage, student: Stage, chosen: Candidate,
                   fp16_cpu_agreement=agreement, artifact=str(run.recipe.artifact),
                   unfused_int8_ms=speeds[UNFUSED_INT8].ms_per_sentence,
                   unfused_int8_accuracy=accuracy(unfused, run.dev),
-                  stage_seconds=_stage_seconds(run.out))
+                  stage_seconds=stage_seconds(run.out))
 
 
-def _stage_seconds(out: Path) -> dict[str, float]:
+def stage_seconds(out: Path) -> dict[str, float]:
     """How long each stage took when it was built (reused stages keep their first time)."""
     seconds = {}
     for marker in sorted(out.rglob(STAGE_FILE)):

@@ -29,7 +29,7 @@ import torch
 from compress.evaluate import OrtPredictor
 from compress.instances import GraphSpec, InstancePool, Layout, layouts_for
 from compress.model_stats import inspect_config, load_config
-from compress.pipeline import Built, assemble_level
+from compress.pipeline import Built, assemble_level, stage_seconds
 from compress.speed import Predictor, TorchPredictor, accuracy
 from loadtest import serving, wrk
 from loadtest.cost import Projection, project
@@ -341,7 +341,7 @@ def _assemble(built: Built, options: Table3Options, in_process: list[_Timed],
                   price={"vm": VM, "usd_per_hour": projection.usd_per_hour,
                          "vcpus": projection.vm_vcpus, "date": projection.price_date},
                   fixed_length=spec.max_length, mean_tokens=_mean_tokens(built, options),
-                  stage_seconds=_stage_seconds(built))
+                  stage_seconds=stage_seconds(built.run.out))
 
 
 def _fill_speedups(rows: list[Table3Row], cores: int, served_row: str) -> Projection:
@@ -371,15 +371,6 @@ def _mean_tokens(built: Built, options: Table3Options) -> float:
     tokenizer = load_tokenizer(spec.tokenizer_json, spec.max_length)
     rows = encode(tokenizer, list(options.speed_texts))
     return sum(r.length for r in rows) / max(1, len(rows))
-
-
-def _stage_seconds(built: Built) -> dict[str, float]:
-    out = built.run.out
-    seconds = {}
-    for marker in sorted(out.rglob("stage.json")):
-        record = json.loads(marker.read_text(encoding="utf-8"))
-        seconds[str(marker.parent.relative_to(out))] = float(record.get("seconds", 0.0))
-    return seconds
 
 
 def _machine() -> str:

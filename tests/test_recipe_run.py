@@ -122,7 +122,8 @@ def _count_distillations(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 def test_rerun_reuses_every_finished_stage(finished: tuple[Recipe, Report],
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     recipe, first = finished
-    _forbid(monkeypatch, "finetune", "distil", "make_variants", "importance_scores")
+    _forbid(monkeypatch, "finetune", "distil", "make_variants", "importance_scores",
+            "_evaluate_candidates", "assemble_artifact")
     report = pipeline.run_recipe(recipe, None)
     assert len(report.rows) == len(first.rows) and report.rows[-1].stage == LAST_STAGES[-1]
 
@@ -219,6 +220,29 @@ def test_prune_ratio_outside_zero_one_is_refused(tmp_path: Path) -> None:
 def test_the_shipped_recipe_is_valid() -> None:
     recipe = load_recipe(ROOT / "recipes" / "sst2-minilm-l3.yaml")
     assert recipe.student.layers == [0, 2, 4] and recipe.prune.max_accuracy_drop == 1.0
+
+
+@pytest.mark.parametrize("name", ["table3-sst2", "table3-boolq"])
+def test_the_table3_recipes_are_valid(name: str) -> None:
+    recipe = load_recipe(ROOT / "recipes" / f"{name}.yaml")
+    assert recipe.teacher.model == "packaged:mpnet-base" and len(recipe.prune.levels) == 3
+
+
+def test_train_from_dev_splits_dev_into_disjoint_train_and_evaluation(tiny_repo: TinyRepo,
+                                                                      tmp_path: Path) -> None:
+    recipe = _recipe(tiny_repo, tmp_path / "run").model_copy(update={"train_from_dev": 80})
+    train, dev = pipeline.task_splits(recipe, None)
+    assert len(train) == 80 and len(dev) == 40
+    assert not set(train.texts) & set(dev.texts)
+    again, _ = pipeline.task_splits(recipe, None)
+    assert again.texts == train.texts  # seeded: the same split every run
+
+
+def test_train_from_dev_must_leave_examples_to_evaluate(tiny_repo: TinyRepo,
+                                                        tmp_path: Path) -> None:
+    recipe = _recipe(tiny_repo, tmp_path / "run").model_copy(update={"train_from_dev": 120})
+    with pytest.raises(RecipeError, match="leaves no dev examples"):
+        pipeline.task_splits(recipe, None)
 
 
 def test_run_command_reports_an_invalid_recipe_without_a_traceback(tmp_path: Path) -> None:
