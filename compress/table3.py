@@ -14,6 +14,7 @@ alike; a row's figure is its median round.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import statistics
@@ -26,13 +27,16 @@ from pathlib import Path
 import httpx
 import torch
 
+from compress.encoding import encode, load_tokenizer
 from compress.evaluate import OrtPredictor
 from compress.instances import GraphSpec, InstancePool, Layout, layouts_for
 from compress.model_stats import inspect_config, load_config
 from compress.pipeline import Built, assemble_level, stage_seconds
+from compress.report import machine_name
 from compress.speed import Predictor, TorchPredictor, accuracy
 from loadtest import serving, wrk
 from loadtest.cost import Projection, project
+from loadtest.overhead import http_rate
 
 Texts = list[str | tuple[str, str]]
 VM = "Standard_F16s_v2"
@@ -272,10 +276,6 @@ def _has_wrk() -> bool:
 
 
 def _httpx_rate(url: str, task: str, texts: Texts, concurrency: int) -> float:
-    import asyncio
-
-    from loadtest.overhead import http_rate
-
     return asyncio.run(http_rate(url, task, list(texts), concurrency))
 
 
@@ -298,12 +298,12 @@ def _assemble(built: Built, options: Table3Options, in_process: list[_Timed],
     t = in_process
     rows = [
         Table3Row("1", "PyTorch, base-size teacher", f"PyTorch fp32, padded to {spec.max_length}, "
-                  f"{cores} threads", teacher_shape, teacher_accuracy, t[0].median, t[0].rates),
-        Table3Row("2", "+ dynamic sequence length", f"PyTorch fp32, {cores} threads",
+                  f"{_threads(cores)}", teacher_shape, teacher_accuracy, t[0].median, t[0].rates),
+        Table3Row("2", "+ dynamic sequence length", f"PyTorch fp32, {_threads(cores)}",
                   teacher_shape, teacher_accuracy, t[1].median, t[1].rates),
-        Table3Row("3", "+ distillation (student)", f"PyTorch fp32, {cores} threads", student_shape,
+        Table3Row("3", "+ distillation (student)", f"PyTorch fp32, {_threads(cores)}", student_shape,
                   student_accuracy, t[2].median, t[2].rates),
-        Table3Row("4", "+ ONNX, fusion, INT8", f"ORT int8, 1 instance x {cores} threads",
+        Table3Row("4", "+ ONNX, fusion, INT8", f"ORT int8, 1 instance x {_threads(cores)}",
                   student_shape, int8_accuracy[unpruned], t[3].median, t[3].rates),
     ]
     layouts: dict[str, dict[str, float]] = {}
@@ -312,7 +312,7 @@ def _assemble(built: Built, options: Table3Options, in_process: list[_Timed],
     best5 = _best_layout(timed_pools, unpruned)
     runner5 = timed_pools[unpruned, best5.name]
     rows.append(Table3Row("5", "+ multi-instance", f"ORT int8, {best5.instances} instances x "
-                          f"{best5.threads} threads, pinned", student_shape,
+                          f"{_threads(best5.threads)}, pinned", student_shape,
                           int8_accuracy[unpruned], runner5.median, runner5.rates, best5.name))
     served_row = "5"
     for suffix, level in zip("ab", pruned, strict=False):
@@ -325,8 +325,9 @@ def _assemble(built: Built, options: Table3Options, in_process: list[_Timed],
         if level == final_level:
             served_row = f"6{suffix}"
     rows.append(Table3Row("7", f"served over HTTP ({final_level})",
-                          f"app/, {served_layout.instances} workers x {served_layout.threads} "
-                          f"threads, {http_client}, {options.http_concurrency} connections",
+                          f"app/, {served_layout.instances} workers x "
+                          f"{_threads(served_layout.threads)}, {http_client}, "
+                          f"{options.http_concurrency} connections",
                           _shape(Path(by_level[final_level].checkpoint)), http_accuracy,
                           paired[0].median, paired[0].rates, served_layout.name))
     projection = _fill_speedups(rows, cores, served_row)
@@ -342,6 +343,10 @@ def _assemble(built: Built, options: Table3Options, in_process: list[_Timed],
                          "vcpus": projection.vm_vcpus, "date": projection.price_date},
                   fixed_length=spec.max_length, mean_tokens=_mean_tokens(built, options),
                   stage_seconds=stage_seconds(built.run.out))
+
+
+def _threads(count: int) -> str:
+    return f"{count} thread" if count == 1 else f"{count} threads"
 
 
 def _fill_speedups(rows: list[Table3Row], cores: int, served_row: str) -> Projection:
@@ -366,8 +371,6 @@ def _fill_speedups(rows: list[Table3Row], cores: int, served_row: str) -> Projec
 
 def _mean_tokens(built: Built, options: Table3Options) -> float:
     spec = _graph_spec(built, built.candidates[0].level)
-    from compress.encoding import encode, load_tokenizer
-
     tokenizer = load_tokenizer(spec.tokenizer_json, spec.max_length)
     rows = encode(tokenizer, list(options.speed_texts))
     return sum(r.length for r in rows) / max(1, len(rows))
@@ -375,8 +378,6 @@ def _mean_tokens(built: Built, options: Table3Options) -> float:
 
 def _machine() -> str:
     """CPU model and usable cores, plus lscpu's topology where lscpu exists."""
-    from compress.report import machine_name
-
     name = machine_name()
     try:
         text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
