@@ -8,8 +8,8 @@ import os
 import sys
 from pathlib import Path
 
-from compress.artifact import CompressError
-from compress.tasks import TASKS, TaskDataError
+from compress.artifact import CompressError, Manifest
+from compress.tasks import TaskDataError, TaskSpec, builtin_tasks
 
 STAGE_VERBS = ("finetune", "export", "optimize", "quantize")
 # Logit-check inputs for a stand-alone export (build uses dev sentences instead).
@@ -28,19 +28,48 @@ def default_data_dir() -> Path | None:
     return beside if beside.is_dir() else None
 
 
+# Exit status of a build whose served model does not beat the majority-class baseline.
+BELOW_BASELINE = 3
+
+
+def _add_task_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    """--task NAME (a shipped task file) or --task-file PATH (yours), and where its data is."""
+    group = p.add_mutually_exclusive_group(required=required)
+    group.add_argument("--task", help=f"a shipped task: {', '.join(builtin_tasks())}")
+    group.add_argument("--task-file", type=Path, help="your task file (YAML, see docs/tasks.md)")
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="folder the task's data paths are relative to (default for --task: "
+                        "$DATA_DIR or ../shared/data; for --task-file: the task file's folder)")
+    p.add_argument("--hub", action="store_true", help="load task data from the hub by name")
+
+
+def _task_of(args: argparse.Namespace) -> tuple[TaskSpec, Path | None]:
+    """The task named on the command line and the folder its data paths start from."""
+    from compress.tasks import resolve_task
+
+    spec = resolve_task(args.task, args.task_file)
+    data_dir = args.data_dir
+    if data_dir is None and args.task is not None:
+        data_dir = default_data_dir()
+    return spec, None if args.hub else data_dir
+
+
 def _add_build(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("build", help="finetune -> export -> optimize -> quantize -> evaluate")
-    p.add_argument("--task", required=True, choices=sorted(TASKS))
+    _add_task_args(p)
     p.add_argument("--model", default="packaged:minilm-l6",
                    help="encoder to fine-tune: packaged:NAME, a local HF folder, or a hub id")
-    p.add_argument("--data-dir", type=Path, default=default_data_dir(),
-                   help="local task data folder (default: $DATA_DIR or ../shared/data); "
-                        "pass --hub to load from the hub instead")
-    p.add_argument("--hub", action="store_true", help="load task data from the hub by name")
     p.add_argument("--out", type=Path, help="artifact folder (default: models/<task>)")
     p.add_argument("--work-dir", type=Path, help="checkpoints (default: runs/<task>)")
     p.add_argument("--max-dev-examples", type=int, default=None)
+    _add_baseline_arg(p)
     _add_finetune_args(p)
+
+
+def _add_baseline_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--accept-below-baseline", action="store_true",
+                   help=f"write the artifact and exit 0 even if the served model does not beat "
+                        f"the majority-class baseline (otherwise exit {BELOW_BASELINE})")
 
 
 def _add_finetune_args(p: argparse.ArgumentParser) -> None:
@@ -53,10 +82,8 @@ def _add_finetune_args(p: argparse.ArgumentParser) -> None:
 
 def _add_stages(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("finetune", help="fine-tune an encoder on a task's train split")
-    p.add_argument("--task", required=True, choices=sorted(TASKS))
+    _add_task_args(p)
     p.add_argument("--model", default="packaged:minilm-l6")
-    p.add_argument("--data-dir", type=Path, default=default_data_dir())
-    p.add_argument("--hub", action="store_true")
     p.add_argument("--out", type=Path, required=True, help="checkpoint folder to write")
     _add_finetune_args(p)
 
@@ -80,10 +107,11 @@ def _run_stage(args: argparse.Namespace) -> int:
     if args.verb == "finetune":
         from compress.finetune import FinetuneConfig, finetune
         from compress.pretrained import resolve_model
-        from compress.tasks import get_task, load_split
+        from compress.tasks import ensure_labels, load_split
 
-        spec = get_task(args.task)
-        train = load_split(spec, "train", None if args.hub else args.data_dir)
+        spec, data_dir = _task_of(args)
+        spec = ensure_labels(spec, data_dir, args.hub)
+        train = load_split(spec, "train", data_dir, args.hub)
         config = FinetuneConfig(epochs=args.epochs, batch_size=args.batch_size,
                                 learning_rate=args.learning_rate,
                                 max_examples=args.max_train_examples, seed=args.seed)
@@ -112,28 +140,34 @@ def _run_stage(args: argparse.Namespace) -> int:
 
 
 def _add_package(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("package", help="export -> optimize -> quantize -> evaluate a fine-tuned "
-                                       "checkpoint (skip finetune)")
-    p.add_argument("--task", required=True, choices=sorted(TASKS))
+    p = sub.add_parser("package", help="export -> optimize -> quantize -> (evaluate) an already "
+                                       "fine-tuned HF classifier folder (no training)")
     p.add_argument("--checkpoint", type=Path, required=True, help="fine-tuned HF folder")
-    p.add_argument("--data-dir", type=Path, default=default_data_dir())
-    p.add_argument("--hub", action="store_true")
+    _add_task_args(p, required=False)
+    p.add_argument("--name", help="served model name without a task (default: the folder's name)")
+    p.add_argument("--input-kind", choices=("single", "pair"), default="single",
+                   help="without a task: single texts or (text, text) pairs")
+    p.add_argument("--max-length", type=int, default=None,
+                   help="without a task: tokens per input (default: the tokenizer's, <= 512)")
+    p.add_argument("--check-texts", type=Path,
+                   help="texts (one per line; a pair tab-separated) to check INT8/FP16 against "
+                        "fp32 on when there is no dev data (default: generated)")
     p.add_argument("--out", type=Path)
     p.add_argument("--work-dir", type=Path)
     p.add_argument("--max-dev-examples", type=int, default=None)
+    _add_baseline_arg(p)
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help="accuracy of an artifact variant on the dev split")
+    p = sub.add_parser("evaluate", help="metrics of an artifact variant on a dev split")
     p.add_argument("artifact", type=Path, help="artifact folder, e.g. models/sst2")
     p.add_argument("--variant", default="cpu-int8")
-    p.add_argument("--data-dir", type=Path, default=default_data_dir())
-    p.add_argument("--hub", action="store_true")
+    _add_task_args(p, required=False)
 
 
 def _add_distil_prune(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("distil", help="distil a fine-tuned teacher into a (layer-cut) student")
-    p.add_argument("--task", required=True, choices=sorted(TASKS))
+    _add_task_args(p)
     p.add_argument("--teacher", type=Path, required=True, help="fine-tuned teacher checkpoint")
     p.add_argument("--student", default="teacher",
                    help="'teacher' (layer subset of it), packaged:NAME, a folder or a hub id")
@@ -143,20 +177,16 @@ def _add_distil_prune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--alpha", type=float, default=1.0, help="weight of the soft loss")
     p.add_argument("--hidden-weight", type=float, default=0.0)
     p.add_argument("--attention-weight", type=float, default=0.0)
-    p.add_argument("--data-dir", type=Path, default=default_data_dir())
-    p.add_argument("--hub", action="store_true")
     p.add_argument("--out", type=Path, required=True)
     _add_finetune_args(p)
 
     p = sub.add_parser("prune", help="score heads/FFN neurons, cut them, distil again")
-    p.add_argument("--task", required=True, choices=sorted(TASKS))
+    _add_task_args(p)
     p.add_argument("--checkpoint", type=Path, required=True, help="the model to prune")
     p.add_argument("--teacher", type=Path, required=True, help="unpruned teacher to distil from")
     p.add_argument("--heads", type=int, required=True, help="heads every layer keeps")
     p.add_argument("--ffn", type=int, required=True, help="FFN neurons every layer keeps")
     p.add_argument("--importance-examples", type=int, default=2000)
-    p.add_argument("--data-dir", type=Path, default=default_data_dir())
-    p.add_argument("--hub", action="store_true")
     p.add_argument("--out", type=Path, required=True)
     _add_finetune_args(p)
 
@@ -172,10 +202,11 @@ def _layers_arg(text: str | None) -> list[int] | int | str | None:
 def _run_distil_prune(args: argparse.Namespace) -> int:
     from compress.distill import DistilConfig, distil, init_student
     from compress.pretrained import resolve_model
-    from compress.tasks import get_task, load_split
+    from compress.tasks import ensure_labels, load_split
 
-    spec = get_task(args.task)
-    train = load_split(spec, "train", None if args.hub else args.data_dir)
+    spec, data_dir = _task_of(args)
+    spec = ensure_labels(spec, data_dir, args.hub)
+    train = load_split(spec, "train", data_dir, args.hub)
     common = {"epochs": args.epochs, "batch_size": args.batch_size,
               "learning_rate": args.learning_rate, "max_examples": args.max_train_examples,
               "seed": args.seed}
@@ -252,46 +283,109 @@ def _run(args: argparse.Namespace) -> int:
     if args.verb == "inspect":
         return _inspect(args)
     if args.verb == "evaluate":
-        from compress.artifact import read_manifest, verified_variant_path
-        from compress.evaluate import evaluate
-        from compress.tasks import get_task, load_split
+        return _evaluate(args)
+    if args.verb == "package":
+        return _package(args)
+    return _build(args)
 
-        manifest = read_manifest(args.artifact)
-        path = verified_variant_path(args.artifact, manifest, args.variant)
-        data_dir = None if args.hub else args.data_dir
-        dev = load_split(get_task(manifest.task), "dev", data_dir)
-        result = evaluate(path, args.artifact / manifest.tokenizer, dev, manifest.model_inputs,
-                          manifest.max_length, manifest.pad_token_id)
-        print(f"{manifest.task} {args.variant}: accuracy {result.accuracy:.4f} "
-              f"on {result.examples} dev examples")
-        return 0
 
-    from compress.build import BuildPlan, build_artifact, package_artifact
-    from compress.finetune import FinetuneConfig
+def _evaluate(args: argparse.Namespace) -> int:
+    from compress.artifact import read_manifest, verified_variant_path
+    from compress.evaluate import evaluate_artifact
     from compress.tasks import get_task, load_split
 
-    out = args.out or Path("models") / args.task
-    work = args.work_dir or Path("runs") / args.task
-    data_dir = None if args.hub else args.data_dir
-    if args.verb == "build":
-        config = FinetuneConfig(epochs=args.epochs, batch_size=args.batch_size,
-                                learning_rate=args.learning_rate,
-                                max_examples=args.max_train_examples, seed=args.seed)
-        plan = BuildPlan(task=args.task, base_model=args.model, out_dir=out, work_dir=work,
-                         data_dir=data_dir, finetune=config,
-                         max_dev_examples=args.max_dev_examples)
-        manifest = build_artifact(plan)
+    manifest = read_manifest(args.artifact)
+    path = verified_variant_path(args.artifact, manifest, args.variant)
+    if args.task is None and args.task_file is None:
+        args.task = manifest.task
+        spec, data_dir = (get_task(manifest.task), None if args.hub else default_data_dir())
     else:
-        plan = BuildPlan(task=args.task, base_model=str(args.checkpoint), out_dir=out,
-                         work_dir=work, data_dir=data_dir, max_dev_examples=args.max_dev_examples)
-        spec = get_task(args.task)
-        dev = load_split(spec, "dev", data_dir).head(args.max_dev_examples)
-        manifest = package_artifact(spec, args.checkpoint, dev, plan)
+        spec, data_dir = _task_of(args)
+    dev = load_split(spec.with_labels(manifest.labels), "dev", data_dir, args.hub)
+    result = evaluate_artifact(args.artifact, manifest, args.variant, path, dev)
+    for name, value in result.scored.values.items():
+        print(f"{manifest.task} {args.variant}: {name} {value:.4f} (majority baseline "
+              f"{result.scored.baseline[name]:.4f}) on {result.examples} dev examples")
+    return 0
+
+
+def _build(args: argparse.Namespace) -> int:
+    from compress.build import BuildPlan, build_artifact
+    from compress.finetune import FinetuneConfig
+
+    spec, data_dir = _task_of(args)
+    out = args.out or Path("models") / spec.name
+    work = args.work_dir or Path("runs") / spec.name
+    config = FinetuneConfig(epochs=args.epochs, batch_size=args.batch_size,
+                            learning_rate=args.learning_rate,
+                            max_examples=args.max_train_examples, seed=args.seed)
+    plan = BuildPlan(spec=spec, base_model=args.model, out_dir=out, work_dir=work,
+                     data_dir=data_dir, hub=args.hub, finetune=config,
+                     max_dev_examples=args.max_dev_examples)
+    return _report(build_artifact(plan), out, args.accept_below_baseline)
+
+
+def _package(args: argparse.Namespace) -> int:
+    from compress.build import BuildPlan, package_artifact
+    from compress.packaging import check_texts_file, spec_for_checkpoint
+    from compress.tasks import load_split
+
+    task: TaskSpec | None = None
+    data_dir: Path | None = None
+    if args.task is not None or args.task_file is not None:
+        task, data_dir = _task_of(args)
+    spec = spec_for_checkpoint(args.checkpoint, task, args.name, args.input_kind,
+                               args.max_length)
+    has_dev = task is not None and (args.hub or task.data.dev is not None
+                                    or task.data.dev_fraction is not None)
+    dev = load_split(spec, "dev", data_dir, args.hub).head(args.max_dev_examples) \
+        if has_dev else None
+    if dev is None:
+        print("no dev data: the artifact is checked against fp32, but no accuracy is measured")
+    out = args.out or Path("models") / spec.name
+    work = args.work_dir or Path("runs") / spec.name / "package"
+    plan = BuildPlan(spec=spec, base_model=str(args.checkpoint), out_dir=out, work_dir=work,
+                     data_dir=data_dir, hub=args.hub, max_dev_examples=args.max_dev_examples)
+    texts = check_texts_file(args.check_texts, spec.input_kind) if args.check_texts else None
+    manifest = package_artifact(spec, args.checkpoint, dev, plan, texts)
+    return _report(manifest, out, args.accept_below_baseline)
+
+
+def _report(manifest: Manifest, out: Path, accept_below_baseline: bool) -> int:
+    """Print every measured figure beside its baseline; a served model at or under the
+    majority-class baseline is an error unless the user accepts it."""
     for metric in manifest.metrics:
         print(f"{metric.variant}: {metric.name} {metric.value:.4f} on {metric.examples} "
-              f"{metric.dataset} {metric.split} examples")
+              f"{metric.dataset} {metric.split} examples (majority baseline "
+              f"{metric.baseline:.4f})")
+    for check in manifest.checks:
+        print(f"{check.variant} vs {check.reference}: labels agree on "
+              f"{100 * check.label_agreement:.2f}% of {check.texts} texts, max |logit diff| "
+              f"{check.max_abs_logit_diff:.4f}")
+    if not manifest.evaluated:
+        print("no accuracy measured (no dev data); the manifest says so")
     print(f"artifact written to {out}")
-    return 0
+    weak = below_baseline(manifest)
+    if not weak:
+        return 0
+    print(f"\nWARNING: the served model does not beat the majority-class baseline: {weak}. "
+          "It answers no better than always giving the most frequent label; train longer, "
+          "with more data or a higher learning rate.", file=sys.stderr)
+    if accept_below_baseline:
+        return 0
+    print(f"exit {BELOW_BASELINE}: pass --accept-below-baseline to accept this model",
+          file=sys.stderr)
+    return BELOW_BASELINE
+
+
+def below_baseline(manifest: Manifest, variant: str = "cpu-int8") -> str:
+    """'' when the variant beats the baseline on its task's primary metric, else the figures."""
+    primary = "micro_f1" if manifest.problem_type == "multi_label" else "accuracy"
+    for metric in manifest.metrics:
+        if metric.variant == variant and metric.name == primary and metric.baseline is not None \
+                and metric.value <= metric.baseline:
+            return f"{variant} {primary} {metric.value:.4f} <= baseline {metric.baseline:.4f}"
+    return ""
 
 
 def main(argv: list[str] | None = None) -> int:

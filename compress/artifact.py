@@ -11,13 +11,15 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 
 InputKind = Literal["single", "pair"]
 Precision = Literal["fp32", "fp16", "int8"]
+# single_label: softmax, one class per input; multi_label: a sigmoid per label, each over its threshold.
+ProblemType = Literal["single_label", "multi_label"]
 
 
 class CompressError(Exception):
@@ -40,6 +42,12 @@ class Variant(BaseModel):
     opset: int
     fusions: dict[str, int] = Field(
         default_factory=dict, description="fused operators the ORT optimizer reported"
+    )
+    fusions_missing: list[str] = Field(
+        default_factory=list, description="fusions expected for this model type that did not apply"
+    )
+    fusions_unsupported: dict[str, str] = Field(
+        default_factory=dict, description="fusions ORT has no pattern for in this model type: why"
     )
     operators: dict[str, int] = Field(
         default_factory=dict, description="count of each operator type in the final graph"
@@ -68,6 +76,20 @@ class Metric(BaseModel):
     split: str
     variant: str
     examples: int
+    baseline: float | None = Field(
+        default=None, description="the same metric of the majority-class baseline on this split")
+
+
+class AgreementCheck(BaseModel):
+    """A variant's answers against the fp32 graph's on the same texts (no labels needed)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    variant: str
+    reference: str = "fp32"
+    texts: int
+    label_agreement: float
+    max_abs_logit_diff: float
 
 
 class Provenance(BaseModel):
@@ -88,6 +110,9 @@ class Manifest(BaseModel):
     format: Literal[1] = 1
     task: str
     labels: list[str] = Field(min_length=2, description="label names in logit order")
+    problem_type: ProblemType = "single_label"
+    thresholds: list[float] | None = Field(
+        default=None, description="multi_label: score a label needs to be predicted, per label")
     input_kind: InputKind
     max_length: int = Field(gt=0)
     tokenizer: str = "tokenizer.json"
@@ -96,7 +121,16 @@ class Manifest(BaseModel):
     variants: dict[str, Variant]
     architecture: Architecture
     metrics: list[Metric] = Field(default_factory=list)
+    evaluated: bool = Field(
+        default=True, description="false: no labelled dev data was given, so no metric was measured")
+    checks: list[AgreementCheck] = Field(default_factory=list)
     provenance: Provenance
+
+    @model_validator(mode="after")
+    def _thresholds_fit(self) -> Manifest:
+        if self.thresholds is not None and len(self.thresholds) != len(self.labels):
+            raise ValueError(f"{len(self.thresholds)} thresholds for {len(self.labels)} labels")
+        return self
 
 
 def sha256_file(path: Path) -> str:
@@ -143,6 +177,8 @@ def describe_variant(
     opset: int,
     fusions: dict[str, int] | None = None,
     operators: dict[str, int] | None = None,
+    fusions_missing: list[str] | None = None,
+    fusions_unsupported: dict[str, str] | None = None,
 ) -> Variant:
     """Build a Variant entry for a file already written inside the artifact folder."""
     path = folder / relative_file
@@ -153,6 +189,8 @@ def describe_variant(
         execution_provider=execution_provider,
         opset=opset,
         fusions=fusions or {},
+        fusions_missing=fusions_missing or [],
+        fusions_unsupported=fusions_unsupported or {},
         operators=operators or {},
         size_bytes=path.stat().st_size,
     )

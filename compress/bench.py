@@ -53,7 +53,7 @@ def _cap(value: int | None, cap: int) -> int:
 
 def quick_recipe(recipe: Recipe) -> Recipe:
     """The same recipe with every example count capped, writing to its own run folder."""
-    caps = QUICK.get(recipe.task, DEFAULT_QUICK)
+    caps = QUICK.get(recipe.task or "", DEFAULT_QUICK)
     teacher = recipe.teacher.model_copy(update={"finetune": replace(
         recipe.teacher.finetune,
         max_examples=_cap(recipe.teacher.finetune.max_examples, caps.teacher_examples))})
@@ -125,19 +125,19 @@ def main(argv: list[str] | None = None) -> int:
 
 def _table3(recipe: Recipe, args: argparse.Namespace) -> int:
     from compress import table3
-    from compress.pipeline import build_stages
-    from compress.tasks import get_task, load_split
+    from compress.pipeline import build_stages, data_source, recipe_spec
+    from compress.tasks import load_split
 
     built = build_stages(recipe, args.data_dir)
     if args.build_only:
         print(f"stages built under {recipe.output}; artifact: {recipe.artifact}")
         return 0
-    source = None if recipe.hub else (recipe.data_dir or args.data_dir)
     # Speed needs no labels: time the task's whole dev split (BoolQ: all 3,270 val examples),
     # shuffled once so that a capped run still sees short and long inputs alike.
-    texts = list(load_split(get_task(recipe.task), "dev", source).texts)
+    texts = list(load_split(recipe_spec(recipe, args.data_dir), "dev",
+                            data_source(recipe, args.data_dir), recipe.hub).texts)
     random.Random(1).shuffle(texts)
-    caps = QUICK.get(recipe.task, DEFAULT_QUICK)
+    caps = QUICK.get(recipe.task or "", DEFAULT_QUICK)
     count = args.speed_examples or (caps.speed_examples if args.quick else len(texts))
     rounds = args.rounds or (QUICK_ROUNDS if args.quick else FULL_ROUNDS)
     options = table3.Table3Options(texts[:count], rounds, args.port, args.http_seconds,

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import logging
+import random
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from tokenizers import Tokenizer
 from transformers import AutoTokenizer
 
 from compress.artifact import (
+    AgreementCheck,
+    CompressError,
+    InputKind,
     Manifest,
     Metric,
     Provenance,
@@ -19,14 +25,16 @@ from compress.artifact import (
     describe_variant,
     write_manifest,
 )
-from compress.evaluate import evaluate
+from compress.encoding import encode, load_tokenizer, probabilities
+from compress.evaluate import OrtPredictor, agreement, batched_logits
 from compress.export import OPSET, ExportResult, export_onnx
-from compress.finetune import FinetuneConfig, finetune
+from compress.finetune import FinetuneConfig, finetune, hf_tokenize
 from compress.fp16 import convert_fp16
+from compress.metrics import score, tune_thresholds
 from compress.optimize import FusionReport, operator_counts, optimize
 from compress.pretrained import resolve_model
 from compress.quantize import quantize_int8
-from compress.tasks import Examples, TaskSpec, get_task, load_split
+from compress.tasks import Examples, TaskSpec, TextInput, ensure_labels, load_split
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +43,12 @@ VERSIONED_PACKAGES = ("torch", "transformers", "onnx", "onnxruntime", "tokenizer
 
 @dataclass(frozen=True)
 class BuildPlan:
-    task: str
+    spec: TaskSpec
     base_model: str
     out_dir: Path
     work_dir: Path
     data_dir: Path | None = None
+    hub: bool = False
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     max_dev_examples: int | None = None
 
@@ -61,9 +70,9 @@ def _stage(name: str) -> float:
 
 def build_artifact(plan: BuildPlan) -> Manifest:
     """Run the chain and write `plan.out_dir` (built aside, then moved in whole)."""
-    spec = get_task(plan.task)
-    train = load_split(spec, "train", plan.data_dir)
-    dev = load_split(spec, "dev", plan.data_dir).head(plan.max_dev_examples)
+    spec = ensure_labels(plan.spec, plan.data_dir, plan.hub)
+    train = load_split(spec, "train", plan.data_dir, plan.hub)
+    dev = load_split(spec, "dev", plan.data_dir, plan.hub).head(plan.max_dev_examples)
     base = resolve_model(plan.base_model)
 
     started = _stage("finetune")
@@ -84,16 +93,19 @@ class Variants:
     fp16: Path
 
 
-def make_variants(checkpoint: Path, folder: Path, check_texts: list[str | tuple[str, str]]) -> \
-        Variants:
+def make_variants(checkpoint: Path, folder: Path, check_texts: Sequence[TextInput]) -> Variants:
     """Export (logit-checked), fuse, quantize to INT8 and convert to FP16 into `folder`."""
     _stage("export")
-    exported = export_onnx(checkpoint, folder / "fp32.onnx", check_texts)
-    log.info("export: max |logit diff| vs PyTorch = %.2e", exported.max_abs_diff)
+    exported = export_onnx(checkpoint, folder / "fp32.onnx", list(check_texts))
+    log.info("export: inputs %s, max |logit diff| vs PyTorch = %.2e", exported.input_names,
+             exported.max_abs_diff)
     _stage("optimize")
     fusion = optimize(exported.path, folder / "fused.onnx", exported.architecture)
     if fusion.missing:
-        log.warning("fusions that did not apply: %s", ", ".join(fusion.missing))
+        log.warning("fusions expected for %s that did not apply: %s",
+                    exported.architecture.model_type, ", ".join(fusion.missing))
+    for name, why in fusion.unsupported.items():
+        log.warning("no %s fusion for %s: %s", name, exported.architecture.model_type, why)
     log.info("fusions applied: %s", fusion.applied)
     _stage("quantize")
     quantize_int8(folder / "fused.onnx", folder / "int8.onnx")
@@ -103,67 +115,169 @@ def make_variants(checkpoint: Path, folder: Path, check_texts: list[str | tuple[
                     folder / "fp16.onnx")
 
 
-def package_artifact(spec: TaskSpec, finetuned: Path, dev: Examples, plan: BuildPlan) -> Manifest:
-    """Export, fuse, quantize and evaluate a fine-tuned checkpoint into an artifact folder."""
-    variants = make_variants(finetuned, plan.work_dir / "onnx", dev.texts[:8])
+def package_artifact(spec: TaskSpec, checkpoint: Path, dev: Examples | None, plan: BuildPlan,
+                     check_texts: Sequence[TextInput] | None = None) -> Manifest:
+    """Export, fuse, quantize and (with dev data) evaluate a fine-tuned checkpoint into an
+    artifact folder; without dev data the variants are checked against fp32 on `check_texts`."""
+    texts = check_texts_for(checkpoint, spec, dev, check_texts)
+    variants = make_variants(checkpoint, plan.work_dir / "onnx", texts[:8])
     recipe: dict[str, object] = {
         "stages": ["finetune", "export", "optimize", "quantize", "fp16", "evaluate"],
-        "data": str(plan.data_dir) if plan.data_dir else "hub",
+        "data": "hub" if plan.hub else str(plan.data_dir or spec.source or ""),
         "finetune": plan.finetune.as_dict(),
     }
-    return assemble_artifact(spec, finetuned, variants, dev, plan.out_dir,
-                             Provenance(teacher=plan.base_model, recipe=recipe, created=""))
+    return assemble_artifact(spec, checkpoint, variants, dev, plan.out_dir,
+                             Provenance(teacher=plan.base_model, recipe=recipe, created=""), texts)
 
 
-def assemble_artifact(spec: TaskSpec, checkpoint: Path, made: Variants, dev: Examples,
-                      out_dir: Path, provenance: Provenance) -> Manifest:
-    """Copy the variants, tokenizer and model config into `out_dir` (built aside, moved in whole),
-    evaluate every variant on `dev` and write the manifest."""
-    staging = out_dir.with_name(out_dir.name + ".building")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    files = {"fp32": made.fp32, "cpu-int8": made.int8, "gpu-fp16": made.fp16}
-    for name, source in files.items():
+def check_texts_for(checkpoint: Path, spec: TaskSpec, dev: Examples | None,
+                    given: Sequence[TextInput] | None, count: int = 64) -> list[TextInput]:
+    """Texts to compare variants on: the given ones, else dev texts, else generated from the
+    checkpoint's vocabulary."""
+    if given:
+        return list(given)
+    if dev is not None and len(dev):
+        return list(dev.texts[:count])
+    return generated_texts(checkpoint / "tokenizer.json", spec.input_kind, count)
+
+
+def generated_texts(tokenizer_json: Path, kind: InputKind, count: int, seed: int = 0) \
+        -> list[TextInput]:
+    """Texts made of random words of a tokenizer's vocabulary, of varied lengths (for checking
+    variants against each other when no data is given; not for accuracy)."""
+    tokenizer = Tokenizer.from_file(str(tokenizer_json))
+    specials = {token.content for token in tokenizer.get_added_tokens_decoder().values()}
+    words = sorted(word for word in tokenizer.get_vocab() if word not in specials
+                   and word.strip("#▁Ġ") and word.strip("#▁Ġ").isalpha())
+    if not words:
+        raise CompressError(f"{tokenizer_json}: no word pieces to make check texts from; pass "
+                            "texts with --check-texts")
+    rng = random.Random(seed)
+
+    def text() -> str:
+        return " ".join(rng.choice(words).strip("#▁Ġ") for _ in range(rng.randint(3, 40)))
+
+    return [text() if kind == "single" else (text(), text()) for _ in range(count)]
+
+
+def _copy_files(made: Variants, checkpoint: Path, staging: Path) -> None:
+    for name, source in {"fp32": made.fp32, "cpu-int8": made.int8, "gpu-fp16": made.fp16}.items():
         (staging / name).mkdir()
         shutil.copyfile(source, staging / name / "model.onnx")
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    if not (checkpoint / "tokenizer.json").is_file():
+        raise CompressError(f"{checkpoint}: no tokenizer.json; the server tokenizes with the fast "
+                            "(tokenizers) form: re-save the tokenizer with a fast tokenizer class")
     shutil.copyfile(checkpoint / "tokenizer.json", staging / "tokenizer.json")
     # The model's config beside the graphs: `compress inspect` answers from it without weights.
     shutil.copyfile(checkpoint / "config.json", staging / "model_config.json")
-    max_length = min(spec.max_length, int(tokenizer.model_max_length or spec.max_length))
-    pad_id = int(tokenizer.pad_token_id or 0)
-    exported, fusion = made.exported, made.fusion
-    variants: dict[str, Variant] = {
+
+
+def check_tokenizer_parity(checkpoint: Path, served: Path, texts: Sequence[TextInput],
+                           max_length: int) -> None:
+    """The serving encoder must give the ids the checkpoint's own tokenizer gives (the model
+    was trained and checked on those); refuse an artifact where they differ."""
+    hf = hf_tokenize(AutoTokenizer.from_pretrained(checkpoint), list(texts), max_length)
+    ours = encode(load_tokenizer(served, max_length), list(texts))
+    for index, (expected, got) in enumerate(zip(hf["input_ids"], ours, strict=True)):
+        if list(expected) != got.ids.tolist():
+            raise CompressError(
+                f"{checkpoint}: tokenizer.json encodes text {index} as {got.ids.tolist()[:12]}... "
+                f"but the checkpoint's tokenizer gives {list(expected)[:12]}...; the served "
+                "model would see other ids than it was trained on")
+
+
+def _variant_entries(staging: Path, made: Variants) -> dict[str, Variant]:
+    fusion = made.fusion
+    return {
         "fp32": describe_variant(staging, "fp32/model.onnx", "fp32", "CPUExecutionProvider",
                                  OPSET, operators=operator_counts(made.fp32)),
         "cpu-int8": describe_variant(staging, "cpu-int8/model.onnx", "int8",
-                                     "CPUExecutionProvider", OPSET, fusions=fusion.applied,
-                                     operators=operator_counts(made.int8)),
+                                     "CPUExecutionProvider", OPSET,
+                                     operators=operator_counts(made.int8),
+                                     fusions=fusion.applied, fusions_missing=fusion.missing,
+                                     fusions_unsupported=fusion.unsupported),
         "gpu-fp16": describe_variant(staging, "gpu-fp16/model.onnx", "fp16",
-                                     "CUDAExecutionProvider", OPSET, fusions=fusion.applied,
-                                     operators=operator_counts(made.fp16)),
+                                     "CUDAExecutionProvider", OPSET,
+                                     operators=operator_counts(made.fp16),
+                                     fusions=fusion.applied, fusions_missing=fusion.missing,
+                                     fusions_unsupported=fusion.unsupported),
     }
+
+
+@dataclass(frozen=True)
+class Quality:
+    metrics: list[Metric]
+    thresholds: list[float] | None
+    checks: list[AgreementCheck]
+
+
+def _measure_quality(spec: TaskSpec, staging: Path, variants: dict[str, Variant],
+                     dev: Examples | None, check_texts: Sequence[TextInput], inputs: list[str],
+                     max_length: int, pad_id: int) -> Quality:
+    """Every variant's metrics on dev (thresholds tuned on the served INT8 variant for
+    multi-label), and INT8 / FP16 agreement with fp32 on the check texts."""
+    predictors = {name: OrtPredictor(staging / v.file, staging / "tokenizer.json", inputs,
+                                     max_length, pad_id) for name, v in variants.items()}
+    checks = [agreement(predictors[name], predictors["fp32"], check_texts, name,
+                        spec.problem_type) for name in ("cpu-int8", "gpu-fp16")]
+    for check in checks:
+        log.info("%s vs fp32 on %d texts: labels agree %.2f%%, max |logit diff| %.3f",
+                 check.variant, check.texts, 100 * check.label_agreement,
+                 check.max_abs_logit_diff)
+    if dev is None:
+        return Quality([], None, checks)
     _stage("evaluate")
+    scores = {name: probabilities(batched_logits(p, dev.texts), spec.problem_type)
+              for name, p in predictors.items()}
+    thresholds = tune_thresholds(scores["cpu-int8"], dev.labels) \
+        if spec.problem_type == "multi_label" else None
     metrics: list[Metric] = []
-    for name, variant in variants.items():
-        result = evaluate(staging / variant.file, staging / "tokenizer.json", dev,
-                          exported.input_names, max_length, pad_id)
-        log.info("%s accuracy on %s dev (%d): %.4f", name, spec.name, result.examples,
-                 result.accuracy)
-        metrics.append(Metric(name="accuracy", value=round(result.accuracy, 6), dataset=spec.name,
-                              split="dev", variant=name, examples=result.examples))
+    for name, probs in scores.items():
+        scored = score(spec.problem_type, probs, dev.labels, thresholds)
+        for metric in spec.metric_names:
+            value, baseline = scored.values[metric], scored.baseline[metric]
+            log.info("%s %s on %s dev (%d): %.4f (majority baseline %.4f)", name, metric,
+                     spec.name, len(dev), value, baseline)
+            metrics.append(Metric(name=metric, value=round(value, 6), dataset=spec.name,
+                                  split="dev", variant=name, examples=len(dev),
+                                  baseline=round(baseline, 6)))
+    return Quality(metrics, thresholds, checks)
+
+
+def assemble_artifact(spec: TaskSpec, checkpoint: Path, made: Variants, dev: Examples | None,
+                      out_dir: Path, provenance: Provenance,
+                      check_texts: Sequence[TextInput] | None = None) -> Manifest:
+    """Copy the variants, tokenizer and model config into `out_dir` (built aside, moved in whole),
+    measure every variant (on `dev` when given) and write the manifest."""
+    staging = out_dir.with_name(out_dir.name + ".building")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    _copy_files(made, checkpoint, staging)
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    max_length = min(spec.max_length, int(tokenizer.model_max_length or spec.max_length))
+    pad_id = int(tokenizer.pad_token_id or 0)
+    texts = check_texts_for(checkpoint, spec, dev, check_texts)
+    check_tokenizer_parity(checkpoint, staging / "tokenizer.json", texts[:32], max_length)
+    variants = _variant_entries(staging, made)
+    exported, fusion = made.exported, made.fusion
+    quality = _measure_quality(spec, staging, variants, dev, texts, exported.input_names,
+                               max_length, pad_id)
     recipe = {**provenance.recipe, "export_max_abs_logit_diff": exported.max_abs_diff,
               "fusions_missing": fusion.missing}
     manifest = Manifest(
         task=spec.name,
-        labels=list(spec.labels),
+        labels=spec.label_names,
+        problem_type=spec.problem_type,
+        thresholds=quality.thresholds,
         input_kind=spec.input_kind,
         max_length=max_length,
         pad_token_id=pad_id,
         model_inputs=exported.input_names,
         variants=variants,
         architecture=exported.architecture,
-        metrics=metrics,
+        metrics=quality.metrics,
+        evaluated=dev is not None,
+        checks=quality.checks,
         provenance=provenance.model_copy(update={
             "recipe": recipe, "versions": _versions(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}),

@@ -50,6 +50,15 @@ def head_size_of(config: PretrainedConfig) -> int:
     return int(recorded) if recorded else int(config.hidden_size) // int(config.num_attention_heads)
 
 
+def ffn_size_of(config: PretrainedConfig) -> int:
+    """FFN width: `intermediate_size`, or DistilBERT's `hidden_dim`."""
+    size = getattr(config, "intermediate_size", None) or getattr(config, "hidden_dim", None)
+    if size is None:
+        raise CheckpointError(f"{type(config).__name__}: no FFN width (intermediate_size or "
+                              "hidden_dim) in the config")
+    return int(size)
+
+
 def is_pruned_attention(config: PretrainedConfig) -> bool:
     """Whether heads x head_size differs from the hidden size (transformers cannot build it)."""
     return head_size_of(config) * int(config.num_attention_heads) != int(config.hidden_size)

@@ -79,6 +79,9 @@ def init_student(
     source: str, spec: TaskSpec, keep: list[int] | int | str | None
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A student from a fine-tuned checkpoint (e.g. the teacher) or a general encoder, layer-cut."""
+    if spec.problem_type != "single_label":
+        raise DistilError(f"task {spec.name}: distillation supports single_label tasks; for a "
+                          "multi_label task fine-tune the model you serve (compress build)")
     if (Path(source) / "config.json").is_file() and _has_task_head(Path(source), spec):
         model, tokenizer = load_classifier(source)
     else:
@@ -90,7 +93,7 @@ def init_student(
 def _has_task_head(folder: Path, spec: TaskSpec) -> bool:
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     names = config.get("id2label") or {}
-    return [names.get(str(i)) for i in range(len(names))] == list(spec.labels)
+    return [names.get(str(i)) for i in range(len(names))] == spec.label_names
 
 
 def _fingerprint(teacher_dir: Path, texts: Texts, max_length: int) -> str:

@@ -9,15 +9,16 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from compress.encoding import encode, load_tokenizer, pad_batch
-from compress.tasks import Examples
+from compress.artifact import AgreementCheck, Manifest, ProblemType
+from compress.encoding import encode, load_tokenizer, pad_batch, probabilities
+from compress.metrics import Scored, score
+from compress.tasks import Examples, TextInput
 
 
 @dataclass(frozen=True)
 class Evaluation:
-    accuracy: float
+    scored: Scored
     examples: int
-    predictions: list[int]
 
 
 class OrtPredictor:
@@ -35,44 +36,63 @@ class OrtPredictor:
         self.input_names = input_names
         self.pad_token_id = pad_token_id
 
-    def logits(self, texts: Sequence[str | tuple[str, str]]) -> np.ndarray:
+    def logits(self, texts: Sequence[TextInput]) -> np.ndarray:
         feeds = pad_batch(encode(self.tokenizer, texts), self.input_names, self.pad_token_id)
         result: np.ndarray = self.session.run(None, feeds)[0]
         return result
 
 
+def batched_logits(predictor: OrtPredictor, texts: Sequence[TextInput],
+                   batch_size: int = 32) -> np.ndarray:
+    """Logits of every text in input order, batching texts of similar length together."""
+    rows = encode(predictor.tokenizer, texts)
+    order = sorted(range(len(rows)), key=lambda i: rows[i].length)
+    chunks = []
+    for start in range(0, len(order), batch_size):
+        picked = order[start : start + batch_size]
+        feeds = pad_batch([rows[i] for i in picked], predictor.input_names,
+                          predictor.pad_token_id)
+        chunks.append((picked, predictor.session.run(None, feeds)[0]))
+    width = chunks[0][1].shape[1] if chunks else 0
+    logits = np.zeros((len(rows), width), dtype=np.float32)
+    for picked, values in chunks:
+        logits[picked] = values
+    return logits
+
+
+def agreement(candidate: OrtPredictor, reference: OrtPredictor, texts: Sequence[TextInput],
+              name: str, problem_type: ProblemType) -> AgreementCheck:
+    """How often a variant answers the reference's labels (multi-label: every label decision at
+    0.5), and the largest logit difference, on the same texts."""
+    got, expected = batched_logits(candidate, texts), batched_logits(reference, texts)
+    if problem_type == "multi_label":
+        same = float(np.mean((got > 0) == (expected > 0)))
+    else:
+        same = float(np.mean(got.argmax(axis=1) == expected.argmax(axis=1)))
+    return AgreementCheck(variant=name, texts=len(texts), label_agreement=round(same, 6),
+                          max_abs_logit_diff=round(float(np.abs(got - expected).max()), 6))
+
+
 def predict(
     model_path: Path,
     tokenizer_path: Path,
-    texts: list[str | tuple[str, str]],
+    texts: list[TextInput],
     input_names: list[str],
     max_length: int,
     pad_token_id: int = 0,
     batch_size: int = 32,
 ) -> list[int]:
-    """Predicted label index for every text, batching texts of similar length together."""
+    """Predicted label index for every text (single-label tasks)."""
     predictor = OrtPredictor(model_path, tokenizer_path, input_names, max_length, pad_token_id)
-    rows = encode(predictor.tokenizer, texts)
-    order = sorted(range(len(rows)), key=lambda i: rows[i].length)
-    predictions = np.zeros(len(rows), dtype=np.int64)
-    for start in range(0, len(order), batch_size):
-        picked = order[start : start + batch_size]
-        feeds = pad_batch([rows[i] for i in picked], input_names, pad_token_id)
-        predictions[picked] = predictor.session.run(None, feeds)[0].argmax(axis=-1)
-    return [int(p) for p in predictions]
+    return [int(p) for p in batched_logits(predictor, texts, batch_size).argmax(axis=1)]
 
 
-def evaluate(
-    model_path: Path,
-    tokenizer_path: Path,
-    examples: Examples,
-    input_names: list[str],
-    max_length: int,
-    pad_token_id: int = 0,
-) -> Evaluation:
-    """Accuracy of `model_path` on `examples`."""
-    predicted = predict(
-        model_path, tokenizer_path, examples.texts, input_names, max_length, pad_token_id
-    )
-    correct = sum(int(p == y) for p, y in zip(predicted, examples.labels, strict=True))
-    return Evaluation(correct / max(1, len(examples)), len(examples), predicted)
+def evaluate_artifact(folder: Path, manifest: Manifest, variant: str, graph: Path,
+                      examples: Examples) -> Evaluation:
+    """Every metric of the task type for one variant of an artifact, with the thresholds and
+    labels the artifact serves with."""
+    predictor = OrtPredictor(graph, folder / manifest.tokenizer, manifest.model_inputs,
+                             manifest.max_length, manifest.pad_token_id)
+    scores = probabilities(batched_logits(predictor, examples.texts), manifest.problem_type)
+    scored = score(manifest.problem_type, scores, examples.labels, manifest.thresholds)
+    return Evaluation(scored, len(examples))

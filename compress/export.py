@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from compress.artifact import Architecture
-from compress.checkpoint import head_size_of, load_classifier
+from compress.checkpoint import ffn_size_of, head_size_of, load_classifier
 from compress.finetune import hf_tokenize
 
 OPSET = 17
@@ -58,7 +59,7 @@ def architecture_of(model: PreTrainedModel) -> Architecture:
         hidden=hidden,
         heads=heads,
         head_size=head_size,
-        ffn=int(config.intermediate_size),
+        ffn=ffn_size_of(config),
         parameters=sum(p.numel() for p in model.parameters()),
     )
 
@@ -71,7 +72,7 @@ def export_onnx(model_dir: Path, out_path: Path, check_texts: list[str | tuple[s
     optimizer cannot fuse, so the TorchScript path is chosen explicitly.
     """
     model, tokenizer = load_classifier(model_dir)
-    input_names = [name for name in INPUT_ORDER if name in tokenizer.model_input_names]
+    input_names = model_inputs(model, tokenizer)
     sample = _encode(tokenizer, check_texts[:2])
     out_path.parent.mkdir(parents=True, exist_ok=True)
     wrapper = _LogitsOnly(model, input_names).eval()
@@ -90,10 +91,27 @@ def export_onnx(model_dir: Path, out_path: Path, check_texts: list[str | tuple[s
             dynamo=False,
         )
     model.eval()  # export can leave modules in training mode (dropout on)
+    # The graph's inputs are the truth: the exporter drops inputs the model never reads (a
+    # DeBERTa-v2 without token types), and serving feeds exactly these names.
+    input_names = graph_inputs(out_path)
     diff = _max_logit_diff(model, tokenizer, out_path, input_names, check_texts)
     if diff > MAX_LOGIT_DIFF:
         raise ExportError(f"{out_path}: ONNX logits differ from PyTorch by {diff:.2e}")
     return ExportResult(out_path, input_names, diff, architecture_of(model))
+
+
+def model_inputs(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[str]:
+    """Inputs to export: what the tokenizer emits *and* the model's forward() accepts (an MPNet
+    tokenizer may emit token_type_ids that MPNet has no use for), always input_ids and the mask."""
+    accepted = set(inspect.signature(model.forward).parameters)
+    emitted = set(tokenizer.model_input_names) | {"input_ids", "attention_mask"}
+    return [name for name in INPUT_ORDER if name in accepted and name in emitted]
+
+
+def graph_inputs(path: Path) -> list[str]:
+    """Names of an ONNX graph's inputs, in graph order."""
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return [node.name for node in session.get_inputs()]
 
 
 def _encode(tokenizer: PreTrainedTokenizerBase, texts: list[str | tuple[str, str]]) -> \

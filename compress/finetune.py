@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import (
     AutoModelForSequenceClassification,
@@ -16,9 +18,22 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from compress.artifact import ProblemType
 from compress.checkpoint import save_classifier
-from compress.tasks import Examples, TaskSpec
+from compress.metrics import multi_hot
+from compress.tasks import Examples, Label, TaskSpec
 from compress.training import TrainingConfig, adamw_with_warmup, run_steps, subsample
+
+# transformers' names: the loss (cross-entropy or a sigmoid per label) follows from them.
+HF_PROBLEM_TYPES = {"single_label": "single_label_classification",
+                    "multi_label": "multi_label_classification"}
+
+
+def label_tensor(labels: Sequence[Label], count: int, problem_type: ProblemType) -> torch.Tensor:
+    """Training targets: class indices, or multi-hot float rows for a multi-label task."""
+    if problem_type == "multi_label":
+        return torch.from_numpy(multi_hot(labels, count).astype(np.float32))
+    return torch.tensor(labels)
 
 
 @dataclass(frozen=True)
@@ -33,12 +48,13 @@ def load_pretrained_classifier(
 
     Eager attention: SDPA exports to ONNX in a shape ORT's BERT fusion does not recognise.
     """
-    labels = list(spec.labels)
+    labels = spec.label_names
     classifier = AutoModelForSequenceClassification.from_pretrained(
         model,
         num_labels=len(labels),
         id2label=dict(enumerate(labels)),
         label2id={name: i for i, name in enumerate(labels)},
+        problem_type=HF_PROBLEM_TYPES[spec.problem_type],
         attn_implementation="eager",
     )
     tokenizer = AutoTokenizer.from_pretrained(model)
@@ -78,7 +94,8 @@ def finetune(
     def step_loss(batch_ids: list[int]) -> torch.Tensor:
         features = [{k: encoded[k][i] for k in encoded} for i in batch_ids]
         batch = tokenizer.pad(features, return_tensors="pt")
-        batch["labels"] = torch.tensor([data.labels[i] for i in batch_ids])
+        batch["labels"] = label_tensor([data.labels[i] for i in batch_ids],
+                                       len(spec.label_names), spec.problem_type)
         loss: torch.Tensor = classifier(**batch).loss
         return loss
 

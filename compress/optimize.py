@@ -1,24 +1,72 @@
-"""Stage 5: ONNX Runtime transformer fusion (Attention, SkipLayerNorm, BiasGelu, EmbedLayerNorm)."""
+"""Stage 5: ONNX Runtime transformer fusion (Attention, SkipLayerNorm, BiasGelu, EmbedLayerNorm).
+
+ORT's optimizer has one set of encoder patterns (model_type "bert", as optimum uses for every
+encoder family); what each family gets out of it differs, and is written down here per model type
+so that a fusion that should apply and did not is reported, and one that cannot apply says why.
+"""
 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
+from onnxruntime.transformers.fusion_options import FusionOptions
 from onnxruntime.transformers.optimizer import optimize_model
 
 from compress.artifact import Architecture
 
-# The fusions a BERT-type encoder should get; one that stays at 0 costs speed and is reported.
-EXPECTED_FUSIONS = ("EmbedLayerNormalization", "Attention", "SkipLayerNormalization", "BiasGelu")
+_BERT_FUSIONS = ("EmbedLayerNormalization", "Attention", "SkipLayerNormalization", "BiasGelu")
+_POSITION_FROM_IDS = ("position ids are computed from input_ids (padding-aware cumulative sum), "
+                      "which ORT's embedding fusion does not match; the embeddings run unfused")
+
+
+@dataclass(frozen=True)
+class FusionProfile:
+    """The fusions a model type should get from ORT, and those it cannot get (with why)."""
+
+    expected: tuple[str, ...]
+    unsupported: dict[str, str] = field(default_factory=dict)
+
+
+PROFILES: dict[str, FusionProfile] = {
+    "bert": FusionProfile(_BERT_FUSIONS),
+    "distilbert": FusionProfile(_BERT_FUSIONS),
+    "electra": FusionProfile(_BERT_FUSIONS),
+    "roberta": FusionProfile(_BERT_FUSIONS[1:], {"EmbedLayerNormalization": _POSITION_FROM_IDS}),
+    "xlm-roberta": FusionProfile(_BERT_FUSIONS[1:],
+                                 {"EmbedLayerNormalization": _POSITION_FROM_IDS}),
+    "albert": FusionProfile(
+        ("Attention", "SkipLayerNormalization", "FastGelu"),
+        {"EmbedLayerNormalization": "ALBERT projects its factorised embeddings to the hidden "
+                                    "size before the encoder, outside ORT's embedding pattern",
+         "BiasGelu": "ALBERT's gelu_new fuses as FastGelu instead"}),
+    "mpnet": FusionProfile(
+        ("SkipLayerNormalization", "BiasGelu"),
+        {"Attention": "MPNet adds a relative position bias to the attention scores, which ORT's "
+                      "Attention fusion does not match; attention runs as MatMul/Softmax ops",
+         "EmbedLayerNormalization": _POSITION_FROM_IDS}),
+    "deberta-v2": FusionProfile(
+        ("SkipLayerNormalization", "BiasGelu"),
+        {"Attention": "DeBERTa's disentangled (content-to-position) attention has no fused ORT "
+                      "kernel; attention runs as MatMul/Softmax ops",
+         "EmbedLayerNormalization": "DeBERTa-v2 has no position embeddings in its embedding "
+                                    "layer, outside ORT's embedding pattern"}),
+}
 
 
 @dataclass(frozen=True)
 class FusionReport:
     applied: dict[str, int]
     missing: list[str]
+    unsupported: dict[str, str] = field(default_factory=dict)
+
+
+def profile_of(model_type: str) -> FusionProfile:
+    """A model type's fusion profile; unknown types are expected to fuse like BERT (and are
+    reported where they do not)."""
+    return PROFILES.get(model_type, FusionProfile(_BERT_FUSIONS))
 
 
 def operator_counts(path: Path) -> dict[str, int]:
@@ -33,15 +81,20 @@ def optimize(in_path: Path, out_path: Path, architecture: Architecture) -> Fusio
     `hidden_size` is the attention width (heads x head_size): after head pruning it differs from the
     model's hidden size, and ORT fuses Attention only when given the attention width.
     """
+    options = FusionOptions("bert")
     optimizer = optimize_model(
         str(in_path),
         model_type="bert",
         num_heads=architecture.heads,
         hidden_size=architecture.heads * architecture.head_size,
+        optimization_options=options,
     )
     out_path.parent.mkdir(parents=True, exist_ok=True)
     optimizer.save_model_to_file(str(out_path))
     stats = {name: int(count) for name, count in optimizer.get_fused_operator_statistics().items()}
     applied = {name: count for name, count in sorted(stats.items()) if count > 0}
-    missing = [name for name in EXPECTED_FUSIONS if stats.get(name, 0) == 0]
-    return FusionReport(applied=applied, missing=missing)
+    profile = profile_of(architecture.model_type)
+    missing = [name for name in profile.expected if stats.get(name, 0) == 0]
+    unsupported = {name: why for name, why in profile.unsupported.items()
+                   if stats.get(name, 0) == 0}
+    return FusionReport(applied=applied, missing=missing, unsupported=unsupported)

@@ -44,7 +44,7 @@ from compress.speed import (
     batch1_side_by_side,
     predictions,
 )
-from compress.tasks import Examples, TaskSpec, get_task, load_split
+from compress.tasks import Examples, TaskSpec, ensure_labels, load_split
 
 log = logging.getLogger(__name__)
 Texts = list[str | tuple[str, str]]
@@ -132,11 +132,11 @@ class Built:
 
 def task_splits(recipe: Recipe, data_dir: Path | None) -> tuple[Examples, Examples]:
     """Train and dev examples of the recipe's task (train carved out of dev if so asked)."""
-    spec = get_task(recipe.task)
-    source = None if recipe.hub else (recipe.data_dir or data_dir)
-    dev = load_split(spec, "dev", source)
+    spec = recipe_spec(recipe, data_dir)
+    source = data_source(recipe, data_dir)
+    dev = load_split(spec, "dev", source, recipe.hub)
     if recipe.train_from_dev is None:
-        train = load_split(spec, "train", source)
+        train = load_split(spec, "train", source, recipe.hub)
     else:
         if recipe.train_from_dev >= len(dev):
             raise RecipeError(f"train_from_dev: {recipe.train_from_dev} leaves no dev examples "
@@ -144,14 +144,26 @@ def task_splits(recipe: Recipe, data_dir: Path | None) -> tuple[Examples, Exampl
         order = list(range(len(dev)))
         random.Random(0).shuffle(order)
         cut = recipe.train_from_dev
-        train = Examples([dev.texts[i] for i in order[:cut]], [dev.labels[i] for i in order[:cut]])
-        dev = Examples([dev.texts[i] for i in order[cut:]], [dev.labels[i] for i in order[cut:]])
+        train, dev = dev.pick(order[:cut]), dev.pick(order[cut:])
     return train, dev.head(recipe.evaluate.max_dev_examples)
+
+
+def data_source(recipe: Recipe, data_dir: Path | None) -> Path | None:
+    """Where the task's data paths start: the recipe's data_dir, else (shipped tasks) the command
+    line's, else (task files) the task file's folder."""
+    if recipe.hub:
+        return None
+    return recipe.data_dir or (data_dir if recipe.task is not None else None)
+
+
+def recipe_spec(recipe: Recipe, data_dir: Path | None) -> TaskSpec:
+    """The recipe's task with its labels known (read from the data if the file names none)."""
+    return ensure_labels(recipe.task_spec(), data_source(recipe, data_dir), recipe.hub)
 
 
 def build_stages(recipe: Recipe, data_dir: Path | None) -> Built:
     """Teacher, student, pruning sweep and the servable artifact of `recipe` (no report)."""
-    spec = get_task(recipe.task)
+    spec = recipe_spec(recipe, data_dir)
     train, dev = task_splits(recipe, data_dir)
     run = _Run(recipe, spec, train, dev, recipe.output)
     run.out.mkdir(parents=True, exist_ok=True)

@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from compress.artifact import CompressError
 from compress.distill import DistilConfig
 from compress.finetune import FinetuneConfig
-from compress.tasks import TASKS
+from compress.tasks import TaskSpec, builtin_tasks, get_task, load_task_file
 
 
 class RecipeError(CompressError):
@@ -88,7 +88,8 @@ class EvaluateSection(_Section):
 
 class Recipe(_Section):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    task: str
+    task: str | None = Field(default=None, description="a shipped task (sst2, cb, ...)")
+    task_file: Path | None = Field(default=None, description="or a task file of yours")
     data_dir: Path | None = Field(
         default=None, description="local task data; default ../shared/data or $DATA_DIR"
     )
@@ -112,10 +113,22 @@ class Recipe(_Section):
 
     @field_validator("task")
     @classmethod
-    def _known_task(cls, task: str) -> str:
-        if task not in TASKS:
-            raise ValueError(f"unknown task {task!r}; known: {', '.join(sorted(TASKS))}")
+    def _known_task(cls, task: str | None) -> str | None:
+        if task is not None and task not in builtin_tasks():
+            raise ValueError(f"unknown task {task!r}; known: {', '.join(builtin_tasks())} "
+                             "(or give task_file)")
         return task
+
+    @model_validator(mode="after")
+    def _one_task(self) -> Recipe:
+        if (self.task is None) == (self.task_file is None):
+            raise ValueError("give either task (a shipped task) or task_file")
+        return self
+
+    def task_spec(self) -> TaskSpec:
+        """The recipe's task (a task file path is relative to the working directory)."""
+        return load_task_file(self.task_file) if self.task_file is not None \
+            else get_task(str(self.task))
 
     @property
     def output(self) -> Path:

@@ -253,7 +253,7 @@ class _HttpRow:
     def accuracy(self, built: Built) -> float:
         """Accuracy of the served labels on the dev split, sent 32 inputs a request."""
         dev = built.dev
-        names = list(built.run.spec.labels)
+        names = built.run.spec.label_names
         correct = 0
         with httpx.Client(base_url=self.url, timeout=120.0) as client:
             for start in range(0, len(dev), 32):

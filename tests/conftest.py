@@ -104,6 +104,7 @@ def tiny_repo(tmp_path_factory: pytest.TempPathFactory) -> TinyRepo:
     """sst2 (single) and rte (pair) artifacts built from a tiny BERT by the real compress chain."""
     from compress.build import BuildPlan, build_artifact
     from compress.finetune import FinetuneConfig
+    from compress.tasks import get_task
 
     work = tmp_path_factory.mktemp("tiny")
     data = work / "data"
@@ -115,7 +116,7 @@ def tiny_repo(tmp_path_factory: pytest.TempPathFactory) -> TinyRepo:
     repo = work / "models"
     for task, epochs in (("sst2", 4.0), ("rte", 1.0)):
         config = FinetuneConfig(epochs=epochs, batch_size=16, learning_rate=2e-3, threads=1)
-        build_artifact(BuildPlan(task=task, base_model=str(base), out_dir=repo / task,
+        build_artifact(BuildPlan(spec=get_task(task), base_model=str(base), out_dir=repo / task,
                                  work_dir=work / "runs" / task, data_dir=data, finetune=config))
     return TinyRepo(root=repo, data_dir=data, base_model=base,
                     sst2_teacher=work / "runs" / "sst2" / "finetuned")
