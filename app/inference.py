@@ -18,12 +18,14 @@ from typing import Any, TypeVar
 import numpy as np
 from starlette.requests import Request
 
+from app.answers import aggregation_for, fold_windows
 from app.batching import QueueFull
 from app.repository import TaskModel
 from app.schemas import ClientError, parse_inputs
 from app.service import Service
 from app.workers import WorkerError
-from compress.encoding import EncodedText, encode, softmax
+from compress.artifact import ProblemType
+from compress.encoding import EncodedText, TextInput, WindowError, encode, encode_windows
 
 log = logging.getLogger(__name__)
 TIMEOUT_HEADER = "X-Request-Timeout-Ms"
@@ -79,14 +81,16 @@ async def _disconnect(request: Request) -> None:
 
 @dataclass(frozen=True)
 class Classified:
-    """Scores of a request's inputs, in input order."""
+    """Scores of a request's inputs, in input order (a chunked input's windows folded)."""
 
     task: str
     variant: str
     labels: list[str]
-    rows: list[EncodedText]
+    problem_type: ProblemType
+    truncated: list[bool]
+    chunks: list[int] | None  # windows per input when the server chunks long texts
     logits: np.ndarray  # [inputs, labels], float32
-    probabilities: np.ndarray  # [inputs, labels], float64
+    probabilities: np.ndarray  # [inputs, labels], float64: softmax, or a sigmoid per label
 
     def best(self) -> list[tuple[str, float]]:
         """Label and probability of the top class of each input."""
@@ -119,12 +123,7 @@ async def classify(service: Service, task: str, raw_inputs: list[Any],
     inputs = parse_inputs(raw_inputs, manifest.input_kind, task, service.settings.limits)
     if service.settings.log_payloads:
         log.debug("payload for %s", task, extra={"task": task, "inputs": inputs})
-    rows = encode(model.tokenizer, inputs)
-    if service.settings.limits.truncation == "reject":
-        too_long = [i for i, row in enumerate(rows) if row.truncated]
-        if too_long:
-            raise ClientError(413, f"inputs {too_long} exceed the model's {manifest.max_length} "
-                                   "tokens; shorten them (this server does not truncate)")
+    rows, counts = _rows(service, model, inputs)
     route = service.routes[task]
     if deadline is None:
         deadline = time.perf_counter() + service.settings.limits.request_timeout_s
@@ -146,8 +145,39 @@ async def classify(service: Service, task: str, raw_inputs: list[Any],
     except WorkerError as exc:
         raise ClientError(503, f"the model worker failed: {exc}; retry the request") from None
     stacked = np.stack(logits).astype(np.float32)
-    return Classified(task=task, variant=route.variant, labels=manifest.labels, rows=rows,
-                      logits=stacked, probabilities=softmax(stacked))
+    how = aggregation_for(manifest.problem_type, service.settings.limits.chunk_aggregation)
+    folded, scores = fold_windows(stacked, counts, manifest.problem_type, how)
+    chunked = service.settings.limits.truncation == "chunk"
+    return Classified(task=task, variant=route.variant, labels=manifest.labels,
+                      problem_type=manifest.problem_type,
+                      truncated=[False] * len(counts) if chunked else [r.truncated for r in rows],
+                      chunks=counts if chunked else None, logits=folded, probabilities=scores)
+
+
+def _rows(service: Service, model: TaskModel, inputs: list[TextInput]) \
+        -> tuple[list[EncodedText], list[int]]:
+    """Rows for the batcher and how many belong to each input (1, or its windows)."""
+    limits = service.settings.limits
+    max_length = model.manifest.max_length
+    if limits.truncation != "chunk" or model.window_tokenizer is None:
+        rows = encode(model.tokenizer, inputs)
+        if limits.truncation == "reject":
+            too_long = [i for i, row in enumerate(rows) if row.truncated]
+            if too_long:
+                raise ClientError(413, f"inputs {too_long} exceed the model's {max_length} "
+                                       "tokens; shorten them (this server does not truncate)")
+        return rows, [1] * len(rows)
+    try:
+        windows = encode_windows(model.window_tokenizer, inputs)
+    except WindowError:
+        raise ClientError(413, f"an input's first text alone exceeds the model's {max_length} "
+                               "tokens; chunking cuts only the second text of a pair") from None
+    too_many = [i for i, w in enumerate(windows) if len(w) > limits.max_chunks_per_input]
+    if too_many:
+        raise ClientError(413, f"inputs {too_many} need more than {limits.max_chunks_per_input} "
+                               f"windows of {max_length} tokens (limits.max_chunks_per_input); "
+                               "split them")
+    return [row for rows in windows for row in rows], [len(w) for w in windows]
 
 
 @contextmanager

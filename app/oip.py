@@ -2,7 +2,10 @@
 
 Inputs: BYTES tensors `text` and, for pair tasks, `text_pair`, shape [N] or [N, 1], as JSON data or
 in the binary tensor extension (what tritonclient sends by default). Outputs: `label` (BYTES [N]),
-`score` (FP32 [N]), `probabilities` and `logits` (FP32 [N, labels]), as JSON or binary on request.
+`score` (FP32 [N]), `probabilities` and `logits` (FP32 [N, labels]), as JSON or binary on request;
+multi-label models add `predicted` (BOOL [N, labels]: over threshold), a chunking server `chunks`
+(INT32 [N]), and the parameter `top_k` adds `top_labels` / `top_scores` ([N, k]). The parameter
+`threshold` (a number, or label -> number) overrides a multi-label model's stored thresholds.
 Errors use the protocol's `{"error": "..."}` body.
 """
 
@@ -18,6 +21,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field, ValidationError
 
+from app.answers import ScoreOptions, ranked, score_options
 from app.inference import (
     TIMEOUT_HEADER,
     Classified,
@@ -29,12 +33,16 @@ from app.inference import (
 )
 from app.schemas import ClientError
 from app.service import Service
+from compress.artifact import Manifest
 
 SERVER_NAME = "fastformers-serve"
 MODEL_VERSION = "1"
 HEADER_LENGTH = "Inference-Header-Content-Length"
 INPUT_NAMES = ("text", "text_pair")
 OUTPUT_NAMES = ("label", "score", "probabilities", "logits")
+# Outputs some models or requests add: multi-hot decisions (multi_label tasks), windows per input
+# (truncation: chunk), and the k best labels with their scores (parameter top_k).
+MULTI_LABEL_OUTPUT, CHUNKS_OUTPUT, TOP_OUTPUTS = "predicted", "chunks", ("top_labels", "top_scores")
 
 
 class TensorMetadata(BaseModel):
@@ -79,7 +87,7 @@ class InferenceRequest(BaseModel):
 
 class ResponseOutput(BaseModel):
     name: str
-    datatype: Literal["BYTES", "FP32"]
+    datatype: Literal["BYTES", "FP32", "BOOL", "INT32"]
     shape: list[int]
     parameters: dict[str, Any] | None = None
     data: list[Any] | None = None
@@ -209,43 +217,95 @@ def _raw_inputs(request: InferenceRequest, tail: bytes, kind: str) -> list[Any]:
 
 # -- response encoding ------------------------------------------------------------------------
 
-def _output_tensors(result: Classified) -> dict[str, tuple[str, list[int], np.ndarray]]:
+def _output_tensors(result: Classified, options: ScoreOptions) \
+        -> dict[str, tuple[str, list[int], np.ndarray]]:
     count, labels = result.probabilities.shape
     best = result.best()
-    return {
+    tensors = {
         "label": ("BYTES", [count], np.array([label for label, _ in best], dtype=object)),
         "score": ("FP32", [count], np.array([score for _, score in best], dtype=np.float32)),
         "probabilities": ("FP32", [count, labels], result.probabilities.astype(np.float32)),
         "logits": ("FP32", [count, labels], result.logits.astype(np.float32)),
     }
+    if result.problem_type == "multi_label":
+        tensors[MULTI_LABEL_OUTPUT] = ("BOOL", [count, labels],
+                                       result.probabilities >= options.thresholds)
+    if result.chunks is not None:
+        tensors[CHUNKS_OUTPUT] = ("INT32", [count], np.asarray(result.chunks, dtype=np.int32))
+    if options.top_k is not None:
+        best_k = [ranked(row, result.labels, options.top_k) for row in result.probabilities]
+        k = len(best_k[0])
+        tensors["top_labels"] = ("BYTES", [count, k],
+                                 np.array([[n for n, _ in row] for row in best_k], dtype=object))
+        tensors["top_scores"] = ("FP32", [count, k],
+                                 np.array([[s for _, s in row] for row in best_k], np.float32))
+    return tensors
 
 
 def _binary(datatype: str, values: np.ndarray) -> bytes:
     if datatype == "BYTES":
         return b"".join(struct.pack("<I", len(b)) + b
                         for b in (str(v).encode("utf-8") for v in values.ravel()))
+    if datatype == "BOOL":
+        return values.astype(np.bool_).tobytes()
+    if datatype == "INT32":
+        return values.astype("<i4").tobytes()
     return values.astype("<f4").tobytes()
 
 
-def _requested(request: InferenceRequest) -> list[tuple[str, bool]]:
+def _json_values(datatype: str, values: np.ndarray) -> list[Any]:
+    if datatype == "BYTES":
+        return [str(v) for v in values.ravel()]
+    flat: list[Any] = values.ravel().tolist()
+    return flat
+
+
+def available_outputs(manifest: Manifest, chunking: bool, top_k: bool) -> list[str]:
+    """Output names a request to this model may ask for."""
+    names = list(OUTPUT_NAMES)
+    if manifest.problem_type == "multi_label":
+        names.append(MULTI_LABEL_OUTPUT)
+    if chunking:
+        names.append(CHUNKS_OUTPUT)
+    if top_k:
+        names.extend(TOP_OUTPUTS)
+    return names
+
+
+def _requested(request: InferenceRequest, available: list[str]) -> list[tuple[str, bool]]:
     """(output name, as binary) for each output to return."""
     binary_default = bool(request.parameters.get("binary_data_output", False))
     if request.outputs is None:
-        return [(name, binary_default) for name in OUTPUT_NAMES]
+        return [(name, binary_default) for name in available]
     chosen = []
     for output in request.outputs:
-        if output.name not in OUTPUT_NAMES:
+        if output.name not in available:
             raise ClientError(400, f"unknown output {output.name!r}; outputs are "
-                                   f"{', '.join(OUTPUT_NAMES)}")
+                                   f"{', '.join(available)}")
         chosen.append((output.name, bool(output.parameters.get("binary_data", binary_default))))
     return chosen
 
 
-def _encode_response(task: str, request: InferenceRequest, result: Classified) -> Response:
-    tensors = _output_tensors(result)
+def _score_options(manifest: Manifest, request: InferenceRequest) -> ScoreOptions:
+    """Parameters `threshold` (number, or label -> number) and `top_k` (integer)."""
+    threshold = request.parameters.get("threshold")
+    top_k = request.parameters.get("top_k")
+    if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool)):
+        raise ClientError(400, f"parameter 'top_k' must be an integer, got {top_k!r}")
+    numbers = threshold.values() if isinstance(threshold, dict) else [threshold]
+    if threshold is not None and not all(isinstance(v, int | float) and not isinstance(v, bool)
+                                         for v in numbers):
+        raise ClientError(400, "parameter 'threshold' must be a number or an object of label: "
+                               f"number, got {threshold!r}")
+    return score_options(manifest, threshold, top_k)
+
+
+def _encode_response(task: str, request: InferenceRequest, result: Classified,
+                     options: ScoreOptions, wanted: list[tuple[str, bool]]) -> Response:
+    tensors = _output_tensors(result, options)
     outputs: list[dict[str, Any]] = []
     tail: list[bytes] = []
-    for name, as_binary in _requested(request):
+    for name, as_binary in wanted:
         datatype, shape, values = tensors[name]
         entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": shape}
         if as_binary:
@@ -253,8 +313,7 @@ def _encode_response(task: str, request: InferenceRequest, result: Classified) -
             entry["parameters"] = {"binary_data_size": len(raw)}
             tail.append(raw)
         else:
-            entry["data"] = [str(v) for v in values.ravel()] if datatype == "BYTES" \
-                else values.ravel().tolist()
+            entry["data"] = _json_values(datatype, values)
         outputs.append(entry)
     body: dict[str, Any] = {"model_name": task, "model_version": MODEL_VERSION, "outputs": outputs}
     if request.id is not None:
@@ -279,8 +338,20 @@ def _model_metadata(service: Service, task: str) -> ModelMetadata:
         outputs=[TensorMetadata(name="label", datatype="BYTES", shape=[-1]),
                  TensorMetadata(name="score", datatype="FP32", shape=[-1]),
                  TensorMetadata(name="probabilities", datatype="FP32", shape=[-1, labels]),
-                 TensorMetadata(name="logits", datatype="FP32", shape=[-1, labels])],
+                 TensorMetadata(name="logits", datatype="FP32", shape=[-1, labels]),
+                 *_optional_outputs(service, manifest)],
     )
+
+
+def _optional_outputs(service: Service, manifest: Manifest) -> list[TensorMetadata]:
+    """Outputs this model always adds (top_labels / top_scores come only with top_k)."""
+    labels = len(manifest.labels)
+    extra = []
+    if manifest.problem_type == "multi_label":
+        extra.append(TensorMetadata(name=MULTI_LABEL_OUTPUT, datatype="BOOL", shape=[-1, labels]))
+    if service.settings.limits.truncation == "chunk":
+        extra.append(TensorMetadata(name=CHUNKS_OUTPUT, datatype="INT32", shape=[-1]))
+    return extra
 
 
 def _check_version(version: str | None) -> None:
@@ -302,15 +373,18 @@ async def _infer(service: Service, task: str, request: Request, model_version: s
         -> Response:
     started = time.perf_counter()
     _check_version(model_version)
-    kind = task_model(service, task).manifest.input_kind
+    manifest = task_model(service, task).manifest
     header, tail = _split_body(await request.body(), request.headers.get(HEADER_LENGTH))
     parsed = _parse_request(header)
-    _requested(parsed)  # unknown output names are refused before the model runs
+    options = _score_options(manifest, parsed)
+    chunking = service.settings.limits.truncation == "chunk"
+    # Unknown output names are refused before the model runs.
+    wanted = _requested(parsed, available_outputs(manifest, chunking, options.top_k is not None))
     deadline = deadline_for(service, started, request.headers.get(TIMEOUT_HEADER),
                             _protocol_timeout(parsed))
     result = await unless_disconnected(
-        request, classify(service, task, _raw_inputs(parsed, tail, kind), deadline))
-    return _encode_response(task, parsed, result)
+        request, classify(service, task, _raw_inputs(parsed, tail, manifest.input_kind), deadline))
+    return _encode_response(task, parsed, result, options, wanted)
 
 
 def _protocol_timeout(request: InferenceRequest) -> float | None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
+from app.settings import ConfigError
 from compress.artifact import (
     MANIFEST_NAME,
     ArtifactError,
@@ -25,6 +26,8 @@ class TaskModel:
     manifest: Manifest
     tokenizer: Tokenizer
     files: dict[str, Path]  # variant -> verified path
+    # truncation: chunk only: the same tokenizer cutting long texts into overlapping windows.
+    window_tokenizer: Tokenizer | None = None
 
     @property
     def task(self) -> str:
@@ -57,8 +60,9 @@ def check_outputs(path: Path, labels: list[str]) -> None:
         )
 
 
-def load_task_model(folder: Path, variants: list[str]) -> TaskModel:
-    """Read an artifact and verify the sha256 of each variant the server will load."""
+def load_task_model(folder: Path, variants: list[str], stride: int | None = None) -> TaskModel:
+    """Read an artifact and verify the sha256 of each variant the server will load; with
+    `stride`, also prepare the windowing tokenizer of truncation: chunk."""
     manifest = read_manifest(folder)
     files = {name: verified_variant_path(folder, manifest, name) for name in variants}
     for path in files.values():
@@ -67,4 +71,11 @@ def load_task_model(folder: Path, variants: list[str]) -> TaskModel:
     if not tokenizer_path.is_file():
         raise ArtifactError(f"{folder}: tokenizer file {manifest.tokenizer} is missing")
     tokenizer = load_tokenizer(tokenizer_path, manifest.max_length)
-    return TaskModel(folder=folder, manifest=manifest, tokenizer=tokenizer, files=files)
+    windows = None
+    if stride is not None:
+        if stride >= manifest.max_length // 2:
+            raise ConfigError(f"limits.chunk_stride ({stride}) must be under half of task "
+                              f"{manifest.task}'s max_length ({manifest.max_length})")
+        windows = load_tokenizer(tokenizer_path, manifest.max_length, stride)
+    return TaskModel(folder=folder, manifest=manifest, tokenizer=tokenizer, files=files,
+                     window_tokenizer=windows)

@@ -29,13 +29,29 @@ class ClassifyRequest(BaseModel):
         examples=[["a gripping, beautifully shot film"]],
     )
     return_all_scores: bool = Field(default=False, description="include every label's score")
+    top_k: int | None = Field(default=None, ge=1, description="also list the k best labels "
+                              "(multi_label: caps the labels over threshold)")
+    threshold: float | dict[str, float] | None = Field(
+        default=None, description="multi_label tasks: score a label needs, for every label or "
+                                  "per label name (default: the thresholds stored at build time)")
+
+
+class LabelScore(BaseModel):
+    label: str
+    score: float
 
 
 class Prediction(BaseModel):
-    label: str
+    label: str = Field(description="the best label (multi_label: the highest-scoring one, over "
+                                   "its threshold or not)")
     score: float
+    labels: list[LabelScore] | None = Field(
+        default=None, description="multi_label: every label over its threshold, best first; "
+                                  "single_label with top_k: the k best")
     scores: dict[str, float] | None = None
     truncated: bool = Field(default=False, description="the input was cut to max_length tokens")
+    chunks: int | None = Field(default=None, description="windows a long input was classified "
+                                                         "in (limits.truncation: chunk)")
 
 
 class ClassifyResponse(BaseModel):

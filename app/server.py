@@ -17,12 +17,14 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import oip
+from app.answers import ScoreOptions, predicted, ranked, score_options
 from app.guards import ApiKeyAuth, BodyLimit
 from app.inference import (
     TIMEOUT_HEADER,
     Classified,
     classify,
     deadline_for,
+    task_model,
     tracked,
     unless_disconnected,
 )
@@ -32,6 +34,7 @@ from app.schemas import (
     ClassifyResponse,
     ClientError,
     ErrorResponse,
+    LabelScore,
     Prediction,
     error_payload,
 )
@@ -72,13 +75,21 @@ def _parse_classify_body(body: bytes, content_type: str | None) -> ClassifyReque
         raise ClientError(422, _validation_message(exc.errors())) from None
 
 
-def _predictions(result: Classified, all_scores: bool) -> list[Prediction]:
+def _predictions(result: Classified, options: ScoreOptions, all_scores: bool) \
+        -> list[Prediction]:
     predictions = []
-    for row, probs, (label, score) in zip(result.rows, result.probabilities, result.best(),
-                                          strict=True):
+    for index, (probs, (label, score)) in enumerate(zip(result.probabilities, result.best(),
+                                                        strict=True)):
         scores = dict(zip(result.labels, map(float, probs), strict=True)) if all_scores else None
-        predictions.append(Prediction(label=label, score=score, scores=scores,
-                                      truncated=row.truncated))
+        listed: list[tuple[str, float]] | None = None
+        if result.problem_type == "multi_label":
+            listed = predicted(probs, result.labels, options)
+        elif options.top_k is not None:
+            listed = ranked(probs, result.labels, options.top_k)
+        predictions.append(Prediction(
+            label=label, score=score, scores=scores, truncated=result.truncated[index],
+            labels=None if listed is None else [LabelScore(label=n, score=s) for n, s in listed],
+            chunks=None if result.chunks is None else result.chunks[index]))
     return predictions
 
 
@@ -90,7 +101,10 @@ def _model_card(service: Service, task: str) -> dict[str, Any]:
         "task": task,
         "labels": manifest.labels,
         "input_kind": manifest.input_kind,
+        "problem_type": manifest.problem_type,
+        "thresholds": manifest.thresholds,
         "max_length": manifest.max_length,
+        "truncation": service.settings.limits.truncation,
         "pool": route.pool,
         "requested_pool": route.requested_pool,
         "fallback_reason": route.fallback_reason,
@@ -98,6 +112,11 @@ def _model_card(service: Service, task: str) -> dict[str, Any]:
         "sha256": manifest.variants[route.variant].sha256,
         "architecture": manifest.architecture.model_dump(),
         "metrics": [m.model_dump() for m in manifest.metrics],
+        "evaluated": manifest.evaluated,
+        "checks": [c.model_dump() for c in manifest.checks],
+        "fusions": {"applied": manifest.variants[route.variant].fusions,
+                    "missing": manifest.variants[route.variant].fusions_missing,
+                    "unsupported": manifest.variants[route.variant].fusions_unsupported},
     }
 
 
@@ -189,10 +208,13 @@ def create_app(service: Service) -> FastAPI:
             deadline = deadline_for(service, time.perf_counter(),
                                     request.headers.get(TIMEOUT_HEADER))
             body = _parse_classify_body(await request.body(), request.headers.get("content-type"))
+            options = score_options(task_model(service, task).manifest, body.threshold,
+                                    body.top_k)
             result = await unless_disconnected(
                 request, classify(service, task, body.inputs, deadline))
             return ClassifyResponse(task=task, variant=result.variant,
-                                    results=_predictions(result, body.return_all_scores))
+                                    results=_predictions(result, options,
+                                                         body.return_all_scores))
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:

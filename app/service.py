@@ -79,6 +79,10 @@ class _Loader:
         log.error("artifact %s is unavailable: %s", name, reason)
         self.unavailable[name] = reason
 
+    def _stride(self) -> int | None:
+        limits = self.settings.limits
+        return limits.chunk_stride if limits.truncation == "chunk" else None
+
     def manifests(self) -> dict[str, Path]:
         found: dict[str, Path] = {}
         for folder in artifact_folders(self.settings.model_repository):
@@ -97,7 +101,7 @@ class _Loader:
         loaded: dict[str, TaskModel] = {}
         for task, folder in folders.items():
             try:
-                loaded[task] = load_task_model(folder, [routes[task].variant])
+                loaded[task] = load_task_model(folder, [routes[task].variant], self._stride())
             except ArtifactError as exc:
                 self.failed(task, exc)
         if not loaded:

@@ -60,8 +60,19 @@ class LimitSettings(BaseModel):
     request_timeout_s: float = Field(
         default=30.0, gt=0, description="deadline per request; X-Request-Timeout-Ms may shorten it"
     )
-    truncation: Literal["truncate", "reject"] = Field(
-        default="truncate", description="inputs over the model's max_length: cut or answer 413"
+    truncation: Literal["truncate", "reject", "chunk"] = Field(
+        default="truncate", description="inputs over the model's max_length: cut, answer 413, "
+                                        "or classify overlapping windows and fold their scores"
+    )
+    chunk_stride: int = Field(
+        default=32, ge=0, description="tokens two consecutive windows share (truncation: chunk)"
+    )
+    max_chunks_per_input: int = Field(
+        default=16, ge=1, description="windows one text may make (truncation: chunk); more: 413"
+    )
+    chunk_aggregation: Literal["auto", "mean", "max"] = Field(
+        default="auto", description="folding windows' scores: auto = mean for single_label, max "
+                                    "for multi_label tasks"
     )
 
 
