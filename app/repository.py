@@ -76,6 +76,7 @@ def load_task_model(folder: Path, variants: list[str], stride: int | None = None
         if stride >= manifest.max_length // 2:
             raise ConfigError(f"limits.chunk_stride ({stride}) must be under half of task "
                               f"{manifest.task}'s max_length ({manifest.max_length})")
-        windows = load_tokenizer(tokenizer_path, manifest.max_length, stride)
+        windows = load_tokenizer(tokenizer_path, manifest.max_length, stride,
+                                 pairs=manifest.input_kind == "pair")
     return TaskModel(folder=folder, manifest=manifest, tokenizer=tokenizer, files=files,
                      window_tokenizer=windows)

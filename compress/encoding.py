@@ -25,7 +25,8 @@ class EncodedText:
         return int(self.ids.shape[0])
 
 
-def load_tokenizer(path: Path, max_length: int, stride: int | None = None) -> Tokenizer:
+def load_tokenizer(path: Path, max_length: int, stride: int | None = None,
+                   pairs: bool = False) -> Tokenizer:
     """Load tokenizer.json set to truncate at `max_length` and never pad (batches pad themselves).
 
     With `stride`, a text over `max_length` yields overlapping windows (`encode_windows`): they
@@ -38,7 +39,8 @@ def load_tokenizer(path: Path, max_length: int, stride: int | None = None) -> To
         # longest_first trims the longer of a pair first, which keeps BoolQ's short question intact.
         tokenizer.enable_truncation(max_length=max_length, strategy="longest_first")
     else:
-        tokenizer.enable_truncation(max_length=max_length, strategy="only_second", stride=stride)
+        tokenizer.enable_truncation(max_length=max_length, stride=stride,
+                                    strategy="only_second" if pairs else "longest_first")
     return tokenizer
 
 

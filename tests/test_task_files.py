@@ -201,5 +201,5 @@ def test_no_dev_split_says_how_to_add_one(tmp_path: Path) -> None:
 def test_unknown_suffix_asks_for_a_format(tmp_path: Path) -> None:
     (tmp_path / "dev.txt").write_text("x\n", encoding="utf-8")
     spec = load_task_file(_task(tmp_path, labels=["a", "b"], data={"dev": "dev.txt"}))
-    with pytest.raises(TaskDataError, match="set data.format"):
+    with pytest.raises(TaskDataError, match=r"set data\.format"):
         load_split(spec, "dev", None)
