@@ -55,6 +55,9 @@ def load_pretrained_classifier(
         id2label=dict(enumerate(labels)),
         label2id={name: i for i, name in enumerate(labels)},
         problem_type=HF_PROBLEM_TYPES[spec.problem_type],
+        # A classifier with another label set (a user's fine-tuned model, re-tuned for a new
+        # task) gets a fresh head instead of a size-mismatch error.
+        ignore_mismatched_sizes=True,
         attn_implementation="eager",
     )
     tokenizer = AutoTokenizer.from_pretrained(model)

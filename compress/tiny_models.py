@@ -124,7 +124,8 @@ def build_tiny_classifier(model_type: str, folder: Path, corpus: Sequence[str],
                           labels: Sequence[str] = ("negative", "positive"),
                           problem_type: ProblemType = "single_label", layers: int = 2,
                           hidden: int = 32, heads: int = 2, ffn: int = 64, positions: int = 128,
-                          seed: int = 0, model_input_names: Sequence[str] | None = None) -> Path:
+                          seed: int = 0, model_input_names: Sequence[str] | None = None,
+                          vocab_size: int = 400) -> Path:
     """Save a random-init `model_type` classifier and its trained tokenizer as an HF folder.
 
     `model_input_names` overrides what the tokenizer emits (e.g. token_type_ids for a model that
@@ -135,7 +136,7 @@ def build_tiny_classifier(model_type: str, folder: Path, corpus: Sequence[str],
     if model_type not in STYLES:
         raise ValueError(f"no tiny model for {model_type!r}; known: {', '.join(ARCHITECTURES)}")
     style = STYLES[model_type]
-    tokenizer = train_tokenizer(style, corpus)
+    tokenizer = train_tokenizer(style, corpus, vocab_size)
     folder.mkdir(parents=True, exist_ok=True)
     wrapped = PreTrainedTokenizerFast(tokenizer_object=tokenizer, model_max_length=positions,
                                       **style.roles)
