@@ -33,15 +33,40 @@ class CheckpointError(CompressError):
     """A checkpoint folder cannot be used as a classifier."""
 
 
-def encoder_layers(model: PreTrainedModel) -> list[Any]:
-    """The transformer blocks of a BERT-family encoder (BERT, RoBERTa, MPNet: encoder.layer)."""
+# Model types whose layers have BERT's module layout (attention.self.query ... output.dense):
+# structured pruning cuts these. Others still export, fuse, quantize and distil.
+PRUNABLE = ("bert", "roberta", "xlm-roberta", "electra")
+
+
+def layer_stack(model: PreTrainedModel) -> tuple[Any, str]:
+    """The module holding an encoder's list of blocks and the attribute it is under:
+    encoder.layer (BERT, RoBERTa, XLM-R, ELECTRA, MPNet, DeBERTa) or transformer.layer
+    (DistilBERT). ALBERT shares one block between all layers: no list to cut."""
     base = getattr(model, model.base_model_prefix, model)
-    layers = getattr(getattr(base, "encoder", None), "layer", None)
-    if not isinstance(layers, torch.nn.ModuleList):
-        raise CheckpointError(
-            f"{type(model).__name__}: no encoder.layer list; only BERT-family encoders are supported")
+    for owner_name in ("encoder", "transformer"):
+        owner = getattr(base, owner_name, None)
+        if isinstance(getattr(owner, "layer", None), torch.nn.ModuleList):
+            return owner, "layer"
+    raise CheckpointError(
+        f"{type(model).__name__} ({model.config.model_type}): no list of encoder layers to cut "
+        "(ALBERT shares one layer between all depths); distillation into fewer layers and "
+        "pruning are not supported for it, but compress package and build are")
+
+
+def encoder_layers(model: PreTrainedModel) -> list[Any]:
+    """The transformer blocks of an encoder, in order."""
+    owner, name = layer_stack(model)
     # Any: attribute access on nn.Module is untyped (layer.attention.self.query ...).
-    return list(layers)
+    return list(getattr(owner, name))
+
+
+def require_prunable(model: PreTrainedModel) -> None:
+    """Refuse, with the supported list, a model whose layers pruning does not know."""
+    model_type = str(model.config.model_type)
+    if model_type not in PRUNABLE:
+        raise CheckpointError(
+            f"structured pruning supports {', '.join(PRUNABLE)}; {model_type} layers have another "
+            "layout (distil it into fewer layers instead, or serve it unpruned)")
 
 
 def head_size_of(config: PretrainedConfig) -> int:

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from compress.artifact import CompressError
-from compress.checkpoint import encoder_layers, load_classifier, save_classifier
+from compress.checkpoint import encoder_layers, layer_stack, load_classifier, save_classifier
 from compress.finetune import hf_tokenize, load_pretrained_classifier
 from compress.tasks import Examples, TaskSpec
 from compress.training import TrainingConfig, adamw_with_warmup, run_steps, subsample
@@ -69,9 +69,8 @@ def select_layers(total: int, keep: list[int] | int | str | None) -> list[int]:
 def cut_layers(model: PreTrainedModel, keep: list[int]) -> None:
     """Keep only the listed encoder layers (DistilBERT-style student initialisation)."""
     layers = encoder_layers(model)
-    kept = torch.nn.ModuleList([layers[i] for i in keep])
-    base = getattr(model, model.base_model_prefix)
-    base.encoder.layer = kept
+    owner, name = layer_stack(model)
+    setattr(owner, name, torch.nn.ModuleList([layers[i] for i in keep]))
     model.config.num_hidden_layers = len(keep)
 
 

@@ -24,6 +24,7 @@ from compress.checkpoint import (
     HEAD_SIZE_KEY,
     encoder_layers,
     head_size_of,
+    require_prunable,
     set_attention_heads,
 )
 
@@ -74,6 +75,7 @@ class Importance:
 
 def model_shape(model: PreTrainedModel) -> tuple[int, int]:
     """(heads per layer, FFN neurons per layer) of a BERT-family encoder."""
+    require_prunable(model)
     layer = encoder_layers(model)[0]
     return int(layer.attention.self.num_attention_heads), int(layer.intermediate.dense.out_features)
 
@@ -152,6 +154,7 @@ def keep_masks(importance: Importance, level: PruneLevel) -> tuple[torch.Tensor,
 
 def prune_model(model: PreTrainedModel, importance: Importance, level: PruneLevel) -> None:
     """Cut heads and FFN neurons out of the weight matrices in place and record the new shape."""
+    require_prunable(model)
     keep_heads, keep_ffn = kept_indices(importance, level)
     head_size = head_size_of(model.config)
     with torch.no_grad():

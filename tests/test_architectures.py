@@ -170,3 +170,29 @@ def test_pair_windows_keep_the_first_text_whole(zoo: Zoo) -> None:
     assert all(w.ids[: len(first)].tolist() == first.tolist() for w in windows)
     feeds = pad_batch(windows, manifest.model_inputs, manifest.pad_token_id)
     assert feeds["input_ids"].shape == (len(windows), 24)
+
+
+@pytest.mark.parametrize("arch", ["distilbert", "mpnet", "roberta"])
+def test_distils_into_fewer_layers(zoo: Zoo, arch: str, tmp_path: Path) -> None:
+    from compress.checkpoint import load_classifier
+    from compress.distill import DistilConfig, distil, init_student
+    from compress.tasks import Examples
+
+    spec = spec_for_checkpoint(zoo.checkpoints[arch], None, "d", "single", 64)
+    model, tokenizer = init_student(str(zoo.checkpoints[arch]), spec, 1)
+    texts: list[str | tuple[str, str]] = list(corpus(64, seed=3))
+    train = Examples(texts, [0, 1] * 32)
+    out = distil(model, tokenizer, zoo.checkpoints[arch], train,
+                 DistilConfig(epochs=1.0, batch_size=16, max_length=32), tmp_path / "student")
+    student, _ = load_classifier(out)
+    assert student.config.num_hidden_layers == 1
+
+
+@pytest.mark.parametrize("arch", ["distilbert", "mpnet", "deberta-v2"])
+def test_pruning_other_layouts_is_refused_with_what_is_supported(zoo: Zoo, arch: str) -> None:
+    from compress.checkpoint import CheckpointError, load_classifier
+    from compress.prune import PruneLevel
+
+    model, _ = load_classifier(zoo.checkpoints[arch])
+    with pytest.raises(CheckpointError, match="structured pruning supports bert, roberta"):
+        PruneLevel.from_ratio(model, 0.5)
