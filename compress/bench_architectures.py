@@ -51,7 +51,9 @@ def _classifier_from_encoder(model: str, folder: Path) -> Path:
     source = resolve_model(model)
     if not (folder / "config.json").is_file():
         AutoModelForSequenceClassification.from_pretrained(
-            source, num_labels=2, attn_implementation="eager").save_pretrained(folder)
+            source, num_labels=2, id2label={0: "negative", 1: "positive"},
+            label2id={"negative": 0, "positive": 1},
+            attn_implementation="eager").save_pretrained(folder)
         AutoTokenizer.from_pretrained(source).save_pretrained(folder)
     return folder
 
@@ -101,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--texts", type=int, default=200, help="SST-2 sentences timed per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--skip-packaged", action="store_true")
+    parser.add_argument("--only", nargs="+", metavar="NAME",
+                        help="rows to measure, by name (e.g. minilm-l6 mpnet-base bert)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
     sentences = _sentences(args.data_dir, 3000)
@@ -108,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     candidates: list[tuple[str, Path]] = []
     for arch in ARCHITECTURES:
+        if args.only and arch not in args.only:
+            continue
         folder = args.work_dir / "hf" / arch
         if not (folder / "config.json").is_file():
             build_tiny_classifier(arch, folder, sentences[:2000], layers=4, hidden=256, heads=4,
@@ -115,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         candidates.append((f"{arch} (random 4L/256)", folder))
     if not args.skip_packaged:
         for name, model in PACKAGED.items():
+            if args.only and name.split()[0] not in args.only:
+                continue
             try:
                 folder = _classifier_from_encoder(model, args.work_dir / "hf" / name.split()[0])
             except Exception as exc:  # a packaged model that is not installed: say so, go on
