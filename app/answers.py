@@ -11,10 +11,9 @@ from typing import Literal
 import numpy as np
 
 from app.schemas import ClientError
-from compress.artifact import Manifest, ProblemType
+from compress.artifact import DEFAULT_THRESHOLD, Manifest, ProblemType
 from compress.encoding import probabilities
 
-DEFAULT_THRESHOLD = 0.5
 Aggregation = Literal["mean", "max"]
 
 
@@ -79,17 +78,16 @@ def fold_windows(logits: np.ndarray, counts: Sequence[int], problem_type: Proble
     return folded_logits, folded_scores
 
 
-def ranked(scores: np.ndarray, labels: Sequence[str], top_k: int | None) -> list[tuple[str, float]]:
-    """Labels by decreasing score, the best `top_k` of them (all if None)."""
-    order = np.argsort(-scores, kind="stable")
-    if top_k is not None:
-        order = order[:top_k]
-    return [(labels[int(i)], float(scores[int(i)])) for i in order]
+def ranked(scores: np.ndarray, labels: Sequence[str], top_k: int | None,
+           thresholds: np.ndarray | None = None) -> list[tuple[str, float]]:
+    """Labels by decreasing score, those reaching their threshold if given, the best `top_k` of
+    them (all if None)."""
+    order = [int(i) for i in np.argsort(-scores, kind="stable")
+             if thresholds is None or scores[i] >= thresholds[i]]
+    return [(labels[i], float(scores[i])) for i in order[:top_k]]
 
 
 def predicted(scores: np.ndarray, labels: Sequence[str], options: ScoreOptions) \
         -> list[tuple[str, float]]:
     """Multi-label: the labels whose score reaches their threshold, best first (top_k caps)."""
-    chosen = [(label, score) for label, score in ranked(scores, labels, None)
-              if score >= options.thresholds[labels.index(label)]]
-    return chosen if options.top_k is None else chosen[: options.top_k]
+    return ranked(scores, labels, options.top_k, options.thresholds)

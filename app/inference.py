@@ -25,7 +25,14 @@ from app.schemas import ClientError, parse_inputs
 from app.service import Service
 from app.workers import WorkerError
 from compress.artifact import ProblemType
-from compress.encoding import EncodedText, TextInput, WindowError, encode, encode_windows
+from compress.encoding import (
+    EncodedText,
+    TextInput,
+    WindowError,
+    encode,
+    encode_windows,
+    probabilities,
+)
 
 log = logging.getLogger(__name__)
 TIMEOUT_HEADER = "X-Request-Timeout-Ms"
@@ -145,28 +152,32 @@ async def classify(service: Service, task: str, raw_inputs: list[Any],
     except WorkerError as exc:
         raise ClientError(503, f"the model worker failed: {exc}; retry the request") from None
     stacked = np.stack(logits).astype(np.float32)
+    if counts is None:
+        return Classified(task=task, variant=route.variant, labels=manifest.labels,
+                          problem_type=manifest.problem_type,
+                          truncated=[row.truncated for row in rows], chunks=None, logits=stacked,
+                          probabilities=probabilities(stacked, manifest.problem_type))
     how = aggregation_for(manifest.problem_type, service.settings.limits.chunk_aggregation)
     folded, scores = fold_windows(stacked, counts, manifest.problem_type, how)
-    chunked = service.settings.limits.truncation == "chunk"
     return Classified(task=task, variant=route.variant, labels=manifest.labels,
-                      problem_type=manifest.problem_type,
-                      truncated=[False] * len(counts) if chunked else [r.truncated for r in rows],
-                      chunks=counts if chunked else None, logits=folded, probabilities=scores)
+                      problem_type=manifest.problem_type, truncated=[False] * len(counts),
+                      chunks=counts, logits=folded, probabilities=scores)
 
 
 def _rows(service: Service, model: TaskModel, inputs: list[TextInput]) \
-        -> tuple[list[EncodedText], list[int]]:
-    """Rows for the batcher and how many belong to each input (1, or its windows)."""
+        -> tuple[list[EncodedText], list[int] | None]:
+    """Rows for the batcher and, when the server chunks long texts, how many windows belong to
+    each input (None: one row per input)."""
     limits = service.settings.limits
     max_length = model.manifest.max_length
-    if limits.truncation != "chunk" or model.window_tokenizer is None:
+    if model.window_tokenizer is None:  # set exactly when limits.truncation is chunk
         rows = encode(model.tokenizer, inputs)
         if limits.truncation == "reject":
             too_long = [i for i, row in enumerate(rows) if row.truncated]
             if too_long:
                 raise ClientError(413, f"inputs {too_long} exceed the model's {max_length} "
                                        "tokens; shorten them (this server does not truncate)")
-        return rows, [1] * len(rows)
+        return rows, None
     try:
         windows = encode_windows(model.window_tokenizer, inputs)
     except WindowError:

@@ -97,6 +97,7 @@ def _model_card(service: Service, task: str) -> dict[str, Any]:
     model = service.models[task]
     manifest = model.manifest
     route = service.routes[task]
+    served = manifest.variants[route.variant]
     return {
         "task": task,
         "labels": manifest.labels,
@@ -109,14 +110,13 @@ def _model_card(service: Service, task: str) -> dict[str, Any]:
         "requested_pool": route.requested_pool,
         "fallback_reason": route.fallback_reason,
         "variant": route.variant,
-        "sha256": manifest.variants[route.variant].sha256,
+        "sha256": served.sha256,
         "architecture": manifest.architecture.model_dump(),
         "metrics": [m.model_dump() for m in manifest.metrics],
         "evaluated": manifest.evaluated,
         "checks": [c.model_dump() for c in manifest.checks],
-        "fusions": {"applied": manifest.variants[route.variant].fusions,
-                    "missing": manifest.variants[route.variant].fusions_missing,
-                    "unsupported": manifest.variants[route.variant].fusions_unsupported},
+        "fusions": {"applied": served.fusions, "missing": served.fusions_missing,
+                    "unsupported": served.fusions_unsupported},
     }
 
 

@@ -296,9 +296,9 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     manifest = read_manifest(args.artifact)
     path = verified_variant_path(args.artifact, manifest, args.variant)
-    if args.task is None and args.task_file is None:
-        args.task = manifest.task
-        spec, data_dir = (get_task(manifest.task), None if args.hub else default_data_dir())
+    if args.task is None and args.task_file is None:  # the artifact's own (shipped) task
+        spec = get_task(manifest.task)
+        data_dir = None if args.hub else args.data_dir or default_data_dir()
     else:
         spec, data_dir = _task_of(args)
     dev = load_split(spec.with_labels(manifest.labels), "dev", data_dir, args.hub)

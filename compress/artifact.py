@@ -20,6 +20,8 @@ InputKind = Literal["single", "pair"]
 Precision = Literal["fp32", "fp16", "int8"]
 # single_label: softmax, one class per input; multi_label: a sigmoid per label, each over its threshold.
 ProblemType = Literal["single_label", "multi_label"]
+# A multi-label artifact without tuned thresholds predicts a label at this score.
+DEFAULT_THRESHOLD = 0.5
 
 
 class CompressError(Exception):

@@ -12,7 +12,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from tokenizers import Tokenizer
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from compress.artifact import (
     AgreementCheck,
@@ -172,11 +172,11 @@ def _copy_files(made: Variants, checkpoint: Path, staging: Path) -> None:
     shutil.copyfile(checkpoint / "config.json", staging / "model_config.json")
 
 
-def check_tokenizer_parity(checkpoint: Path, served: Path, texts: Sequence[TextInput],
-                           max_length: int) -> None:
+def check_tokenizer_parity(checkpoint: Path, tokenizer: PreTrainedTokenizerBase, served: Path,
+                           texts: Sequence[TextInput], max_length: int) -> None:
     """The serving encoder must give the ids the checkpoint's own tokenizer gives (the model
     was trained and checked on those); refuse an artifact where they differ."""
-    hf = hf_tokenize(AutoTokenizer.from_pretrained(checkpoint), list(texts), max_length)
+    hf = hf_tokenize(tokenizer, list(texts), max_length)
     ours = encode(load_tokenizer(served, max_length), list(texts))
     for index, (expected, got) in enumerate(zip(hf["input_ids"], ours, strict=True)):
         if list(expected) != got.ids.tolist():
@@ -257,7 +257,8 @@ def assemble_artifact(spec: TaskSpec, checkpoint: Path, made: Variants, dev: Exa
     max_length = min(spec.max_length, int(tokenizer.model_max_length or spec.max_length))
     pad_id = int(tokenizer.pad_token_id or 0)
     texts = check_texts_for(checkpoint, spec, dev, check_texts)
-    check_tokenizer_parity(checkpoint, staging / "tokenizer.json", texts[:32], max_length)
+    check_tokenizer_parity(checkpoint, tokenizer, staging / "tokenizer.json", texts[:32],
+                           max_length)
     variants = _variant_entries(staging, made)
     exported, fusion = made.exported, made.fusion
     quality = _measure_quality(spec, staging, variants, dev, texts, exported.input_names,

@@ -22,13 +22,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from compress.artifact import CompressError, InputKind, ProblemType
+from compress.encoding import TextInput
 
 Split = Literal["train", "dev"]
 FileFormat = Literal["csv", "tsv", "jsonl", "parquet"]
 MetricName = Literal["accuracy", "macro_f1", "micro_f1"]
 # A single-label row has one class index; a multi-label row the (sorted) indices of its labels.
 Label = int | tuple[int, ...]
-TextInput = str | tuple[str, str]
 TASK_FILES = Path(__file__).resolve().parent / "task_files"
 FORMATS: dict[str, FileFormat] = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl",
                                   ".json": "jsonl", ".parquet": "parquet"}
@@ -249,7 +249,7 @@ def _text_of(column: str, row: Mapping[str, Any]) -> str:
         value = row[column]
         return "" if value is None else str(value)
     return _TEMPLATE_FIELD.sub(lambda m: "" if row[m.group(1)] is None else str(row[m.group(1)]),
-                               column).strip(" -")
+                               column)
 
 
 def _check_columns(columns: _Columns, present: Sequence[str]) -> None:
@@ -393,8 +393,9 @@ def _local_path(spec: TaskSpec, relative: str, data_dir: Path | None) -> Path:
 
 def _local_rows(spec: TaskSpec, split: Split, data_dir: Path | None) -> tuple[list[dict[str, Any]], str]:
     data = spec.data
-    source = data.train if split == "train" or data.dev is None else data.dev
-    if source is None or (split == "dev" and data.dev is None and data.dev_fraction is None):
+    fraction = data.dev_fraction  # set: dev is a seeded part of train
+    source = data.train if split == "train" or fraction is not None else data.dev
+    if source is None:
         raise TaskDataError(f"task {spec.name}: no local {split} split is known (data: "
                             f"{data.model_dump(exclude_none=True)}); add data.{split} to the task "
                             "file" + (" or load it from the hub (--hub)" if spec.hub else ""))
@@ -402,12 +403,12 @@ def _local_rows(spec: TaskSpec, split: Split, data_dir: Path | None) -> tuple[li
     rows = read_rows(spec, path)
     if not rows:
         raise TaskDataError(f"{path}: no rows")
-    if data.dev_fraction is not None and data.dev is None:
+    if fraction is not None:
         order = list(range(len(rows)))
         random.Random(data.seed).shuffle(order)
-        cut = max(1, round(len(rows) * data.dev_fraction))
-        picked = order[:cut] if split == "dev" else order[cut:]
-        return [rows[i] for i in sorted(picked)], f"{path} ({split} part, seed {data.seed})"
+        cut = max(1, round(len(rows) * fraction))
+        part = order[:cut] if split == "dev" else order[cut:]
+        return [rows[i] for i in sorted(part)], f"{path} ({split} part, seed {data.seed})"
     return rows, str(path)
 
 
@@ -449,11 +450,6 @@ def load_split(spec: TaskSpec, split: Split, data_dir: Path | None, hub: bool = 
     if spec.labels is None:
         spec = ensure_labels(spec, data_dir, hub)
     return rows_to_examples(spec, rows, columns)
-
-
-def load_local(spec: TaskSpec, split: Split, data_dir: Path | None) -> Examples:
-    """One split from local files (the shipped tasks read the GLUE/SuperGLUE file layout)."""
-    return load_split(spec, split, data_dir)
 
 
 def majority_label(labels: Sequence[Label]) -> int:

@@ -196,3 +196,45 @@ def test_pruning_other_layouts_is_refused_with_what_is_supported(zoo: Zoo, arch:
     model, _ = load_classifier(zoo.checkpoints[arch])
     with pytest.raises(CheckpointError, match="structured pruning supports bert, roberta"):
         PruneLevel.from_ratio(model, 0.5)
+
+
+def test_a_tokenizer_file_that_encodes_otherwise_is_refused(zoo: Zoo) -> None:
+    from transformers import AutoTokenizer
+
+    from compress.artifact import CompressError
+    from compress.build import check_tokenizer_parity
+
+    bert = zoo.checkpoints["bert"]
+    other = zoo.checkpoints["roberta"] / "tokenizer.json"  # another family and vocabulary
+    with pytest.raises(CompressError, match="the served model would see other ids"):
+        check_tokenizer_parity(bert, AutoTokenizer.from_pretrained(bert), other,
+                               ["the movie was good"], 64)
+
+
+def test_a_task_whose_labels_differ_from_the_checkpoint_is_refused(zoo: Zoo) -> None:
+    from compress.artifact import CompressError
+    from compress.tasks import get_task
+
+    with pytest.raises(CompressError, match=r"its labels \(id2label\) are \['negative', "
+                                            r"'positive'\], but task rte lists"):
+        spec_for_checkpoint(zoo.checkpoints["bert"], get_task("rte"), None, "single", None)
+
+
+def test_package_command_without_data_says_no_accuracy_was_measured(zoo: Zoo,
+                                                                    tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    texts = tmp_path / "texts.txt"
+    texts.write_text("the film was good\nthe plot was dull and weak\n", encoding="utf-8")
+    done = subprocess.run(
+        [sys.executable, "-m", "compress", "package", "--checkpoint",
+         str(zoo.checkpoints["distilbert"]), "--name", "mine", "--check-texts", str(texts),
+         "--out", str(tmp_path / "models" / "mine"), "--work-dir", str(tmp_path / "runs")],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "no accuracy measured" in done.stdout
+    manifest = read_manifest(tmp_path / "models" / "mine")
+    assert not manifest.evaluated and [c.texts for c in manifest.checks] == [2, 2]

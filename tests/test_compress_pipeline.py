@@ -11,7 +11,7 @@ import pytest
 
 from compress.artifact import read_manifest, sha256_file
 from compress.evaluate import predict
-from compress.tasks import get_task, load_local
+from compress.tasks import get_task, load_split
 from tests.conftest import TinyRepo
 
 
@@ -81,7 +81,7 @@ def test_finetune_learns_the_task(tiny_repo: TinyRepo) -> None:
 def test_variant_agrees_with_fp32_on_dev_predictions(tiny_repo: TinyRepo, variant: str) -> None:
     folder = tiny_repo.root / "sst2"
     manifest = read_manifest(folder)
-    dev = load_local(get_task("sst2"), "dev", tiny_repo.data_dir)
+    dev = load_split(get_task("sst2"), "dev", tiny_repo.data_dir)
 
     def labels(name: str) -> list[int]:
         return predict(folder / manifest.variants[name].file, folder / "tokenizer.json",

@@ -23,7 +23,7 @@ from compress.distill import (
     teacher_logits,
 )
 from compress.finetune import hf_tokenize
-from compress.tasks import Examples, get_task, load_local
+from compress.tasks import Examples, get_task, load_split
 from tests.conftest import TinyRepo, build_tiny_bert
 
 SST2 = get_task("sst2")
@@ -42,8 +42,8 @@ def _soft(student: np.ndarray, teacher: np.ndarray) -> float:
 
 def test_distillation_lowers_the_soft_loss_and_moves_predictions_toward_the_teacher(
         tiny_repo: TinyRepo, tmp_path: Path) -> None:
-    train = load_local(SST2, "train", tiny_repo.data_dir)
-    held = load_local(SST2, "dev", tiny_repo.data_dir)
+    train = load_split(SST2, "train", tiny_repo.data_dir)
+    held = load_split(SST2, "dev", tiny_repo.data_dir)
     targets = teacher_logits(tiny_repo.sst2_teacher, held.texts, 64)
     model, tokenizer = init_student(str(tiny_repo.base_model), SST2, 1)
     model.save_pretrained(tmp_path / "before")
@@ -141,7 +141,7 @@ def test_teacher_with_another_tokenizer_is_run_on_its_own_encoding(tmp_path: Pat
 def test_distillation_from_a_teacher_with_another_tokenizer_trains_the_student(
         tiny_repo: TinyRepo, tmp_path: Path) -> None:
     teacher_dir = _char_level_teacher(tmp_path / "teacher")
-    train = load_local(SST2, "train", tiny_repo.data_dir).head(200)
+    train = load_split(SST2, "train", tiny_repo.data_dir).head(200)
     student, tokenizer = init_student(str(tiny_repo.base_model), SST2, 1)
     config = DistilConfig(epochs=2, batch_size=16, learning_rate=2e-3, max_length=64)
     out = distil(student, tokenizer, teacher_dir, train, config, tmp_path / "student")
@@ -154,7 +154,7 @@ def test_distillation_from_a_teacher_with_another_tokenizer_trains_the_student(
 def test_layer_transfer_refuses_tokenizers_that_do_not_line_up(
         tiny_repo: TinyRepo, tmp_path: Path) -> None:
     teacher_dir = _char_level_teacher(tmp_path / "teacher")
-    train = load_local(SST2, "train", tiny_repo.data_dir).head(20)
+    train = load_split(SST2, "train", tiny_repo.data_dir).head(20)
     student, tokenizer = init_student(str(tiny_repo.base_model), SST2, 1)
     config = DistilConfig(epochs=1, batch_size=8, hidden_weight=1.0, max_length=64)
     with pytest.raises(DistilError, match="token-aligned"):
@@ -173,7 +173,7 @@ def test_hidden_and_attention_transfer_train_a_narrower_student_through_a_projec
                         attn_implementation="eager")
     torch.manual_seed(0)
     student = BertForSequenceClassification(config)
-    train = load_local(SST2, "train", tiny_repo.data_dir).head(64)
+    train = load_split(SST2, "train", tiny_repo.data_dir).head(64)
     layered = DistilConfig(epochs=2, batch_size=16, learning_rate=2e-3, hidden_weight=1.0,
                            attention_weight=1.0, max_length=64)
     out = distil(student, tokenizer, tiny_repo.sst2_teacher, train, layered, tmp_path / "s")

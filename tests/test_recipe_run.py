@@ -252,3 +252,18 @@ def test_run_command_reports_an_invalid_recipe_without_a_traceback(tmp_path: Pat
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert "invalid recipe" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_recipe_names_exactly_one_of_task_and_task_file(tmp_path: Path) -> None:
+    for body in ("name: r\n", "name: r\ntask: sst2\ntask_file: t.yaml\n"):
+        path = tmp_path / "recipe.yaml"
+        path.write_text(body, encoding="utf-8")
+        with pytest.raises(RecipeError, match="give either task"):
+            load_recipe(path)
+
+
+def test_a_recipe_reads_its_task_file(tmp_path: Path) -> None:
+    (tmp_path / "task.yaml").write_text("name: mine\ntext_columns: [text]\n", encoding="utf-8")
+    path = tmp_path / "recipe.yaml"
+    path.write_text(f"name: r\ntask_file: {tmp_path / 'task.yaml'}\n", encoding="utf-8")
+    assert load_recipe(path).task_spec().name == "mine"

@@ -160,3 +160,11 @@ def test_skip_mode_serves_the_healthy_tasks_and_names_the_broken_one(
     finally:
         stop_server(server)
     assert "ERROR app.service [-] artifact sst2 is unavailable: " in server.log()  # text format
+
+
+def test_a_chunk_stride_too_wide_for_a_task_is_a_configuration_error(tiny_repo: TinyRepo) -> None:
+    settings = load_settings(model_repository=tiny_repo.root,
+                             limits={"truncation": "chunk", "chunk_stride": 64})
+    with pytest.raises(ConfigError, match=r"limits\.chunk_stride \(64\) must be under half of "
+                                          r"task \w+'s max_length \(64\)"):
+        prepare_service(settings)

@@ -203,3 +203,10 @@ def test_unknown_suffix_asks_for_a_format(tmp_path: Path) -> None:
     spec = load_task_file(_task(tmp_path, labels=["a", "b"], data={"dev": "dev.txt"}))
     with pytest.raises(TaskDataError, match=r"set data\.format"):
         load_split(spec, "dev", None)
+
+
+def test_label_map_names_raw_values(tmp_path: Path) -> None:
+    _csv(tmp_path / "dev.csv", [("fine", "1"), ("broken", "0")])
+    spec = load_task_file(_task(tmp_path, labels=["bad", "good"],
+                                label_map={"0": "bad", "1": "good"}))
+    assert load_split(spec, "dev", None).labels == [1, 0]
