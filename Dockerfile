@@ -15,7 +15,7 @@ ENV PATH=/opt/venv/bin:$PATH \
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY app ./app
-COPY compress ./compress
+COPY contract ./contract
 COPY loadtest ./loadtest
 # The serve extra only: onnxruntime, tokenizers, FastAPI/uvicorn, prometheus-client (see pyproject).
 # hadolint ignore=DL3013  # the project itself; its dependency ranges are in pyproject.toml
@@ -29,7 +29,7 @@ RUN groupadd --gid 10001 ffs \
     && mkdir /models && chown 10001:10001 /models
 COPY --from=build /opt/venv /opt/venv
 # Listen on all interfaces inside the container; the worker count follows the CPU quota
-# (`--cpus`), not the host's core count (app/cpu_quota.py).
+# (`--cpus`), not the host's core count (app/runtime/cpu_quota.py).
 # hadolint ignore=DL3064  # TOKENIZERS_PARALLELISM is no secret, only a name with TOKEN in it
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \

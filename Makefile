@@ -41,7 +41,7 @@ serve: demo
 	FFS_HOST=$(HOST) FFS_PORT=$(PORT) $(BIN)/python -m app
 
 lint: $(STAMP)
-	$(BIN)/ruff check app compress loadtest tests
+	$(BIN)/ruff check app bench compress contract loadtest tests
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -52,7 +52,7 @@ pytest: $(STAMP)
 test: lint typecheck pytest
 
 bench: demo
-	$(BIN)/python -m loadtest.overhead --artifact models/$(DEMO_TASK) --data-dir "$(DATA_DIR)"
+	$(BIN)/python -m bench.overhead --artifact models/$(DEMO_TASK) --data-dir "$(DATA_DIR)"
 
 # The FastFormers recipe on SST-2: MiniLM-L6 teacher -> 3-layer student -> pruning sweep -> INT8.
 RECIPE ?= recipes/sst2-minilm-l3.yaml
@@ -74,7 +74,7 @@ mpnet: $(MPNET_STAMP)
 TABLE3_TASK ?= sst2
 TABLE3_ARGS ?=
 table3: $(MPNET_STAMP)
-	$(BIN)/python -m compress.bench table3 --task $(TABLE3_TASK) --data-dir "$(DATA_DIR)" $(TABLE3_ARGS)
+	$(BIN)/python -m bench table3 --task $(TABLE3_TASK) --data-dir "$(DATA_DIR)" $(TABLE3_ARGS)
 
 clean:
 	rm -rf runs/ .pytest_cache .mypy_cache .ruff_cache

@@ -1,4 +1,5 @@
-"""`python -m app`: check settings and artifacts, then serve on uvicorn."""
+"""`python -m app`: check settings and artifacts, then serve on uvicorn (one API process, or a
+tier of them sharing the port: app/tier.py)."""
 
 from __future__ import annotations
 
@@ -10,14 +11,11 @@ import sys
 # Before tokenizers loads: its thread pool would compete with the pinned workers for cores.
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import uvicorn
-
-from app.lifecycle import DrainingServer
-from app.observability import logging_config
-from app.server import create_app
-from app.service import prepare_service
+from app.api.observability import logging_config
+from app.core.service import Shard, api_process_count, prepare_service
 from app.settings import ConfigError, load_settings
-from compress.artifact import ArtifactError
+from app.tier import Tier, serve
+from contract.artifact import ArtifactError
 
 
 def main() -> int:
@@ -26,17 +24,16 @@ def main() -> int:
         settings = load_settings()
         log_config = logging_config(settings.log_level, settings.log_format)
         logging.config.dictConfig(log_config)
-        service = prepare_service(settings)
+        count = api_process_count(settings)
+        # Every check that can fail runs here, once, before any process starts.
+        service = prepare_service(settings, Shard(0, count))
     except (ConfigError, ArtifactError) as exc:
         print(f"cannot start: {exc}", file=sys.stderr)
         return 2
-    app = create_app(service)
-    # One uvicorn process: the API process is light; the model runs in the pinned worker processes.
-    config = uvicorn.Config(app, host=settings.host, port=settings.port,
-                            log_level=settings.log_level, access_log=False, log_config=log_config,
-                            timeout_graceful_shutdown=settings.shutdown_timeout_s)
-    DrainingServer(config, service, settings.drain_delay_s).run()
-    return 0
+    if count == 1:
+        serve(service, settings, log_config)
+        return 0
+    return Tier(settings, count, log_config).run()
 
 
 if __name__ == "__main__":

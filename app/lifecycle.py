@@ -8,7 +8,7 @@ from types import FrameType
 
 import uvicorn
 
-from app.service import Service
+from app.core.service import Service
 
 
 class DrainingServer(uvicorn.Server):

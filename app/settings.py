@@ -31,6 +31,11 @@ class CpuPoolSettings(BaseModel):
     cores: list[int] | None = Field(
         default=None, description="cores to pin workers to (default: all this process may use)"
     )
+    spin_ms: float = Field(
+        default=0.0, ge=0, le=50,
+        description="after a batch, a worker polls for the next one this long before it sleeps "
+                    "(costs that much CPU per idle gap; see docs/benchmarks.md)",
+    )
 
 
 class BatchingSettings(BaseModel):
@@ -130,6 +135,11 @@ class Settings(BaseSettings):
     artifact_errors: Literal["fail", "skip"] = Field(
         default="fail", description="an artifact that fails its checks: refuse to start, or start "
                                     "without that task (listed as unavailable)"
+    )
+    api_processes: int | None = Field(
+        default=None, ge=1,
+        description="API (HTTP) processes sharing the port, each owning a shard of the workers "
+                    "(default: one per 8 usable cores, at least 1)",
     )
     cpu_pool: CpuPoolSettings = Field(default_factory=CpuPoolSettings)
     batching: BatchingSettings = Field(default_factory=BatchingSettings)

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 
-from compress.artifact import CompressError, Manifest
-from compress.tasks import TaskDataError, TaskSpec, builtin_tasks
+from compress.tasks import TaskDataError, TaskSpec, builtin_tasks, default_data_dir
+from contract.artifact import CompressError, Manifest
 
 STAGE_VERBS = ("finetune", "export", "optimize", "quantize")
 # Logit-check inputs for a stand-alone export (build uses dev sentences instead).
@@ -17,15 +16,6 @@ SAMPLE_TEXTS: tuple[str | tuple[str, str], ...] = (
     "a short sentence to check the exported graph",
     "another one, a little longer, so that the batch needs padding to run",
 )
-
-
-def default_data_dir() -> Path | None:
-    """DATA_DIR if set, else ../shared/data beside the project when present, else None (hub)."""
-    env = os.environ.get("DATA_DIR")
-    if env:
-        return Path(env)
-    beside = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
-    return beside if beside.is_dir() else None
 
 
 # Exit status of a build whose served model does not beat the majority-class baseline.
@@ -290,9 +280,9 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from compress.artifact import read_manifest, verified_variant_path
     from compress.evaluate import evaluate_artifact
     from compress.tasks import get_task, load_split
+    from contract.artifact import read_manifest, verified_variant_path
 
     manifest = read_manifest(args.artifact)
     path = verified_variant_path(args.artifact, manifest, args.variant)

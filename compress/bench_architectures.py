@@ -14,12 +14,12 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from compress.artifact import CompressError, Manifest
 from compress.build import BuildPlan, package_artifact
 from compress.evaluate import OrtPredictor
 from compress.packaging import spec_for_checkpoint
 from compress.speed import batch1_side_by_side
 from compress.tiny_models import ARCHITECTURES, build_tiny_classifier
+from contract.artifact import CompressError, Manifest
 
 log = logging.getLogger(__name__)
 PACKAGED = {"minilm-l6 (BERT 6L/384)": "packaged:minilm-l6",
@@ -94,7 +94,7 @@ def table(rows: list[Row]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from compress.__main__ import default_data_dir
+    from compress.tasks import default_data_dir
 
     parser = argparse.ArgumentParser(prog="python -m compress.bench_architectures",
                                      description=__doc__)

@@ -14,7 +14,16 @@ from pathlib import Path
 from tokenizers import Tokenizer
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from compress.artifact import (
+from compress.evaluate import OrtPredictor, agreement, batched_logits
+from compress.export import OPSET, ExportResult, export_onnx
+from compress.finetune import FinetuneConfig, finetune, hf_tokenize
+from compress.fp16 import convert_fp16
+from compress.metrics import score, tune_thresholds
+from compress.optimize import FusionReport, operator_counts, optimize
+from compress.pretrained import resolve_model
+from compress.quantize import quantize_int8
+from compress.tasks import Examples, TaskSpec, TextInput, ensure_labels, load_split
+from contract.artifact import (
     AgreementCheck,
     CompressError,
     InputKind,
@@ -25,16 +34,7 @@ from compress.artifact import (
     describe_variant,
     write_manifest,
 )
-from compress.encoding import encode, load_tokenizer, probabilities
-from compress.evaluate import OrtPredictor, agreement, batched_logits
-from compress.export import OPSET, ExportResult, export_onnx
-from compress.finetune import FinetuneConfig, finetune, hf_tokenize
-from compress.fp16 import convert_fp16
-from compress.metrics import score, tune_thresholds
-from compress.optimize import FusionReport, operator_counts, optimize
-from compress.pretrained import resolve_model
-from compress.quantize import quantize_int8
-from compress.tasks import Examples, TaskSpec, TextInput, ensure_labels, load_split
+from contract.encoding import encode, load_tokenizer, probabilities
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from compress.artifact import CompressError
+from contract.artifact import CompressError
 
 HEAD_SIZE_KEY = "attention_head_size"
 

@@ -22,11 +22,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from compress.artifact import CompressError
 from compress.checkpoint import encoder_layers, layer_stack, load_classifier, save_classifier
 from compress.finetune import hf_tokenize, load_pretrained_classifier
 from compress.tasks import Examples, TaskSpec
 from compress.training import TrainingConfig, adamw_with_warmup, run_steps, subsample
+from contract.artifact import CompressError
 
 Texts = list[str | tuple[str, str]]
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from compress.artifact import AgreementCheck, Manifest, ProblemType
-from compress.encoding import encode, load_tokenizer, pad_batch, probabilities
 from compress.metrics import Scored, score
 from compress.tasks import Examples, TextInput
+from contract.artifact import AgreementCheck, Manifest, ProblemType
+from contract.encoding import encode, load_tokenizer, pad_batch, probabilities
 
 
 @dataclass(frozen=True)

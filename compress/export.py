@@ -11,9 +11,9 @@ import onnxruntime as ort
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from compress.artifact import Architecture
 from compress.checkpoint import ffn_size_of, head_size_of, load_classifier
 from compress.finetune import hf_tokenize
+from contract.artifact import Architecture
 
 OPSET = 17
 # An fp32 export differs from PyTorch only by float reassociation; more means a wrong graph.

@@ -18,11 +18,11 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from compress.artifact import ProblemType
 from compress.checkpoint import save_classifier
 from compress.metrics import multi_hot
 from compress.tasks import Examples, Label, TaskSpec
 from compress.training import TrainingConfig, adamw_with_warmup, run_steps, subsample
+from contract.artifact import ProblemType
 
 # transformers' names: the loss (cross-entropy or a sigmoid per label) follows from them.
 HF_PROBLEM_TYPES = {"single_label": "single_label_classification",

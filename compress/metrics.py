@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from compress.artifact import DEFAULT_THRESHOLD, ProblemType
 from compress.tasks import Label, MetricName, majority_label
+from contract.artifact import DEFAULT_THRESHOLD, ProblemType
 
 # Candidate thresholds when tuning: coarse is enough for small dev sets and cannot overfit much.
 THRESHOLD_GRID = tuple(round(t, 2) for t in np.arange(0.05, 0.96, 0.05))

@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, PretrainedConfig
 
-from compress.artifact import Architecture
 from compress.checkpoint import head_size_of, is_pruned_attention, set_attention_heads
+from contract.artifact import Architecture
 
 # Parameter names, first match wins: BERT/RoBERTa/MPNet/DistilBERT/ELECTRA/DeBERTa naming.
 _GROUPS: tuple[tuple[str, re.Pattern[str]], ...] = (

@@ -15,7 +15,7 @@ import onnx
 from onnxruntime.transformers.fusion_options import FusionOptions
 from onnxruntime.transformers.optimizer import optimize_model
 
-from compress.artifact import Architecture
+from contract.artifact import Architecture
 
 _BERT_FUSIONS = ("EmbedLayerNormalization", "Attention", "SkipLayerNormalization", "BiasGelu")
 _POSITION_FROM_IDS = ("position ids are computed from input_ids (padding-aware cumulative sum), "

@@ -7,8 +7,8 @@ import json
 import re
 from pathlib import Path
 
-from compress.artifact import CompressError, InputKind, ProblemType
 from compress.tasks import TaskSpec, TextInput
+from contract.artifact import CompressError, InputKind, ProblemType
 
 # Without a task file, inputs are cut at the tokenizer's limit, but no further than this.
 DEFAULT_MAX_LENGTH = 512

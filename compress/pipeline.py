@@ -23,7 +23,6 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel
 
-from compress.artifact import Architecture, Provenance
 from compress.build import Variants, assemble_artifact, make_variants
 from compress.checkpoint import load_classifier, write_json_atomic
 from compress.distill import DistilConfig, distil, init_student, soft_loss, teacher_logits
@@ -45,6 +44,7 @@ from compress.speed import (
     predictions,
 )
 from compress.tasks import Examples, TaskSpec, ensure_labels, load_split
+from contract.artifact import Architecture, Provenance
 
 log = logging.getLogger(__name__)
 Texts = list[str | tuple[str, str]]

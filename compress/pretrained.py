@@ -16,7 +16,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from compress.artifact import ArtifactError, sha256_file
+from contract.artifact import ArtifactError, sha256_file
 
 PACKAGED_PREFIX = "packaged:"
 

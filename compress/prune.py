@@ -19,7 +19,6 @@ import torch
 from tqdm import tqdm
 from transformers import PreTrainedModel
 
-from compress.artifact import CompressError
 from compress.checkpoint import (
     HEAD_SIZE_KEY,
     encoder_layers,
@@ -27,6 +26,7 @@ from compress.checkpoint import (
     require_prunable,
     set_attention_heads,
 )
+from contract.artifact import CompressError
 
 # loss_of(logits, batch) -> scalar loss whose gradient scores the masks.
 LossFn = Callable[[torch.Tensor, dict[str, torch.Tensor]], torch.Tensor]

@@ -12,10 +12,10 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from compress.artifact import CompressError
 from compress.distill import DistilConfig
 from compress.finetune import FinetuneConfig
 from compress.tasks import TaskSpec, builtin_tasks, get_task, load_task_file
+from contract.artifact import CompressError
 
 
 class RecipeError(CompressError):

@@ -10,6 +10,7 @@ Every error names the task file, the data file, the field or the row to fix.
 from __future__ import annotations
 
 import csv
+import os
 import random
 import re
 from collections import Counter
@@ -21,8 +22,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from compress.artifact import CompressError, InputKind, ProblemType
-from compress.encoding import TextInput
+from contract.artifact import CompressError, InputKind, ProblemType
+from contract.encoding import TextInput
 
 Split = Literal["train", "dev"]
 FileFormat = Literal["csv", "tsv", "jsonl", "parquet"]
@@ -64,6 +65,15 @@ class DataSection(_Section):
         if self.dev_fraction is not None and self.train is None:
             raise ValueError("data.dev_fraction needs data.train to hold dev out of")
         return self
+
+
+def default_data_dir() -> Path | None:
+    """DATA_DIR if set, else ../shared/data beside the project when present, else None (hub)."""
+    env = os.environ.get("DATA_DIR")
+    if env:
+        return Path(env)
+    beside = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+    return beside if beside.is_dir() else None
 
 
 def _default_splits() -> dict[Split, str]:

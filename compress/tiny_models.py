@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from compress.artifact import ProblemType
+from contract.artifact import ProblemType
 
 Family = Literal["wordpiece", "bpe", "unigram"]
 

@@ -53,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
 def _requests(args: argparse.Namespace) -> list[Request]:
     if args.text_file is not None:
         return file_requests(args.task, args.text_file, args.inputs_per_request)
-    from compress.__main__ import default_data_dir
+    from compress.tasks import default_data_dir
 
     return task_requests(args.task, args.data_dir or default_data_dir(), "dev",
                          args.inputs_per_request)

@@ -10,7 +10,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from compress.encoding import TextInput
+from contract.encoding import TextInput
 
 
 class WrkMissing(Exception):
@@ -22,6 +22,9 @@ class WrkResult:
     requests_per_s: float
     errors: int  # non-2xx responses plus socket errors
     latency_ms: dict[str, float]  # "50", "75", "90", "99" -> milliseconds
+    requests: int = 0  # responses of any status
+    seconds: float = 0.0
+    statuses: dict[str, int] | None = None  # "429", "5xx" -> count (scripts with count_statuses)
 
 
 def require_wrk() -> str:
@@ -31,9 +34,28 @@ def require_wrk() -> str:
     return path
 
 
-def classify_script(task: str, texts: list[TextInput], pause_ms: float = 0.0) -> Path:
+# Counts refusals and server errors per thread and prints them at the end (wrk itself only counts
+# "non-2xx"); parse() reads them back into WrkResult.statuses.
+_STATUS_COUNTER = """
+threads = {}
+setup = function(thread) table.insert(threads, thread) end
+init = function(args) refused = 0; failed = 0 end
+response = function(status, headers, body)
+  if status == 429 then refused = refused + 1 elseif status >= 500 then failed = failed + 1 end
+end
+done = function(summary, latency, requests)
+  local r, f = 0, 0
+  for _, t in ipairs(threads) do r = r + t:get("refused"); f = f + t:get("failed") end
+  io.write(string.format("statuses 429=%d 5xx=%d\\n", r, f))
+end
+"""
+
+
+def classify_script(task: str, texts: list[TextInput], pause_ms: float = 0.0,
+                    count_statuses: bool = False) -> Path:
     """A Lua script that POSTs each text as its own request, cycling through them; with
-    `pause_ms`, each connection waits that long between requests (a paced, steady load)."""
+    `pause_ms`, each connection waits that long between requests (a paced, steady load);
+    `count_statuses` also counts 429 and 5xx answers."""
     bodies = [json.dumps({"inputs": [t if isinstance(t, str) else list(t)]}) for t in texts]
     lines = ["bodies = {", *(f"  {json.dumps(b)}," for b in bodies), "}", "i = 0",
              "wrk.method = 'POST'", "wrk.headers['Content-Type'] = 'application/json'",
@@ -43,6 +65,8 @@ def classify_script(task: str, texts: list[TextInput], pause_ms: float = 0.0) ->
              "end"]
     if pause_ms > 0:
         lines += ["delay = function()", f"  return {pause_ms:.3f}", "end"]
+    if count_statuses:
+        lines += _STATUS_COUNTER.strip().splitlines()
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as handle:
         handle.write("\n".join(lines) + "\n")
     return Path(handle.name)
@@ -63,7 +87,15 @@ def parse(report: str) -> WrkResult:
         (sum(int(n) for n in sockets.groups()) if sockets else 0)
     latency = {p: _milliseconds(v, u) for p, v, u in
                re.findall(r"^\s+(50|75|90|99)%\s+([\d.]+)(us|ms|s)\s*$", report, re.M)}
-    return WrkResult(float(rate.group(1)), errors, latency)
+    total = re.search(r"(\d+) requests in ([\d.]+)(us|ms|s|m)\b", report)
+    requests, seconds = 0, 0.0
+    if total is not None:
+        requests = int(total.group(1))
+        seconds = float(total.group(2)) * {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}[
+            total.group(3)]
+    counted = re.search(r"statuses 429=(\d+) 5xx=(\d+)", report)
+    statuses = {"429": int(counted.group(1)), "5xx": int(counted.group(2))} if counted else None
+    return WrkResult(float(rate.group(1)), errors, latency, requests, seconds, statuses)
 
 
 def run(url: str, script: Path, connections: int, seconds: float) -> WrkResult:

@@ -26,7 +26,7 @@ def guarded(tiny_repo: TinyRepo, tmp_path_factory: pytest.TempPathFactory) \
         tiny_repo.root, folder / "server.log", FFS_CPU_POOL__WORKERS="1",
         FFS_AUTH__API_KEYS=json.dumps([KEYS[0]]), FFS_AUTH__API_KEYS_FILE=str(keys_file),
         FFS_AUTH__PROTECT_METRICS="true", FFS_CORS_ALLOW_ORIGINS=json.dumps([ORIGIN]),
-        FFS_LOG_LEVEL="info", FFS_LOG_FORMAT="json",
+        FFS_LOG_LEVEL="debug", FFS_LOG_FORMAT="json",
     )
     yield server
     stop_server(server)
@@ -105,13 +105,14 @@ def test_logs_are_json_with_request_ids_and_never_the_input_text(guarded: Runnin
     _classify(guarded, "wrong-key", SECRET_TEXT)
     httpx.post(f"{guarded.url}/v1/classify/sst2", json={"inputs": [SECRET_TEXT] * 99},
                headers={"Authorization": f"Bearer {KEYS[0]}", "X-Request-Id": "log-check-2"},
-               timeout=30)  # a 413, logged at info
+               timeout=30)  # a 413: refusals are logged at debug
     text = Path(guarded.log_path).read_text()
     assert "zebra" not in text
     lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
     assert lines, text[-2000:]
     assert all({"time", "level", "logger", "message", "request_id"} <= set(e) for e in lines)
-    assert any(e["request_id"] == "log-check-2" and e.get("status") == 413 for e in lines)
+    assert any(e["request_id"] == "log-check-2" and e.get("status") == 413
+               and e["level"] == "debug" for e in lines)
 
 
 def test_error_bodies_carry_no_tracebacks_or_paths(guarded: RunningServer) -> None:

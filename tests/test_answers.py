@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from app.answers import fold_windows, predicted, ranked, score_options
-from app.schemas import ClientError
-from compress.artifact import Manifest
-from compress.encoding import sigmoid, softmax
+from app.core.answers import fold_windows, predicted, ranked, score_options
+from app.core.inputs import ClientError
+from contract.artifact import Manifest
+from contract.encoding import sigmoid, softmax
 
 
 def _manifest(problem_type: str, thresholds: list[float] | None = None) -> Manifest:

@@ -7,7 +7,7 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from compress.artifact import read_manifest
+from contract.artifact import read_manifest
 from tests.conftest import TinyRepo
 
 SENTENCES = ["the film was very good", "a really awful script", "the music is superb and moving",

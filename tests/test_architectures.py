@@ -13,12 +13,12 @@ import httpx
 import numpy as np
 import pytest
 
-from compress.artifact import Manifest, read_manifest
 from compress.build import BuildPlan, package_artifact
-from compress.encoding import encode, load_tokenizer, pad_batch, softmax
 from compress.evaluate import OrtPredictor
 from compress.packaging import spec_for_checkpoint
 from compress.tiny_models import ARCHITECTURES, build_tiny_classifier
+from contract.artifact import Manifest, read_manifest
+from contract.encoding import encode, load_tokenizer, pad_batch, softmax
 from tests.conftest import (
     FILLER,
     NEGATIVE,
@@ -160,7 +160,7 @@ def test_pair_windows_keep_the_first_text_whole(zoo: Zoo) -> None:
     manifest = manifest_of(zoo, "albert")
     windows_tokenizer = load_tokenizer(zoo.repo / manifest.task / manifest.tokenizer, 24,
                                        stride=4, pairs=True)
-    from compress.encoding import encode_windows
+    from contract.encoding import encode_windows
 
     long_text = " ".join(FILLER * 3)
     [windows] = encode_windows(windows_tokenizer, [("is it good", long_text)])
@@ -201,8 +201,8 @@ def test_pruning_other_layouts_is_refused_with_what_is_supported(zoo: Zoo, arch:
 def test_a_tokenizer_file_that_encodes_otherwise_is_refused(zoo: Zoo) -> None:
     from transformers import AutoTokenizer
 
-    from compress.artifact import CompressError
     from compress.build import check_tokenizer_parity
+    from contract.artifact import CompressError
 
     bert = zoo.checkpoints["bert"]
     other = zoo.checkpoints["roberta"] / "tokenizer.json"  # another family and vocabulary
@@ -212,8 +212,8 @@ def test_a_tokenizer_file_that_encodes_otherwise_is_refused(zoo: Zoo) -> None:
 
 
 def test_a_task_whose_labels_differ_from_the_checkpoint_is_refused(zoo: Zoo) -> None:
-    from compress.artifact import CompressError
     from compress.tasks import get_task
+    from contract.artifact import CompressError
 
     with pytest.raises(CompressError, match=r"its labels \(id2label\) are \['negative', "
                                             r"'positive'\], but task rte lists"):

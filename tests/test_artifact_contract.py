@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from compress.artifact import ArtifactError, read_manifest, verified_variant_path
 from compress.pretrained import resolve_model
+from contract.artifact import ArtifactError, read_manifest, verified_variant_path
 from tests.conftest import TinyRepo
 
 

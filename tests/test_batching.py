@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer
 
-from app.batching import BatchPolicy, _Row, select_batch
-from compress.encoding import EncodedText
+from app.core.batching import BatchPolicy, Pending, _Row, select_batch
+from contract.encoding import EncodedText
 from tests.conftest import RunningServer, TinyRepo
 from tests.metrics_text import sample
 
@@ -57,7 +57,7 @@ def _rows(spec: list[tuple[str, int]]) -> list[_Row]:
     rows = []
     for i, (task, length) in enumerate(spec):
         encoded = EncodedText(np.ones(length, np.int64), np.zeros(length, np.int64), False)
-        rows.append(_Row(task, encoded, loop.create_future(), float(i)))
+        rows.append(_Row(task, encoded, Pending(loop.create_future(), 1), 0, float(i)))
     loop.close()
     return rows
 

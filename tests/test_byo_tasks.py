@@ -16,14 +16,14 @@ import numpy as np
 import pytest
 import yaml
 
-from compress.artifact import Manifest, read_manifest
 from compress.build import BuildPlan, build_artifact, package_artifact
-from compress.encoding import encode_windows, load_tokenizer, pad_batch, softmax
 from compress.evaluate import OrtPredictor
 from compress.finetune import FinetuneConfig
 from compress.packaging import spec_for_checkpoint
 from compress.tasks import get_task, load_task_file
 from compress.tiny_models import build_tiny_classifier
+from contract.artifact import Manifest, read_manifest
+from contract.encoding import encode_windows, load_tokenizer, pad_batch, softmax
 from tests.conftest import (
     FILLER,
     NEGATIVE,

@@ -9,9 +9,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from compress.artifact import read_manifest, sha256_file
 from compress.evaluate import predict
 from compress.tasks import get_task, load_split
+from contract.artifact import read_manifest, sha256_file
 from tests.conftest import TinyRepo
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from app.metrics import Metrics
+from app.core.metrics import Metrics
 from tests.conftest import ROOT
 
 DOCKERFILES = [ROOT / "Dockerfile", *sorted((ROOT / "deploy" / "docker").glob("Dockerfile.*"))]

@@ -159,11 +159,11 @@ def test_baseline_server_answers_in_the_same_shape_as_this_project(
 
     import httpx
 
-    from loadtest import serving
+    from bench import serving
 
     port = _free_port()
     process = serving.launch(
-        [sys.executable, "-m", "loadtest.baseline_server", "--model", str(tiny_repo.sst2_teacher),
+        [sys.executable, "-m", "bench.baseline_server", "--model", str(tiny_repo.sst2_teacher),
          "--task", "sst2", "--port", str(port)], f"http://127.0.0.1:{port}/readyz",
         tmp_path / "baseline.log", timeout=120)
     try:
@@ -177,7 +177,7 @@ def test_baseline_server_answers_in_the_same_shape_as_this_project(
 
 
 def test_server_cpu_lists_accept_single_cores_lists_and_ranges() -> None:
-    from loadtest.peers import _cpu_list
+    from bench.peers import _cpu_list
 
     assert _cpu_list("0") == {0}
     assert _cpu_list("0,2") == {0, 2}
@@ -189,7 +189,7 @@ def test_pinned_servers_run_under_taskset_with_one_thread_per_core() -> None:
     import subprocess
     import sys
 
-    from loadtest.peers import pinned
+    from bench.peers import pinned
 
     command, env = pinned([sys.executable, "-c", "import os; print(sorted(os.sched_getaffinity(0)),"
                            " os.environ['OMP_NUM_THREADS'])"], {}, "0")

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from transformers import BertConfig, RobertaConfig
 
-from compress.artifact import read_manifest
 from compress.model_stats import group_of, inspect_config, load_config
+from contract.artifact import read_manifest
 from tests.conftest import ROOT, TinyRepo
 
 SMALL = BertConfig(vocab_size=100, hidden_size=8, num_hidden_layers=2, num_attention_heads=2,

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from compress import pretrained
-from compress.artifact import ArtifactError
 from compress.pretrained import SplitZipModel
+from contract.artifact import ArtifactError
 
 
 def _split_model(tmp_path: Path, weights: bytes, pinned: str) -> tuple[SplitZipModel, list[Path]]:

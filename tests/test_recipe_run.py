@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from compress import pipeline
-from compress.artifact import read_manifest
 from compress.recipe import Recipe, RecipeError, load_recipe
 from compress.report import Candidate, Report
+from contract.artifact import read_manifest
 from tests.conftest import ROOT, TinyRepo
 
 LAST_STAGES = ["ONNX export", "graph fusion", "INT8 quantization"]

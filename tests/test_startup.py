@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.service import prepare_service
+from app.core.service import prepare_service
 from app.settings import ConfigError, load_settings
 from tests.conftest import ROOT, TinyRepo, start_server, stop_server
 
@@ -159,7 +159,7 @@ def test_skip_mode_serves_the_healthy_tasks_and_names_the_broken_one(
             assert pair.status_code == 200
     finally:
         stop_server(server)
-    assert "ERROR app.service [-] artifact sst2 is unavailable: " in server.log()  # text format
+    assert "ERROR app.core.service [-] artifact sst2 is unavailable: " in server.log()  # text format
 
 
 def test_a_chunk_stride_too_wide_for_a_task_is_a_configuration_error(tiny_repo: TinyRepo) -> None:

@@ -1,4 +1,4 @@
-"""`python -m compress.bench table3 --quick` end to end on a tiny teacher: every row measured,
+"""`python -m bench table3 --quick` end to end on a tiny teacher: every row measured,
 multi-instance pools of real processes, the artifact served by the real server on loopback."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
-from compress.bench import quick_recipe
-from compress.instances import Layout, layouts_for
+from bench.__main__ import quick_recipe
+from bench.instances import Layout, layouts_for
 from compress.recipe import Recipe
 from tests.conftest import ROOT, TinyRepo, free_port
 
@@ -42,7 +42,7 @@ def table(tiny_repo: TinyRepo, tmp_path_factory: pytest.TempPathFactory) -> tupl
     recipe_path = work / "tiny.yaml"
     recipe_path.write_text(yaml.safe_dump(_tiny_recipe(tiny_repo, work / "run")))
     result = subprocess.run(
-        [sys.executable, "-m", "compress.bench", "table3", "--task", "sst2", "--quick",
+        [sys.executable, "-m", "bench.__main__", "table3", "--task", "sst2", "--quick",
          "--recipe", str(recipe_path), "--speed-examples", "24", "--http-seconds", "1",
          "--port", str(free_port())],
         cwd=ROOT, capture_output=True, text=True, timeout=900)

@@ -10,7 +10,7 @@ import time
 import httpx
 import pytest
 
-from app.workers import cpu_layout
+from app.runtime.workers import cpu_layout
 from tests.conftest import RunningServer
 from tests.metrics_text import sample
 

@@ -1,10 +1,14 @@
-"""Serving overhead: sentences/s in-process (ORT, batch 1) against the HTTP server at saturation.
+"""Serving overhead: sentences/s through the HTTP server at saturation against the same worker
+layout driven in-process.
 
-    python -m loadtest.overhead --artifact models/sst2 [--rounds 3] [--concurrency 32]
+    python -m bench.overhead --artifact models/sst2 [--rounds 3] [--concurrency 32]
 
-Both sides classify the same dev sentences end to end (text -> tokenizer -> logits -> label), in
-interleaved rounds of one run; medians and their ratio are printed (shared machines are noisy: read
-the ratio, not the absolute figures).
+The reference is the server's own layout without the server: the same pinned single-thread worker
+processes (app/runtime/workers.py, default layout: one per usable core) and the same INT8 graph, fed
+one tokenized sentence at a time per worker by this process. Both sides classify the same dev
+sentences end to end (text -> tokenizer -> logits -> label), in interleaved rounds of one run;
+medians and their ratio are printed (shared machines are noisy: read the ratio, not the absolute
+figures).
 
 The load comes from `wrk` when it is installed (C, ~0.1 ms of CPU per request) or else from an httpx
 client in this process (~3-4 ms of CPU per request). Either runs on the same cores as the server and
@@ -25,12 +29,14 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import onnxruntime as ort
 
-from compress.artifact import read_manifest, verified_variant_path
-from compress.encoding import TextInput, encode, load_tokenizer, pad_batch, softmax
+from app.runtime.cpu_quota import usable_cores
+from app.runtime.workers import ModelFile, Worker, WorkerPool, WorkerSpec, cpu_layout
+from bench import serving
 from compress.tasks import get_task, load_split
-from loadtest import serving, wrk
+from contract.artifact import read_manifest, verified_variant_path
+from contract.encoding import TextInput, encode, load_tokenizer, pad_batch, softmax
+from loadtest import wrk
 
 
 @dataclass(frozen=True)
@@ -39,23 +45,39 @@ class Round:
     http: float
 
 
-def in_process_rate(artifact: Path, texts: list[TextInput], threads: int) -> float:
-    """Sentences/s of one ORT session at batch 1, tokenizing each sentence as it goes."""
-    manifest = read_manifest(artifact)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(verified_variant_path(artifact, manifest, "cpu-int8")),
-                                   options, providers=["CPUExecutionProvider"])
-    tokenizer = load_tokenizer(artifact / manifest.tokenizer, manifest.max_length)
-    labels = manifest.labels
-    started = time.perf_counter()
-    for text in texts:
-        rows = encode(tokenizer, [text])
-        feeds = pad_batch(rows, manifest.model_inputs, manifest.pad_token_id)
-        probs = softmax(session.run(None, feeds)[0])
-        _ = labels[int(np.argmax(probs[0]))]
-    return len(texts) / (time.perf_counter() - started)
+class SameLayout:
+    """The server's default worker layout, started here: pinned single-thread processes running
+    the artifact's INT8 graph, each fed one sentence at a time (batch 1) by this process."""
+
+    def __init__(self, artifact: Path) -> None:
+        self.manifest = read_manifest(artifact)
+        self.tokenizer = load_tokenizer(artifact / self.manifest.tokenizer,
+                                        self.manifest.max_length)
+        graph = str(verified_variant_path(artifact, self.manifest, "cpu-int8"))
+        model = {self.manifest.task: ModelFile(graph, tuple(self.manifest.model_inputs))}
+        self.specs = [WorkerSpec(index=i, cores=group, threads=1, models=model)
+                      for i, group in enumerate(cpu_layout(usable_cores(), None, 1))]
+
+    async def rate(self, texts: list[TextInput]) -> float:
+        """Sentences/s over `texts`, each worker taking an interleaved share."""
+        pool = WorkerPool("reference", self.specs)
+        await pool.start()
+        try:
+            workers = list(pool.workers)
+            started = time.perf_counter()
+            await asyncio.gather(*(self._share(w, texts[i::len(workers)])
+                                   for i, w in enumerate(workers)))
+            return len(texts) / (time.perf_counter() - started)
+        finally:
+            pool.stop()
+
+    async def _share(self, worker: Worker, texts: list[TextInput]) -> None:
+        manifest = self.manifest
+        for text in texts:
+            feeds = pad_batch(encode(self.tokenizer, [text]), manifest.model_inputs,
+                              manifest.pad_token_id)
+            result = await worker.run(manifest.task, feeds)
+            _ = manifest.labels[int(np.argmax(softmax(result.logits)[0]))]
 
 
 async def http_rate(url: str, task: str, texts: list[TextInput], concurrency: int) -> float:
@@ -80,7 +102,7 @@ async def http_rate(url: str, task: str, texts: list[TextInput], concurrency: in
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loadtest.overhead", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m bench.overhead", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--artifact", type=Path, default=Path("models/sst2"))
     parser.add_argument("--data-dir", type=Path,
@@ -88,8 +110,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--texts", type=int, default=None, help="dev sentences per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
-                        help="ORT threads of the in-process session (default: all cores)")
     parser.add_argument("--port", type=int, default=8799)
     parser.add_argument("--client", choices=("auto", "wrk", "httpx"), default="auto",
                         help="load generator (auto: wrk when installed)")
@@ -103,12 +123,13 @@ def main(argv: list[str] | None = None) -> int:
     if client == "auto":
         client = "wrk" if shutil.which("wrk") else "httpx"
     script = wrk.classify_script(manifest.task, texts) if client == "wrk" else None
+    reference = SameLayout(args.artifact)
     process = serving.serve_artifact(args.artifact, args.port)
     rounds: list[Round] = []
     try:
         url = f"http://127.0.0.1:{args.port}"
         for index in range(args.rounds):
-            local = in_process_rate(args.artifact, texts, args.threads)
+            local = asyncio.run(reference.rate(texts))
             if script is not None:
                 measured = wrk.run(url, script, args.concurrency, args.seconds)
                 if measured.errors:
@@ -126,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     ratios = [r.http / r.in_process for r in rounds]
     print(f"\n{manifest.task} ({len(texts)} dev sentences, {args.rounds} rounds, "
           f"{len(os.sched_getaffinity(0))} cores, concurrency {args.concurrency}):")
-    print(f"  in-process ORT INT8, batch 1, {args.threads} threads: {local:.1f} sentences/s")
+    print(f"  same layout in-process ({len(reference.specs)} pinned single-thread workers, "
+          f"batch 1): {local:.1f} sentences/s")
     print(f"  HTTP server, default layout, saturated ({client}): {remote:.1f} sentences/s")
     print(f"  HTTP / in-process: {remote / local:.2f} (median of per-round ratios "
           f"{statistics.median(ratios):.2f})")

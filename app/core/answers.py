@@ -10,9 +10,9 @@ from typing import Literal
 
 import numpy as np
 
-from app.schemas import ClientError
-from compress.artifact import DEFAULT_THRESHOLD, Manifest, ProblemType
-from compress.encoding import probabilities
+from app.core.inputs import ClientError
+from contract.artifact import DEFAULT_THRESHOLD, Manifest, ProblemType
+from contract.encoding import probabilities
 
 Aggregation = Literal["mean", "max"]
 

@@ -8,14 +8,14 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from app.batching import Batcher, BatchPolicy, TaskInputs
-from app.cpu_quota import usable_cores
-from app.metrics import Metrics
-from app.repository import TaskModel, artifact_folders, load_task_model
-from app.routing import Route, plan_routes
+from app.core.batching import Batcher, BatchPolicy, TaskInputs
+from app.core.metrics import Metrics
+from app.core.repository import TaskModel, artifact_folders, load_task_model
+from app.core.routing import Route, plan_routes
+from app.runtime.cpu_quota import usable_cores
+from app.runtime.workers import ModelFile, WorkerPool, WorkerSpec, cpu_layout
 from app.settings import ConfigError, PoolName, Settings
-from app.workers import ModelFile, WorkerPool, WorkerSpec, cpu_layout
-from compress.artifact import ArtifactError, read_manifest
+from contract.artifact import ArtifactError, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +39,29 @@ class Service:
         return bool(self.pools) and all(pool.ready() for pool in self.pools.values())
 
 
-def _cpu_specs(settings: Settings, models: dict[str, TaskModel], routes: dict[str, Route]) \
-        -> list[WorkerSpec]:
+# One API process per this many usable cores: one API core answers ~4,000-5,000 requests/s
+# (docs/benchmarks.md), what 8 or more worker cores produce with the models served here.
+CORES_PER_API_PROCESS = 8
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Which API process this is (`index` of `count`); it owns every count-th worker."""
+
+    index: int = 0
+    count: int = 1
+
+
+def api_process_count(settings: Settings) -> int:
+    """settings.api_processes, or one per CORES_PER_API_PROCESS usable cores."""
+    if settings.api_processes is not None:
+        return settings.api_processes
+    cores = settings.cpu_pool.cores or usable_cores()
+    return max(1, len(cores) // CORES_PER_API_PROCESS)
+
+
+def _cpu_specs(settings: Settings, models: dict[str, TaskModel], routes: dict[str, Route],
+               shard: Shard) -> list[WorkerSpec]:
     tasks = [task for task, route in routes.items() if route.pool == "cpu"]
     if not tasks:
         return []
@@ -59,8 +80,12 @@ def _cpu_specs(settings: Settings, models: dict[str, TaskModel], routes: dict[st
                         tuple(models[task].manifest.model_inputs))
         for task in tasks
     }
-    return [WorkerSpec(index=i, cores=group, threads=pool.threads_per_worker, models=files)
-            for i, group in enumerate(layout)]
+    if shard.count > len(layout):
+        raise ConfigError(f"api_processes is {shard.count} but the cpu pool has {len(layout)} "
+                          "workers; each API process needs at least one (lower api_processes)")
+    return [WorkerSpec(index=i, cores=group, threads=pool.threads_per_worker, models=files,
+                       spin_s=pool.spin_ms / 1000)
+            for i, group in enumerate(layout) if i % shard.count == shard.index]
 
 
 class _Loader:
@@ -110,14 +135,19 @@ class _Loader:
         return loaded
 
 
-def prepare_service(settings: Settings) -> Service:
-    """Everything that can fail without starting a process: read, verify, route, lay out."""
+def prepare_service(settings: Settings, shard: Shard | None = None) -> Service:
+    """Everything that can fail without starting a process: read, verify, route, lay out.
+
+    `shard`: this API process's share of the workers (default: the count from the settings, and
+    this is the first; the tier's other processes pass their own)."""
+    if shard is None:
+        shard = Shard(0, api_process_count(settings))
     loader = _Loader(settings)
     folders = loader.manifests()
     all_routes = plan_routes(sorted(folders), settings)
     models = loader.models(folders, all_routes)
     routes = {task: route for task, route in all_routes.items() if task in models}
-    specs: dict[PoolName, list[WorkerSpec]] = {"cpu": _cpu_specs(settings, models, routes)}
+    specs: dict[PoolName, list[WorkerSpec]] = {"cpu": _cpu_specs(settings, models, routes, shard)}
     service = Service(settings=settings, models=models, routes=routes,
                       specs={name: s for name, s in specs.items() if s},
                       unavailable=loader.unavailable)

@@ -18,18 +18,14 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from compress.encoding import EncodedText, pad_batch
+from app.runtime.workers import RetryableError
+from contract.encoding import EncodedText, pad_batch
 
 log = logging.getLogger(__name__)
 
 
 class QueueFull(Exception):
     """The pool's queue has no room for the request; the client should retry later."""
-
-
-class RetryableError(Exception):
-    """A batch failed for a reason that is not its rows' fault (e.g. its worker died): the
-    batcher runs those rows once more before giving up on them."""
 
 
 @dataclass(frozen=True)
@@ -42,7 +38,7 @@ class BatchPolicy:
     # CPU it costs more than batching saves (measured: docs/benchmarks.md).
     min_fill: float = 0.9
     # Share waiting rows with idle workers rather than give one worker all of them (off only to
-    # measure what it is worth: loadtest/batching.py).
+    # measure what it is worth: bench/batching.py).
     fair_share: bool = True
 
 
@@ -63,13 +59,45 @@ class BatchStats:
     padded_length: int
     queue_waits: list[float]
     seconds: float
+    queue_depth: int  # rows still waiting once this batch left
+
+
+class Pending:
+    """One request's rows in the queue: a single future resolves with all their logits.
+
+    One future per request, not per row: no gather, and a request that gives up (deadline,
+    disconnect) is dropped by failing this one future.
+    """
+
+    __slots__ = ("future", "left", "results")
+
+    def __init__(self, future: asyncio.Future[list[np.ndarray]], rows: int) -> None:
+        self.future = future
+        self.results: list[np.ndarray | None] = [None] * rows
+        self.left = rows
+
+    def done(self) -> bool:
+        return self.future.done()
+
+    def deliver(self, index: int, logits: np.ndarray) -> None:
+        if self.future.done():
+            return
+        self.results[index] = logits
+        self.left -= 1
+        if self.left == 0:
+            self.future.set_result(self.results)  # type: ignore[arg-type]
+
+    def fail(self, error: BaseException) -> None:
+        if not self.future.done():
+            self.future.set_exception(error)
 
 
 @dataclass(eq=False)  # rows are compared by identity: their arrays have no single truth value
 class _Row:
     task: str
     encoded: EncodedText
-    future: asyncio.Future[np.ndarray]
+    request: Pending
+    index: int
     enqueued: float
     attempts: int = 0
 
@@ -143,23 +171,20 @@ class Batcher:
     def depth(self) -> int:
         return len(self._pending)
 
-    async def submit(self, task: str, rows: Sequence[EncodedText]) -> list[np.ndarray]:
-        """Queue a request's rows and wait for their logits (raises QueueFull when at capacity)."""
-        if len(self._pending) + len(rows) > self.policy.max_queue_rows:
+    def full(self, rows: int = 1) -> bool:
+        """Whether `rows` more rows would pass the queue limit (checked before any parsing)."""
+        return len(self._pending) + rows > self.policy.max_queue_rows
+
+    def submit(self, task: str, rows: Sequence[EncodedText]) -> asyncio.Future[list[np.ndarray]]:
+        """Queue a request's rows; the future resolves with their logits in order (raises
+        QueueFull when at capacity). Failing or cancelling the future drops rows not yet run."""
+        if self.full(len(rows)):
             raise QueueFull(f"queue holds {len(self._pending)} of {self.policy.max_queue_rows} rows")
-        loop = asyncio.get_running_loop()
+        request = Pending(asyncio.get_running_loop().create_future(), len(rows))
         now = time.perf_counter()
-        queued = [_Row(task, row, loop.create_future(), now) for row in rows]
-        self._pending.extend(queued)
+        self._pending.extend(_Row(task, row, request, i, now) for i, row in enumerate(rows))
         self._arrived.set()
-        futures = [row.future for row in queued]
-        try:
-            return list(await asyncio.gather(*futures))
-        except BaseException:
-            # Cancelled request or a failed row: its other rows are skipped, not run for nothing.
-            for future in futures:
-                future.cancel()
-            raise
+        return request.future
 
     def start(self) -> None:
         self._loop_task = asyncio.get_running_loop().create_task(self._loop())
@@ -170,13 +195,12 @@ class Batcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
         for row in self._pending:
-            if not row.future.done():
-                row.future.set_exception(RuntimeError("server is shutting down"))
+            row.request.fail(RuntimeError("server is shutting down"))
         self._pending.clear()
 
     def _drop_cancelled(self) -> None:
         """Forget rows whose request gave up (deadline, disconnect) before they take a slot."""
-        kept = [row for row in self._pending if not row.future.done()]
+        kept = [row for row in self._pending if not row.request.done()]
         if len(kept) != len(self._pending) and self._on_drop is not None:
             self._on_drop(len(self._pending) - len(kept))
         self._pending = kept
@@ -228,13 +252,13 @@ class Batcher:
             task.add_done_callback(self._running.discard)
 
     def _fail_or_retry(self, batch: list[_Row], exc: Exception) -> None:
-        retry = [row for row in batch if not row.future.done()
+        retry = [row for row in batch if not row.request.done()
                  and isinstance(exc, RetryableError) and row.attempts == 0]
         for row in batch:
             if row in retry:
                 row.attempts += 1
-            elif not row.future.done():
-                row.future.set_exception(exc)
+            else:
+                row.request.fail(exc)
         if retry:
             log.warning("retrying %d rows after: %s", len(retry), exc)
             # Back at the front, in arrival order: they keep their place and their wait budget.
@@ -249,8 +273,8 @@ class Batcher:
             error = exc if isinstance(exc, Exception) else RuntimeError("batch was cancelled")
             requeued = {id(row) for row in self._pending}
             for row in batch:
-                if not row.future.done() and id(row) not in requeued:
-                    row.future.set_exception(error)
+                if id(row) not in requeued:
+                    row.request.fail(error)
             if not isinstance(exc, Exception):
                 raise
             log.exception("batch of %d rows failed unexpectedly", len(batch))
@@ -267,9 +291,9 @@ class Batcher:
         finally:
             self.runner.release(worker)
         for row, row_logits in zip(batch, logits, strict=True):
-            if not row.future.done():
-                row.future.set_result(row_logits)
+            row.request.deliver(row.index, row_logits)
         if self._on_batch is not None:
             waits = [started - row.enqueued for row in batch]
             width = next(iter(feeds.values())).shape[1]
-            self._on_batch(BatchStats(batch[0].task, len(batch), width, waits, seconds))
+            self._on_batch(BatchStats(batch[0].task, len(batch), width, waits, seconds,
+                                      len(self._pending)))

@@ -1,10 +1,10 @@
 """The baseline a team starts from: a transformers pipeline in PyTorch behind FastAPI.
 
-    python -m loadtest.baseline_server --model runs/sst2-minilm-l3/teacher --task sst2 --port 8200
+    python -m bench.baseline_server --model runs/sst2-minilm-l3/teacher --task sst2 --port 8200
 
 Same request and response shape as `/v1/classify/<task>` of this project, one uvicorn process,
 the uncompressed fine-tuned model in fp32, PyTorch's default threads: a fair picture of a first
-deployment, used by loadtest.peers as the reference. Needs the compress extra (torch). Loopback only.
+deployment, used by bench.peers as the reference. Needs the compress extra (torch). Loopback only.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def create_app(model: str, task: str) -> FastAPI:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loadtest.baseline_server", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bench.baseline_server", description=__doc__)
     parser.add_argument("--model", required=True, help="fine-tuned HF classifier folder")
     parser.add_argument("--task", required=True)
     parser.add_argument("--port", type=int, default=8200)

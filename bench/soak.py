@@ -1,6 +1,6 @@
 """Soak: a steady load at a share of capacity for a bounded time; errors, latency drift, memory.
 
-    python -m loadtest.soak --artifact models/sst2 [--minutes 10] [--load 0.7]
+    python -m bench.soak --artifact models/sst2 [--minutes 10] [--load 0.7]
 
 Measures capacity first (wrk, saturated, --capacity-seconds), then offers `load` x capacity
 with paced wrk connections, one wrk run per minute, and samples the resident memory (RSS) of the
@@ -17,10 +17,11 @@ from pathlib import Path
 
 import httpx
 
-from compress.artifact import read_manifest
-from compress.encoding import TextInput
+from bench import serving
 from compress.tasks import get_task, load_split
-from loadtest import serving, wrk
+from contract.artifact import read_manifest
+from contract.encoding import TextInput
+from loadtest import wrk
 
 CONNECTIONS = 8
 
@@ -107,7 +108,7 @@ def summary(results: list[Minute]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loadtest.soak", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--artifact", type=Path, default=Path("models/sst2"))
     parser.add_argument("--data-dir", type=Path,

@@ -1,4 +1,4 @@
-"""`python -m compress.bench table3 --task sst2 [--quick]`: the FastFormers Table 3 ablation.
+"""`python -m bench table3 --task sst2 [--quick]`: the FastFormers Table 3 ablation.
 
 Builds (or reuses) the stages of `recipes/table3-<task>.yaml` - base-size teacher, distilled
 student, two pruning levels, the servable artifact - then times every row of the ablation side by
@@ -75,9 +75,9 @@ def quick_recipe(recipe: Recipe) -> Recipe:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from compress.__main__ import default_data_dir
+    from compress.tasks import default_data_dir
 
-    parser = argparse.ArgumentParser(prog="python -m compress.bench", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="bench", required=True)
     p = sub.add_parser("table3", help="teacher -> served INT8 student ablation, side by side")
@@ -102,8 +102,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    from compress.artifact import CompressError
     from compress.recipe import load_recipe
+    from contract.artifact import CompressError
 
     path = args.recipe or Path("recipes") / f"table3-{args.task}.yaml"
     try:
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _table3(recipe: Recipe, args: argparse.Namespace) -> int:
-    from compress import table3
+    from bench import table3
     from compress.pipeline import build_stages, data_source, recipe_spec
     from compress.tasks import load_split
 

@@ -1,9 +1,9 @@
 """Peers side by side: the same client, inputs and SLO against each server, one after the other.
 
-    python -m loadtest.peers --task sst2 --baseline-model runs/sst2-minilm-l3/teacher \\
+    python -m bench.peers --task sst2 --baseline-model runs/sst2-minilm-l3/teacher \\
         --artifact runs/sst2-minilm-l3/artifact [--infinity-bin /path/to/infinity_emb]
 
-1. baseline: transformers pipeline in PyTorch behind FastAPI (loadtest.baseline_server), the model
+1. baseline: transformers pipeline in PyTorch behind FastAPI (bench.baseline_server), the model
    before compression;
 2. this project serving the compressed artifact, and with --same-size-artifact the uncompressed
    model too;
@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from loadtest import serving
+from bench import serving
 from loadtest.capacity import Capacity, find_capacity
 from loadtest.cost import project
 from loadtest.openloop import Request, StepResult, run_blocking, run_step
@@ -61,7 +61,7 @@ def _infinity(model: str) -> Callable[[Texts], list[Request]]:
 def peers(args: argparse.Namespace, port: int) -> list[Peer]:
     listed = [
         Peer("baseline: transformers pipeline, PyTorch fp32, FastAPI",
-             [sys.executable, "-m", "loadtest.baseline_server", "--model", str(args.baseline_model),
+             [sys.executable, "-m", "bench.baseline_server", "--model", str(args.baseline_model),
               "--task", args.task, "--port", str(port)], "/readyz", _ours(args.task), {}),
         _this_project("this project: compressed artifact, ORT INT8, pinned workers",
                       args.artifact, args.task, port),
@@ -175,7 +175,7 @@ def table(outcomes: list[Outcome], cores: int, vm: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loadtest.peers", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m bench.peers", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default="sst2")
     parser.add_argument("--baseline-model", type=Path, required=True)
@@ -197,8 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("runs/peers"))
     args = parser.parse_args(argv)
 
-    from compress.__main__ import default_data_dir
-    from compress.tasks import get_task, load_split
+    from compress.tasks import default_data_dir, get_task, load_split
 
     examples = load_split(get_task(args.task), "dev", args.data_dir or default_data_dir())
     texts: Texts = [t if isinstance(t, str) else list(t) for t in examples.texts]
@@ -218,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = table(outcomes, cores, args.vm)
     details = "\n\n".join(f"### {o.name}\n\n{steps_table(o.capacity.steps)}"
                           for o in outcomes if o.capacity is not None)
-    command = "python -m loadtest.peers " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python -m bench.peers " + " ".join(argv if argv is not None else sys.argv[1:])
     (args.out / "peers.md").write_text(f"`{command}`\n\n{summary}\n\n{details}\n", encoding="utf-8")
     (args.out / "peers.json").write_text(json.dumps(
         [{"name": o.name, "note": o.note, "slo_ms": args.slo_ms,

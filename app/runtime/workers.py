@@ -1,7 +1,8 @@
 """Model execution: worker processes pinned to their own cores, one ORT session per task each.
 
-Only numpy and onnxruntime are imported in a worker; the API process talks to it over a pipe with
-padded feeds in and logits out. Batching and HTTP live elsewhere (batching.py, server.py).
+Only numpy and onnxruntime are imported in a worker. The API process talks to it over a Unix stream
+socket in compact binary frames (frames.py), read and written by the event loop itself: no executor
+thread and no pickle between a batch and its logits. Batching and HTTP live elsewhere.
 """
 
 from __future__ import annotations
@@ -12,16 +13,15 @@ import contextlib
 import logging
 import multiprocessing as mp
 import os
+import socket
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
 from typing import Any
 
 import numpy as np
 
-from app.batching import RetryableError
+from app.runtime import frames
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,11 @@ log = logging.getLogger(__name__)
 CRASH_BURST = 3
 CRASH_WINDOW_S = 30.0
 CRASH_BACKOFF_MAX_S = 30.0
+
+
+class RetryableError(Exception):
+    """A batch failed for a reason that is not its rows' fault (e.g. its worker died): the
+    batcher runs those rows once more before giving up on them."""
 
 
 class WorkerError(Exception):
@@ -55,12 +60,12 @@ class WorkerSpec:
     threads: int
     models: dict[str, ModelFile]
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    # After a batch, keep polling the socket this long before blocking: a worker that sleeps in
+    # the kernel wakes slowly on these VMs (measured in docs/benchmarks.md); 0 = block at once.
+    spin_s: float = 0.0
 
-
-@dataclass(frozen=True)
-class BatchResult:
-    logits: np.ndarray
-    seconds: float
+    def task_index(self, task: str) -> int:
+        return list(self.models).index(task)
 
 
 def cpu_layout(cores: Sequence[int], workers: int | None, threads: int) -> list[tuple[int, ...]]:
@@ -84,43 +89,126 @@ def cpu_layout(cores: Sequence[int], workers: int | None, threads: int) -> list[
     return [tuple(ordered[i * threads : (i + 1) * threads]) for i in range(count)]
 
 
-def _open_sessions(spec: WorkerSpec) -> dict[str, Any]:
+def open_session(path: str, threads: int, providers: Sequence[str] = ("CPUExecutionProvider",)) \
+        -> Any:
+    """The one way this project opens an ORT session for serving or measuring: `threads` intra-op
+    threads, one inter-op thread, sequential execution."""
     import onnxruntime as ort
 
-    sessions = {}
-    for task, model in spec.models.items():
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = spec.threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        sessions[task] = ort.InferenceSession(model.path, options, providers=list(spec.providers))
-    return sessions
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return ort.InferenceSession(path, options, providers=list(providers))
 
 
-def worker_main(spec: WorkerSpec, conn: Connection) -> None:
-    """Entry point of a worker process: pin, load, then serve batches until the pipe closes."""
+class _SocketReader:
+    """Whole frames from a blocking socket, optionally polling before it blocks."""
+
+    def __init__(self, sock: socket.socket, spin_s: float) -> None:
+        self.sock = sock
+        self.spin_s = spin_s
+
+    def _recv(self, size: int, spin: bool) -> bytearray | None:
+        data = bytearray(size)
+        view = memoryview(data)
+        got = 0
+        until = time.perf_counter() + self.spin_s if spin else 0.0
+        while got < size:
+            if spin and time.perf_counter() < until:
+                try:
+                    count = self.sock.recv_into(view[got:], size - got, socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    continue
+            else:
+                count = self.sock.recv_into(view[got:], size - got)
+            if count == 0:
+                return None
+            got += count
+        return data
+
+    def next(self) -> memoryview | None:
+        """The next frame's body, or None once the API process has closed the socket."""
+        head = self._recv(frames.LENGTH.size, spin=self.spin_s > 0)
+        if head is None:
+            return None
+        (size,) = frames.LENGTH.unpack(head)
+        body = self._recv(size, spin=False)
+        return None if body is None else memoryview(body)
+
+
+def worker_main(spec: WorkerSpec, sock: socket.socket) -> None:
+    """Entry point of a worker process: pin, load, then serve batches until the socket closes."""
     try:
         os.sched_setaffinity(0, spec.cores)
-        sessions = _open_sessions(spec)
+        sessions = [open_session(m.path, spec.threads, spec.providers)
+                    for m in spec.models.values()]
     except Exception as exc:  # report any start-up failure to the parent instead of dying silently
-        conn.send(("failed", f"{type(exc).__name__}: {exc}"))
+        sock.sendall(frames.message_frame(frames.FAILED, f"{type(exc).__name__}: {exc}"))
         return
-    conn.send(("ready", os.getpid(), sorted(os.sched_getaffinity(0))))
+    names = [m.input_names for m in spec.models.values()]
+    sock.sendall(frames.ready_frame(os.getpid(), sorted(os.sched_getaffinity(0))))
+    reader = _SocketReader(sock, spec.spin_s)
     while True:
         try:
-            message = conn.recv()
-        except (EOFError, OSError):
+            body = reader.next()
+        except OSError:
             return
-        if message is None:
+        if body is None:
             return
-        task, feeds = message
+        batch = frames.parse_batch(body)
         started = time.perf_counter()
         try:
-            logits = sessions[task].run(None, feeds)[0]
+            feeds = dict(zip(names[batch.task], batch.feeds, strict=True))
+            logits = sessions[batch.task].run(None, feeds)[0]
+            reply = frames.logits_frame(logits, time.perf_counter() - started)
         except Exception as exc:
-            conn.send(("error", f"{type(exc).__name__}: {exc}"))
-            continue
-        conn.send(("ok", logits, time.perf_counter() - started))
+            reply = frames.message_frame(frames.ERROR, f"{type(exc).__name__}: {exc}")
+        try:
+            sock.sendall(reply)
+        except OSError:
+            return
+
+
+class _Channel(asyncio.Protocol):
+    """The API side of one worker's socket: one request in flight, its reply resolves a future."""
+
+    def __init__(self, on_lost: Callable[[], None]) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self._buffer = frames.FrameBuffer()
+        self._waiter: asyncio.Future[frames.Logits | frames.Failure | frames.Ready] | None = None
+        self._on_lost = on_lost
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, but have its methods.
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        for body in self._buffer.feed(data):
+            waiter, self._waiter = self._waiter, None
+            if waiter is not None and not waiter.done():
+                waiter.set_result(frames.parse_reply(body))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(ConnectionError("the worker closed its socket"))
+        self._on_lost()
+
+    def expect(self) -> asyncio.Future[frames.Logits | frames.Failure | frames.Ready]:
+        """A future for the next frame the worker sends."""
+        if self.closed:
+            raise ConnectionError("the worker's socket is closed")
+        self._waiter = asyncio.get_running_loop().create_future()
+        return self._waiter
+
+    def send(self, frame: bytes) -> asyncio.Future[frames.Logits | frames.Failure | frames.Ready]:
+        reply = self.expect()
+        assert self.transport is not None
+        self.transport.write(frame)
+        return reply
 
 
 @dataclass
@@ -128,73 +216,79 @@ class Worker:
     """Parent-side handle of one worker process."""
 
     spec: WorkerSpec
+    on_lost: Callable[[Worker], None] = lambda worker: None
     process: Any = None
-    conn: Connection | None = None
     pid: int | None = None
     cores: list[int] = field(default_factory=list)
     retired: bool = False  # dead and replaced (or being replaced): never hand it a batch again
-    # One thread per worker does the blocking pipe I/O, so the event loop never blocks on it.
-    _io: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(max_workers=1))
+    _channel: _Channel | None = None
+    _sock: socket.socket | None = None
 
     def start(self) -> None:
+        """Spawn the process; `wait_ready` then connects to it and waits for its models."""
         ctx = mp.get_context("spawn")  # fork is unsafe in a process that already runs threads
-        parent, child = ctx.Pipe(duplex=True)
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self.process = ctx.Process(
             target=worker_main, args=(self.spec, child), name=f"ffs-worker-{self.spec.index}",
             daemon=True,
         )
         self.process.start()
-        child.close()  # our copy closed: recv() then raises EOFError when the worker dies
-        self.conn = parent
-
-    def _await_ready(self, timeout: float) -> None:
-        assert self.conn is not None
-        if not self.conn.poll(timeout):
-            raise WorkerError(f"worker {self.spec.index} did not start within {timeout:.0f} s")
-        try:
-            message = self.conn.recv()
-        except EOFError as exc:
-            raise WorkerError(f"worker {self.spec.index} exited during start-up") from exc
-        if message[0] != "ready":
-            raise WorkerError(f"worker {self.spec.index} failed to start: {message[1]}")
-        self.pid, self.cores = message[1], message[2]
+        child.close()  # our copy closed: the socket then reads EOF when the worker dies
+        self._sock = parent
 
     async def wait_ready(self, timeout: float) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._io, self._await_ready, timeout)
-
-    def _roundtrip(self, task: str, feeds: dict[str, np.ndarray]) -> BatchResult:
-        assert self.conn is not None
-        try:
-            self.conn.send((task, feeds))
-            reply = self.conn.recv()
-        except (EOFError, OSError, BrokenPipeError) as exc:
-            raise WorkerCrashed(f"worker {self.spec.index} (pid {self.pid}) died") from exc
-        if reply[0] != "ok":
-            raise WorkerError(f"worker {self.spec.index} failed the batch: {reply[1]}")
-        return BatchResult(logits=reply[1], seconds=reply[2])
-
-    async def run(self, task: str, feeds: dict[str, np.ndarray]) -> BatchResult:
+        assert self._sock is not None
         loop = asyncio.get_running_loop()
+        _, channel = await loop.connect_accepted_socket(
+            lambda: _Channel(lambda: self.on_lost(self)), self._sock)
+        self._channel = channel
         try:
-            return await loop.run_in_executor(self._io, self._roundtrip, task, feeds)
-        except RuntimeError as exc:  # executor shut down: the supervisor replaced this worker
-            raise WorkerCrashed(f"worker {self.spec.index} (pid {self.pid}) was replaced") from exc
+            message = await asyncio.wait_for(channel.expect(), timeout)
+        except TimeoutError:
+            raise WorkerError(f"worker {self.spec.index} did not start within {timeout:.0f} s") \
+                from None
+        except ConnectionError as exc:
+            raise WorkerError(f"worker {self.spec.index} exited during start-up") from exc
+        if not isinstance(message, frames.Ready):
+            reason = message.message if isinstance(message, frames.Failure) else message
+            raise WorkerError(f"worker {self.spec.index} failed to start: {reason}")
+        self.pid, self.cores = message.pid, message.cores
+
+    async def run(self, task: str, feeds: dict[str, np.ndarray]) -> frames.Logits:
+        if self._channel is None or self.retired:
+            raise WorkerCrashed(f"worker {self.spec.index} (pid {self.pid}) was replaced")
+        names = self.spec.models[task].input_names
+        frame = frames.batch_frame(self.spec.task_index(task), [feeds[n] for n in names])
+        try:
+            reply = await self._channel.send(frame)
+        except ConnectionError as exc:
+            raise WorkerCrashed(f"worker {self.spec.index} (pid {self.pid}) died") from exc
+        if isinstance(reply, frames.Failure):
+            raise WorkerError(f"worker {self.spec.index} failed the batch: {reply.message}")
+        if not isinstance(reply, frames.Logits):
+            raise WorkerError(f"worker {self.spec.index} answered a batch with {reply}")
+        return reply
 
     def alive(self) -> bool:
-        return self.process is not None and self.process.is_alive()
+        return self.process is not None and self.process.is_alive() and \
+            (self._channel is None or not self._channel.closed)
 
     def stop(self, timeout: float = 5.0) -> None:
-        if self.conn is not None:
-            with contextlib.suppress(OSError, BrokenPipeError):
-                self.conn.send(None)
+        """Close the socket (the worker exits on EOF), then make sure the process is gone."""
+        if self._sock is not None:
+            # At once, not on the loop's next turn (as transport.close would): the worker reads
+            # EOF now, so the join below does not wait for a worker that was never told to stop.
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)
+            if self._channel is not None and self._channel.transport is not None:
+                self._channel.transport.close()
+            else:
+                self._sock.close()
         if self.process is not None:
             self.process.join(timeout)
             if self.process.is_alive():
                 self.process.kill()
                 self.process.join(timeout)
-        if self.conn is not None:
-            self.conn.close()
-        self._io.shutdown(wait=False, cancel_futures=True)
 
 
 class WorkerPool:
@@ -209,7 +303,7 @@ class WorkerPool:
         check_interval: float = 0.2,
     ) -> None:
         self.name = name
-        self.workers = [Worker(spec) for spec in specs]
+        self.workers = [Worker(spec, self._lost) for spec in specs]
         self.start_timeout = start_timeout
         self.restarts = 0
         self._on_restart = on_restart
@@ -218,6 +312,7 @@ class WorkerPool:
         self._restarting: set[asyncio.Task[None]] = set()
         self._monitor: asyncio.Task[None] | None = None
         self._crashes: dict[int, collections.deque[float]] = {}
+        self._stopping = False
 
     async def start(self) -> None:
         """Start every worker and wait until each has loaded its models; raise if any fails."""
@@ -261,6 +356,12 @@ class WorkerPool:
         result = await worker.run(task, feeds)
         return result.logits, result.seconds
 
+    def _lost(self, worker: Worker) -> None:
+        """A worker's socket closed: it died (or is stopping); replace it unless it was retired."""
+        if worker.pid is not None and not worker.retired and self._monitor is not None \
+                and not self._stopping:
+            self._schedule_restart(worker)
+
     def usable(self, worker: Worker) -> bool:
         return worker.alive() and not worker.retired
 
@@ -282,15 +383,15 @@ class WorkerPool:
     async def _restart(self, dead: Worker) -> None:
         """Replace a dead worker, retrying with backoff until one starts (or the pool stops)."""
         index = self.workers.index(dead)
-        # On the dead worker's own I/O thread: after any recv() still running there has seen EOF,
-        # so its pipe is never closed under a blocked reader (whose fd a new pipe could reuse).
-        await asyncio.get_running_loop().run_in_executor(dead._io, dead.stop, 0.5)
+        if dead.process is not None and dead.process.is_alive():
+            dead.process.kill()  # its socket closed but it lingers: it is no use to anyone
+        dead.stop(timeout=0.5)
         log.warning("pool %s: worker %d (pid %s) died; restarting", self.name, dead.spec.index,
                     dead.pid)
         await asyncio.sleep(self._crash_backoff(dead.spec.index))
         delay = 0.5
         while True:
-            fresh = Worker(dead.spec)
+            fresh = Worker(dead.spec, self._lost)
             self.workers[index] = fresh
             self.restarts += 1
             if self._on_restart is not None:
@@ -332,6 +433,7 @@ class WorkerPool:
         ]
 
     def stop(self) -> None:
+        self._stopping = True
         if self._monitor is not None:
             self._monitor.cancel()
         for task in self._restarting:

@@ -7,25 +7,24 @@ shapes; limits, batching, errors and metrics are decided here once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import logging
 import time
-from collections.abc import Awaitable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
-from starlette.requests import Request
 
-from app.answers import aggregation_for, fold_windows
-from app.batching import QueueFull
-from app.repository import TaskModel
-from app.schemas import ClientError, parse_inputs
-from app.service import Service
-from app.workers import WorkerError
-from compress.artifact import ProblemType
-from compress.encoding import (
+from app.core.answers import aggregation_for, fold_windows
+from app.core.batching import QueueFull
+from app.core.inputs import ClientError, parse_inputs
+from app.core.repository import TaskModel
+from app.core.service import Service
+from app.runtime.workers import WorkerError
+from contract.artifact import ProblemType
+from contract.encoding import (
     EncodedText,
     TextInput,
     WindowError,
@@ -38,7 +37,6 @@ log = logging.getLogger(__name__)
 TIMEOUT_HEADER = "X-Request-Timeout-Ms"
 # Not an HTTP status a client will see (it has gone); nginx's code for it, kept in the metrics.
 CLIENT_GONE = 499
-T = TypeVar("T")
 
 
 def deadline_for(service: Service, started: float, header: str | None,
@@ -61,29 +59,12 @@ def deadline_for(service: Service, started: float, header: str | None,
     return started + min(limit, asked if asked is not None else limit)
 
 
-async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
-    """Run `work`, cancelling it if the client disconnects first (then raise ClientError 499).
-
-    Cancelling reaches the row futures, so rows that have not started are dropped by the batcher
-    and a batch already running is not disturbed: its result for those rows is discarded.
-    """
-    job = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_disconnect(request))
-    try:
-        await asyncio.wait({job, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-    if job.done():
-        return job.result()
-    job.cancel()
-    with contextlib.suppress(BaseException):
-        await job
-    raise ClientError(CLIENT_GONE, "the client disconnected before the answer")
+class ClientGone(Exception):
+    """The client closed its connection before the answer."""
 
 
-async def _disconnect(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        continue
+class DeadlinePassed(Exception):
+    """The request's deadline passed before its answer."""
 
 
 @dataclass(frozen=True)
@@ -119,11 +100,14 @@ def task_model(service: Service, task: str) -> TaskModel:
 
 
 async def classify(service: Service, task: str, raw_inputs: list[Any],
-                   deadline: float | None = None) -> Classified:
+                   deadline: float | None = None,
+                   gone: asyncio.Future[None] | None = None) -> Classified:
     """Validate and classify texts or [text, text] pairs; raises ClientError with the status.
 
-    `deadline` (perf_counter time, default: now + limits.request_timeout_s) fires even while the
-    request's batch is running; its rows that have not started are then dropped.
+    One timer per request: at `deadline` (perf_counter time, default: now +
+    limits.request_timeout_s) the request's future fails, even while its batch runs, and its rows
+    that have not started are dropped; the same happens when `gone` (the client's disconnect)
+    completes first.
     """
     model = task_model(service, task)
     manifest = model.manifest
@@ -134,23 +118,7 @@ async def classify(service: Service, task: str, raw_inputs: list[Any],
     route = service.routes[task]
     if deadline is None:
         deadline = time.perf_counter() + service.settings.limits.request_timeout_s
-    remaining = deadline - time.perf_counter()
-    try:
-        if remaining <= 0:
-            raise TimeoutError
-        logits = await asyncio.wait_for(service.batchers[route.pool].submit(task, rows),
-                                        remaining)
-    except TimeoutError:
-        service.metrics.rejected.labels(task, "deadline").inc()
-        raise ClientError(504, "no answer within the request's deadline; it was dropped "
-                               "(raise X-Request-Timeout-Ms, up to limits.request_timeout_s, "
-                               "or retry when the server is less busy)") from None
-    except QueueFull as exc:
-        service.metrics.rejected.labels(task, "queue_full").inc()
-        raise ClientError(429, f"server is at capacity ({exc}); retry shortly",
-                          {"Retry-After": "1"}) from None
-    except WorkerError as exc:
-        raise ClientError(503, f"the model worker failed: {exc}; retry the request") from None
+    logits = await _scored_rows(service, task, route.pool, rows, deadline, gone)
     stacked = np.stack(logits).astype(np.float32)
     if counts is None:
         return Classified(task=task, variant=route.variant, labels=manifest.labels,
@@ -162,6 +130,46 @@ async def classify(service: Service, task: str, raw_inputs: list[Any],
     return Classified(task=task, variant=route.variant, labels=manifest.labels,
                       problem_type=manifest.problem_type, truncated=[False] * len(counts),
                       chunks=counts, logits=folded, probabilities=scores)
+
+
+async def _scored_rows(service: Service, task: str, pool: str, rows: list[EncodedText],
+                       deadline: float, gone: asyncio.Future[None] | None) -> list[np.ndarray]:
+    """The rows' logits from the pool's batcher, within the deadline and while the client stays."""
+    remaining = deadline - time.perf_counter()
+    try:
+        if remaining <= 0:
+            raise DeadlinePassed
+        answer = service.batchers[pool].submit(task, rows)  # type: ignore[index]
+        timer = asyncio.get_running_loop().call_later(remaining, _fail, answer, DeadlinePassed)
+        if gone is not None:
+            gone.add_done_callback(functools.partial(_client_left, answer))
+        try:
+            return await answer
+        finally:
+            timer.cancel()
+    except DeadlinePassed:
+        service.metrics.rejected.labels(task, "deadline").inc()
+        raise ClientError(504, "no answer within the request's deadline; it was dropped "
+                               "(raise X-Request-Timeout-Ms, up to limits.request_timeout_s, "
+                               "or retry when the server is less busy)") from None
+    except ClientGone:
+        raise ClientError(CLIENT_GONE, "the client disconnected before the answer") from None
+    except QueueFull as exc:
+        service.metrics.rejected.labels(task, "queue_full").inc()
+        raise ClientError(429, f"server is at capacity ({exc}); retry shortly",
+                          {"Retry-After": "1"}) from None
+    except WorkerError as exc:
+        raise ClientError(503, f"the model worker failed: {exc}; retry the request") from None
+
+
+def _fail(answer: asyncio.Future[Any], error: type[Exception]) -> None:
+    if not answer.done():
+        answer.set_exception(error())
+
+
+def _client_left(answer: asyncio.Future[Any], watcher: asyncio.Future[None]) -> None:
+    if not watcher.cancelled():
+        _fail(answer, ClientGone)
 
 
 def _rows(service: Service, model: TaskModel, inputs: list[TextInput]) \
@@ -208,9 +216,10 @@ def tracked(service: Service, task: str) -> Iterator[None]:
         known = task if task in service.models else "_unknown"
         latency_ms = round(1000 * (time.perf_counter() - started), 2)
         # Counts and ids only: the input text never reaches the logs (see log_payloads).
-        log.log(logging.DEBUG if status < 400 else logging.INFO if status < 500
-                else logging.WARNING, "classify %s -> %d", known, status,
-                extra={"task": known, "status": status, "latency_ms": latency_ms})
+        # Refusals (4xx) at debug: under overload they come by the thousand, and logging each one
+        # would spend the CPU the workers need; 5xx are the server's fault and stay visible.
+        log.log(logging.DEBUG if status < 500 else logging.WARNING, "classify %s -> %d", known,
+                status, extra={"task": known, "status": status, "latency_ms": latency_ms})
         if status == CLIENT_GONE:
             service.metrics.disconnects.labels(known).inc()
         service.metrics.requests.labels(known, str(status)).inc()

@@ -27,16 +27,17 @@ from pathlib import Path
 import httpx
 import torch
 
-from compress.encoding import encode, load_tokenizer
+from bench import serving
+from bench.instances import GraphSpec, InstancePool, Layout, layouts_for
+from bench.overhead import http_rate
 from compress.evaluate import OrtPredictor
-from compress.instances import GraphSpec, InstancePool, Layout, layouts_for
 from compress.model_stats import inspect_config, load_config
 from compress.pipeline import Built, assemble_level, stage_seconds
 from compress.report import machine_name
 from compress.speed import Predictor, TorchPredictor, accuracy
-from loadtest import serving, wrk
+from contract.encoding import encode, load_tokenizer
+from loadtest import wrk
 from loadtest.cost import Projection, project
-from loadtest.overhead import http_rate
 
 Texts = list[str | tuple[str, str]]
 VM = "Standard_F16s_v2"

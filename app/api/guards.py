@@ -8,46 +8,56 @@ import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.schemas import ClientError, error_payload
+from app.api.schemas import error_payload
+from app.core.inputs import ClientError
 
 HEALTH_PATHS = ("/healthz", "/readyz", "/v2/health/live", "/v2/health/ready")
 METRICS_PATHS = ("/metrics",)
 
 
-class ApiKeyAuth:
-    """Require `Authorization: Bearer <key>` for one of `keys` (401 otherwise).
+class AuthPolicy:
+    """Which requests need `Authorization: Bearer <key>` and whether they carry a valid one.
 
     Health and metrics paths stay open unless configured otherwise (probes and scrapers usually
     carry no key). Keys are compared in constant time, against every key, so neither a key's
-    content nor which key matched shows in the timing.
+    content nor which key matched shows in the timing. No keys configured: everything is open.
     """
 
-    def __init__(self, app: ASGIApp, keys: list[bytes], protect_health: bool,
-                 protect_metrics: bool) -> None:
-        self.app = app
+    MESSAGE = "missing or invalid API key: send 'Authorization: Bearer <key>'"
+
+    def __init__(self, keys: list[bytes], protect_health: bool, protect_metrics: bool) -> None:
         self.keys = keys
         self.open_paths = (() if protect_health else HEALTH_PATHS) + \
             (() if protect_metrics else METRICS_PATHS)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.open_paths or \
-                self._authorized(dict(scope["headers"]).get(b"authorization", b"")):
-            await self.app(scope, receive, send)
-            return
-        body = json.dumps(error_payload(
-            scope["path"], 401, "missing or invalid API key: send 'Authorization: Bearer <key>'"
-        )).encode()
-        await send({"type": "http.response.start", "status": 401, "headers": [
-            (b"content-type", b"application/json"), (b"www-authenticate", b"Bearer"),
-            (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
-
-    def _authorized(self, header: bytes) -> bool:
-        scheme, _, token = header.partition(b" ")
+    def allows(self, path: str, headers: dict[bytes, bytes]) -> bool:
+        if not self.keys or path in self.open_paths:
+            return True
+        scheme, _, token = headers.get(b"authorization", b"").partition(b" ")
         matched = False
         for key in self.keys:
             matched |= hmac.compare_digest(token.strip(), key)
         return matched and scheme.lower() == b"bearer"
+
+
+class ApiKeyAuth:
+    """AuthPolicy as middleware for the cold endpoints (the hot routes check it inline)."""
+
+    def __init__(self, app: ASGIApp, keys: list[bytes], protect_health: bool,
+                 protect_metrics: bool) -> None:
+        self.app = app
+        self.policy = AuthPolicy(keys, protect_health, protect_metrics)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or \
+                self.policy.allows(scope["path"], dict(scope["headers"])):
+            await self.app(scope, receive, send)
+            return
+        body = json.dumps(error_payload(scope["path"], 401, AuthPolicy.MESSAGE)).encode()
+        await send({"type": "http.response.start", "status": 401, "headers": [
+            (b"content-type", b"application/json"), (b"www-authenticate", b"Bearer"),
+            (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
 
 
 class BodyLimit:

@@ -18,6 +18,12 @@ request_id: ContextVar[str] = ContextVar("request_id", default="-")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
+def request_id_for(headers: dict[bytes, bytes]) -> str:
+    """The client's X-Request-Id when it is sane, else a fresh one."""
+    given = headers.get(b"x-request-id", b"").decode("latin-1")
+    return given if _SAFE_ID.match(given) else uuid.uuid4().hex
+
+
 class RequestId:
     """Give every HTTP request an id (the client's X-Request-Id when sane), echo it back."""
 
@@ -28,8 +34,7 @@ class RequestId:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given = dict(scope["headers"]).get(REQUEST_ID_HEADER.encode(), b"").decode("latin-1")
-        rid = given if _SAFE_ID.match(given) else uuid.uuid4().hex
+        rid = request_id_for(dict(scope["headers"]))
         token = request_id.set(rid)
 
         async def send_with_id(message: Message) -> None:

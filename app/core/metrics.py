@@ -1,10 +1,18 @@
-"""Prometheus metrics of the service, on a registry of its own (one per app instance)."""
+"""Prometheus metrics of the service, on a registry of its own (one per app instance).
+
+With several API processes (settings.api_processes) the tier sets PROMETHEUS_MULTIPROC_DIR before
+it starts them: every process then writes its values to files there, and whichever process a
+scrape reaches answers for all of them (prometheus_client's multiprocess mode).
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
 
-from app.batching import BatchStats
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from app.core.batching import BatchStats
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -32,7 +40,7 @@ class Metrics:
         self.inference = Histogram("ffs_inference_seconds", "Model time per batch in the worker",
                                    ["pool"], buckets=LATENCY_BUCKETS, registry=r)
         self.queue_depth = Gauge("ffs_queue_depth", "Rows waiting for a batch", ["pool"],
-                                 registry=r)
+                                 registry=r, multiprocess_mode="livesum")
         self.worker_restarts = Counter("ffs_worker_restarts_total", "Workers restarted", ["pool"],
                                        registry=r)
         self.dropped_rows = Counter("ffs_rows_dropped_total", "Rows dropped before they ran "
@@ -44,7 +52,7 @@ class Metrics:
                                 ["task", "reason"], registry=r)
         self.route_fallback = Gauge("ffs_route_fallback", "1 when a task runs on another pool "
                                     "than configured", ["task", "requested", "actual"],
-                                    registry=r)
+                                    registry=r, multiprocess_mode="max")
 
     def count_dropped(self, pool: str, rows: int) -> None:
         self.dropped_rows.labels(pool).inc(rows)
@@ -52,7 +60,16 @@ class Metrics:
     def count_restart(self, pool: str) -> None:
         self.worker_restarts.labels(pool).inc()
 
+    def exposition(self) -> bytes:
+        """The text a scrape gets: this process's registry, or every API process's values."""
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)
+            return generate_latest(registry)
+        return generate_latest(self.registry)
+
     def observe_batch(self, pool: str, stats: BatchStats) -> None:
+        self.queue_depth.labels(pool).set(stats.queue_depth)
         self.batch_size.labels(pool).observe(stats.rows)
         self.batch_length.labels(pool).observe(stats.padded_length)
         self.batch_tokens.labels(pool).observe(stats.rows * stats.padded_length)

@@ -1,9 +1,8 @@
-"""HTTP layer: validate, tokenize, hand rows to the task's pool batcher, answer."""
+"""The app: hot classify routes (handle.py) in front of FastAPI's cold endpoints and docs."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -11,34 +10,21 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse, PlainTextResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import ValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp
 
-from app import oip
-from app.answers import ScoreOptions, predicted, ranked, score_options
-from app.guards import ApiKeyAuth, BodyLimit
-from app.inference import (
-    TIMEOUT_HEADER,
-    Classified,
-    classify,
-    deadline_for,
-    task_model,
-    tracked,
-    unless_disconnected,
-)
-from app.observability import RequestId
-from app.schemas import (
-    ClassifyRequest,
-    ClassifyResponse,
-    ClientError,
-    ErrorResponse,
-    LabelScore,
-    Prediction,
-    error_payload,
-)
-from app.service import Service, start_service, stop_service
+from app.api import v2 as oip
+from app.api.guards import ApiKeyAuth, BodyLimit
+from app.api.handle import HotRoutes, handle_request
+from app.api.observability import RequestId
+from app.api.schemas import ClassifyRequest, ClassifyResponse, ErrorResponse, error_payload
+from app.api.v1 import V1, validation_message
+from app.api.v2 import V2
+from app.core.inference import TIMEOUT_HEADER
+from app.core.inputs import ClientError
+from app.core.service import Service, start_service, stop_service
 from app.settings import Settings
 
 VERSION = "0.1.0"
@@ -50,47 +36,6 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse(error_payload("/v1", status, message), status_code=status,
                         headers=headers)
-
-
-def _validation_message(errors: Sequence[Any]) -> str:
-    parts = []
-    for error in errors:
-        if error.get("type") == "json_invalid":
-            reason = (error.get("ctx") or {}).get("error", "")
-            parts.append(f"the body is not valid JSON ({reason})".replace(" ()", ""))
-            continue
-        where = ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "body"
-        parts.append(f"{where}: {error.get('msg', 'invalid')}")
-    return "invalid request: " + "; ".join(parts) + \
-        '; expected {"inputs": ["text", ...]} or {"inputs": [["text_a", "text_b"], ...]}'
-
-
-def _parse_classify_body(body: bytes, content_type: str | None) -> ClassifyRequest:
-    media = (content_type or "application/json").split(";")[0].strip().lower()
-    if media != "application/json" and not media.endswith("+json"):
-        raise ClientError(415, f"Content-Type must be application/json, got {media}")
-    try:
-        return ClassifyRequest.model_validate_json(body)
-    except ValidationError as exc:
-        raise ClientError(422, _validation_message(exc.errors())) from None
-
-
-def _predictions(result: Classified, options: ScoreOptions, all_scores: bool) \
-        -> list[Prediction]:
-    predictions = []
-    for index, (probs, (label, score)) in enumerate(zip(result.probabilities, result.best(),
-                                                        strict=True)):
-        scores = dict(zip(result.labels, map(float, probs), strict=True)) if all_scores else None
-        listed: list[tuple[str, float]] | None = None
-        if result.problem_type == "multi_label":
-            listed = predicted(probs, result.labels, options)
-        elif options.top_k is not None:
-            listed = ranked(probs, result.labels, options.top_k)
-        predictions.append(Prediction(
-            label=label, score=score, scores=scores, truncated=result.truncated[index],
-            labels=None if listed is None else [LabelScore(label=n, score=s) for n, s in listed],
-            chunks=None if result.chunks is None else result.chunks[index]))
-    return predictions
 
 
 def _model_card(service: Service, task: str) -> dict[str, Any]:
@@ -144,21 +89,29 @@ def _document_request_bodies(app: FastAPI) -> None:
 
 
 def _add_middleware(app: FastAPI, settings: Settings) -> None:
-    """Outermost last: request ids, then CORS (if configured), then API keys, then body size."""
+    """For the cold endpoints, outermost last: request ids, then API keys, then body size (CORS
+    wraps the whole app in create_app)."""
     app.add_middleware(BodyLimit, max_bytes=settings.limits.max_body_bytes)
     keys = settings.auth.keys()
     if keys:
         app.add_middleware(ApiKeyAuth, keys=keys, protect_health=settings.auth.protect_health,
                            protect_metrics=settings.auth.protect_metrics)
-    if settings.cors_allow_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_allow_origins,
-                           allow_methods=["GET", "POST"],
-                           allow_headers=["Authorization", "Content-Type", TIMEOUT_HEADER])
     app.add_middleware(RequestId)
 
 
-def create_app(service: Service) -> FastAPI:
-    """The FastAPI app for a prepared service; workers start with the app and stop with it."""
+def create_app(service: Service) -> ASGIApp:
+    """The ASGI app for a prepared service: the hot classify routes in front of FastAPI, which
+    serves the rest; workers start with the app (its lifespan) and stop with it."""
+    app: ASGIApp = HotRoutes(_fastapi_app(service), service, (V1, V2))
+    settings = service.settings
+    if settings.cors_allow_origins:  # outermost: classify answers need its headers too
+        app = CORSMiddleware(app, allow_origins=settings.cors_allow_origins,
+                             allow_methods=["GET", "POST"],
+                             allow_headers=["Authorization", "Content-Type", TIMEOUT_HEADER])
+    return app
+
+
+def _fastapi_app(service: Service) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -193,28 +146,18 @@ def create_app(service: Service) -> FastAPI:
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         task = request.path_params.get("task", "")
         metrics.requests.labels(task if task in service.models else "_unknown", "422").inc()
-        return _error(422, _validation_message(exc.errors()))
+        return _error(422, validation_message(exc.errors()))
 
     @app.post("/v1/classify/{task}", response_model=ClassifyResponse,
               response_model_exclude_none=True, responses=ERRORS,
               openapi_extra=_CLASSIFY_BODY_DOC)
-    async def classify_texts(task: str, request: Request) -> ClassifyResponse:
+    async def classify_texts(task: str, request: Request) -> Response:
         """Classify texts (or text pairs) with the task's model.
 
         Body: ClassifyRequest as JSON. Optional header X-Request-Timeout-Ms shortens the server's
         deadline for this request.
         """
-        with tracked(service, task):
-            deadline = deadline_for(service, time.perf_counter(),
-                                    request.headers.get(TIMEOUT_HEADER))
-            body = _parse_classify_body(await request.body(), request.headers.get("content-type"))
-            options = score_options(task_model(service, task).manifest, body.threshold,
-                                    body.top_k)
-            result = await unless_disconnected(
-                request, classify(service, task, body.inputs, deadline))
-            return ClassifyResponse(task=task, variant=result.variant,
-                                    results=_predictions(result, options,
-                                                         body.return_all_scores))
+        return await handle_request(service, V1, task, None, request)
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
@@ -249,7 +192,7 @@ def create_app(service: Service) -> FastAPI:
     async def prometheus() -> PlainTextResponse:
         for name, batcher in service.batchers.items():
             metrics.queue_depth.labels(name).set(batcher.depth)
-        return PlainTextResponse(generate_latest(metrics.registry),
+        return PlainTextResponse(metrics.exposition(),
                                  media_type=CONTENT_TYPE_LATEST)
 
     return app

@@ -8,14 +8,14 @@ from pathlib import Path
 from tokenizers import Tokenizer
 
 from app.settings import ConfigError
-from compress.artifact import (
+from contract.artifact import (
     MANIFEST_NAME,
     ArtifactError,
     Manifest,
     read_manifest,
     verified_variant_path,
 )
-from compress.encoding import load_tokenizer
+from contract.encoding import load_tokenizer
 
 
 @dataclass(frozen=True)

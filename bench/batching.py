@@ -1,6 +1,6 @@
 """Batch policies side by side: rows/s and latency of the batcher + pinned workers, without HTTP.
 
-    python -m loadtest.batching --artifact models/sst2 [--rounds 2] [--concurrency 1 4 16]
+    python -m bench.batching --artifact models/sst2 [--rounds 2] [--concurrency 1 4 16]
 
 Closed-loop clients (each submits its next dev sentence when the last is answered) drive one worker
 pool (the server's default layout); the policies take turns on the same pool within each round, so
@@ -17,11 +17,11 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from app.batching import Batcher, BatchPolicy, TaskInputs
-from app.repository import load_task_model
-from app.workers import ModelFile, WorkerPool, WorkerSpec, cpu_layout
-from compress.encoding import EncodedText, encode
+from app.core.batching import Batcher, BatchPolicy, TaskInputs
+from app.core.repository import load_task_model
+from app.runtime.workers import ModelFile, WorkerPool, WorkerSpec, cpu_layout
 from compress.tasks import get_task, load_split
+from contract.encoding import EncodedText, encode
 
 BASE = BatchPolicy(max_batch_size=32, max_batch_tokens=8192, max_wait_ms=0.0,
                    max_queue_rows=100_000)
@@ -115,7 +115,7 @@ async def run(artifact: Path, data_dir: Path, rounds: int, levels: list[int]) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loadtest.batching", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m bench.batching", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--artifact", type=Path, default=Path("models/sst2"))
     parser.add_argument("--data-dir", type=Path,

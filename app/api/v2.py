@@ -11,29 +11,22 @@ Errors use the protocol's `{"error": "..."}` body.
 
 from __future__ import annotations
 
-import json
+import asyncio
 import struct
-import time
 from typing import Any, Literal
 
 import numpy as np
+import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field, ValidationError
 
-from app.answers import ScoreOptions, ranked, score_options
-from app.inference import (
-    TIMEOUT_HEADER,
-    Classified,
-    classify,
-    deadline_for,
-    task_model,
-    tracked,
-    unless_disconnected,
-)
-from app.schemas import ClientError
-from app.service import Service
-from compress.artifact import Manifest
+from app.api.handle import handle_request
+from app.core.answers import ScoreOptions, ranked, score_options
+from app.core.inference import TIMEOUT_HEADER, Classified, classify, deadline_for, task_model
+from app.core.inputs import ClientError
+from app.core.service import Service
+from contract.artifact import Manifest
 
 SERVER_NAME = "fastformers-serve"
 MODEL_VERSION = "1"
@@ -301,7 +294,8 @@ def _score_options(manifest: Manifest, request: InferenceRequest) -> ScoreOption
 
 
 def _encode_response(task: str, request: InferenceRequest, result: Classified,
-                     options: ScoreOptions, wanted: list[tuple[str, bool]]) -> Response:
+                     options: ScoreOptions, wanted: list[tuple[str, bool]]) \
+        -> tuple[bytes, bytes, dict[str, str]]:
     tensors = _output_tensors(result, options)
     outputs: list[dict[str, Any]] = []
     tail: list[bytes] = []
@@ -318,11 +312,10 @@ def _encode_response(task: str, request: InferenceRequest, result: Classified,
     body: dict[str, Any] = {"model_name": task, "model_version": MODEL_VERSION, "outputs": outputs}
     if request.id is not None:
         body["id"] = request.id
-    header = json.dumps(body).encode("utf-8")
+    header = orjson.dumps(body)
     if not tail:
-        return Response(header, media_type="application/json")
-    return Response(header + b"".join(tail), media_type="application/octet-stream",
-                    headers={HEADER_LENGTH: str(len(header))})
+        return b"application/json", header, {}
+    return b"application/octet-stream", header + b"".join(tail), {HEADER_LENGTH: str(len(header))}
 
 
 # -- routes -----------------------------------------------------------------------------------
@@ -369,21 +362,60 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-async def _infer(service: Service, task: str, request: Request, model_version: str | None) \
-        -> Response:
-    started = time.perf_counter()
+class V2:
+    """How the Open Inference Protocol reads an infer request and writes its answer and errors."""
+
+    name = "v2"
+
+    @staticmethod
+    def task_of(path: str) -> tuple[str, str | None] | None:
+        """(task, version) when `path` is /v2/models/{task}[/versions/{v}]/infer."""
+        if not (path.startswith("/v2/models/") and path.endswith("/infer")):
+            return None
+        parts = path[len("/v2/models/"):-len("/infer")].split("/")
+        if len(parts) == 1 and parts[0]:
+            return parts[0], None
+        if len(parts) == 3 and parts[0] and parts[1] == "versions" and parts[2]:
+            return parts[0], parts[2]
+        return None
+
+    @staticmethod
+    async def answer(service: Service, task: str, version: str | None, body: bytes,
+                     headers: dict[bytes, bytes], started: float,
+                     gone: asyncio.Future[None] | None) -> tuple[bytes, bytes, dict[str, str]]:
+        """(content type, body, extra headers) of a successful answer; raises ClientError."""
+        try:
+            return await _infer(service, task, version, body, headers, started, gone)
+        except ClientError as exc:
+            if exc.status == 422:  # the protocol answers invalid input with 400
+                raise ClientError(400, exc.message) from None
+            raise
+
+    @staticmethod
+    def error(status: int, message: str) -> bytes:
+        return orjson.dumps({"error": message})
+
+
+def _header(headers: dict[bytes, bytes], name: str) -> str | None:
+    value = headers.get(name.lower().encode())
+    return None if value is None else value.decode("latin-1")
+
+
+async def _infer(service: Service, task: str, model_version: str | None, body: bytes,
+                 headers: dict[bytes, bytes], started: float,
+                 gone: asyncio.Future[None] | None) -> tuple[bytes, bytes, dict[str, str]]:
     _check_version(model_version)
     manifest = task_model(service, task).manifest
-    header, tail = _split_body(await request.body(), request.headers.get(HEADER_LENGTH))
+    header, tail = _split_body(body, _header(headers, HEADER_LENGTH))
     parsed = _parse_request(header)
     options = _score_options(manifest, parsed)
     chunking = service.settings.limits.truncation == "chunk"
     # Unknown output names are refused before the model runs.
     wanted = _requested(parsed, available_outputs(manifest, chunking, options.top_k is not None))
-    deadline = deadline_for(service, started, request.headers.get(TIMEOUT_HEADER),
+    deadline = deadline_for(service, started, _header(headers, TIMEOUT_HEADER),
                             _protocol_timeout(parsed))
-    result = await unless_disconnected(
-        request, classify(service, task, _raw_inputs(parsed, tail, manifest.input_kind), deadline))
+    result = await classify(service, task, _raw_inputs(parsed, tail, manifest.input_kind),
+                            deadline, gone)
     return _encode_response(task, parsed, result, options, wanted)
 
 
@@ -437,16 +469,7 @@ def build_router(service: Service, version: str) -> APIRouter:
         return _error(503, f"model {task!r} is not ready")
 
     async def infer(task: str, request: Request, model_version: str | None = None) -> Response:
-        try:
-            with tracked(service, task):
-                try:
-                    return await _infer(service, task, request, model_version)
-                except ClientError as exc:
-                    if exc.status == 422:  # the protocol answers invalid input with 400
-                        raise ClientError(400, exc.message) from None
-                    raise
-        except ClientError as exc:
-            return _error(exc.status, exc.message, exc.headers)
+        return await handle_request(service, V2, task, model_version, request)
 
     body_doc = {"requestBody": {"required": True, "content": {
         "application/json": {"schema": {"$ref": "#/components/schemas/InferenceRequest"}}}}}

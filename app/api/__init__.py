@@ -1,0 +1,1 @@
+"""HTTP layer: the hot classify routes of both protocols, guards, schemas, logs."""

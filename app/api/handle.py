@@ -1,0 +1,174 @@
+"""The hot path of both protocols: one `handle()` from request to reply, and the ASGI router that
+sends the two classify routes there and everything else to FastAPI.
+
+Per request: headers read once into a dict, API keys and the body limit checked inline (no
+middleware layers), a full queue refused before the body is parsed or tokenized, one watcher for a
+client that leaves, one timer for the deadline (in core/inference.py), and the answer encoded once.
+FastAPI keeps the cold endpoints (/v1/models, /metrics, health, /docs) and the OpenAPI document.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from app.api.guards import AuthPolicy
+from app.api.observability import request_id, request_id_for
+from app.core.inference import tracked
+from app.core.inputs import ClientError
+from app.core.service import Service
+
+log = logging.getLogger(__name__)
+JSON = b"application/json"
+
+
+class Wire(Protocol):
+    """What a protocol module provides to the shared handler."""
+
+    name: str
+
+    @staticmethod
+    def task_of(path: str) -> tuple[str, str | None] | None: ...
+
+    @staticmethod
+    def answer(service: Service, task: str, version: str | None, body: bytes,
+               headers: dict[bytes, bytes], started: float,
+               gone: asyncio.Future[None] | None) -> Awaitable[tuple[bytes, bytes, dict[str, str]]]:
+        ...
+
+    @staticmethod
+    def error(status: int, message: str) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    content_type: bytes
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+async def read_body(receive: Receive, headers: dict[bytes, bytes], limit: int) -> bytes:
+    """The whole body, refusing (413) a declared or actual size over `limit` without reading on."""
+    declared = headers.get(b"content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_big(int(declared), limit)
+    chunks = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise ClientError(499, "the client disconnected before sending its body")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _too_big(size, limit)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _too_big(size: int, limit: int) -> ClientError:
+    return ClientError(413, f"request body of {size} bytes or more is over the limit of "
+                            f"{limit} bytes (limits.max_body_bytes)")
+
+
+async def _watch_disconnect(receive: Receive) -> None:
+    """Return when the client disconnects (uvicorn also answers receive() with a disconnect once
+    the response is complete; nothing waits on the watcher by then)."""
+    while (await receive())["type"] != "http.disconnect":
+        continue
+
+
+def _queue_full(service: Service, task: str) -> bool:
+    route = service.routes.get(task)
+    batcher = service.batchers.get(route.pool) if route is not None else None
+    return batcher is not None and batcher.full()
+
+
+async def handle(service: Service, wire: Wire, task: str, version: str | None, path: str,
+                 headers: dict[bytes, bytes], receive: Receive, auth: AuthPolicy) -> Reply:
+    """One classify request of either protocol, from its headers and body to its reply."""
+    started = time.perf_counter()
+    if not auth.allows(path, headers):
+        return Reply(401, JSON, wire.error(401, auth.MESSAGE), {"WWW-Authenticate": "Bearer"})
+    try:
+        with tracked(service, task):
+            if _queue_full(service, task):  # before the body is parsed or tokenized: cheap
+                service.metrics.rejected.labels(task, "queue_full").inc()
+                raise ClientError(429, "server is at capacity (its queue is full); retry "
+                                       "shortly", {"Retry-After": "1"})
+            body = await read_body(receive, headers, service.settings.limits.max_body_bytes)
+            gone = asyncio.ensure_future(_watch_disconnect(receive))
+            content_type, data, extra = await wire.answer(service, task, version, body, headers,
+                                                          started, gone)
+            return Reply(200, content_type, data, extra)
+    except ClientError as exc:
+        return Reply(exc.status, JSON, wire.error(exc.status, exc.message), exc.headers)
+    except Exception as exc:
+        log.exception("classify %s failed", task)
+        return Reply(500, JSON, wire.error(500, f"internal error ({type(exc).__name__}); see "
+                                                "the server log"))
+
+
+async def send_reply(send: Send, reply: Reply, rid: str) -> None:
+    headers = [(b"content-type", reply.content_type),
+               (b"content-length", str(len(reply.body)).encode()),
+               (b"x-request-id", rid.encode())]
+    headers += [(name.lower().encode(), value.encode()) for name, value in reply.headers.items()]
+    await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+    await send({"type": "http.response.body", "body": reply.body})
+
+
+class HotRoutes:
+    """ASGI entry point: POST classify requests of both protocols go to `handle`, the rest to
+    `app` (FastAPI, with its middleware for the cold endpoints)."""
+
+    def __init__(self, app: ASGIApp, service: Service, wires: tuple[Wire, ...]) -> None:
+        self.app = app
+        self.service = service
+        self.wires = wires
+        settings = service.settings
+        self.auth = AuthPolicy(settings.auth.keys(), settings.auth.protect_health,
+                               settings.auth.protect_metrics)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            path = scope["path"]
+            for wire in self.wires:
+                found = wire.task_of(path)
+                if found is not None:
+                    await self._serve(wire, found, path, scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
+
+    async def _serve(self, wire: Wire, found: tuple[str, str | None], path: str, scope: Scope,
+                     receive: Receive, send: Send) -> None:
+        headers = dict(scope["headers"])
+        rid = request_id_for(headers)
+        token = request_id.set(rid)
+        try:
+            reply = await handle(self.service, wire, found[0], found[1], path, headers, receive,
+                                 self.auth)
+            await send_reply(send, reply, rid)
+        finally:
+            request_id.reset(token)
+
+
+async def handle_request(service: Service, wire: Wire, task: str, version: str | None,
+                         request: Request) -> Response:
+    """The same handler behind a FastAPI route (the OpenAPI document's classify operations)."""
+    settings = service.settings
+    auth = AuthPolicy(settings.auth.keys(), settings.auth.protect_health,
+                      settings.auth.protect_metrics)
+    reply = await handle(service, wire, task, version, request.url.path,
+                         dict(request.scope["headers"]), request.receive, auth)
+    return Response(reply.body, reply.status, reply.headers, reply.content_type.decode())

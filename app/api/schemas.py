@@ -1,0 +1,63 @@
+"""HTTP request/response models of /v1 (they document the API; the hot route encodes its answer
+directly) and the error body of each protocol."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ClassifyRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    inputs: list[Any] = Field(
+        description="texts (single-text tasks) or [text, text] pairs (pair tasks)",
+        examples=[["a gripping, beautifully shot film"]],
+    )
+    return_all_scores: bool = Field(default=False, description="include every label's score")
+    top_k: int | None = Field(default=None, ge=1, description="also list the k best labels "
+                              "(multi_label: caps the labels over threshold)")
+    threshold: float | dict[str, float] | None = Field(
+        default=None, description="multi_label tasks: score a label needs, for every label or "
+                                  "per label name (default: the thresholds stored at build time)")
+
+
+class LabelScore(BaseModel):
+    label: str
+    score: float
+
+
+class Prediction(BaseModel):
+    label: str = Field(description="the best label (multi_label: the highest-scoring one, over "
+                                   "its threshold or not)")
+    score: float
+    labels: list[LabelScore] | None = Field(
+        default=None, description="multi_label: every label over its threshold, best first; "
+                                  "single_label with top_k: the k best")
+    scores: dict[str, float] | None = None
+    truncated: bool = Field(default=False, description="the input was cut to max_length tokens")
+    chunks: int | None = Field(default=None, description="windows a long input was classified "
+                                                         "in (limits.truncation: chunk)")
+
+
+class ClassifyResponse(BaseModel):
+    task: str
+    variant: str
+    results: list[Prediction]
+
+
+class ErrorBody(BaseModel):
+    status: int
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+def error_payload(path: str, status: int, message: str) -> dict[str, Any]:
+    """The error body of the protocol a path belongs to: v2's {"error": str}, else ours."""
+    if path.startswith("/v2"):
+        return {"error": message}
+    return {"error": {"status": status, "message": message}}

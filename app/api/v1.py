@@ -1,0 +1,105 @@
+"""The native protocol: POST /v1/classify/{task} with {"inputs": [...]}, answered in one encode.
+
+The body is parsed by pydantic-core straight from bytes (precise 422 messages) and the answer is a
+plain dict encoded once by orjson: the same JSON the ClassifyResponse model documents, without
+building and validating a model per result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+
+from app.api.schemas import ClassifyRequest, error_payload
+from app.core.answers import ScoreOptions, predicted, ranked, score_options
+from app.core.inference import Classified, classify, deadline_for, task_model
+from app.core.inputs import ClientError
+from app.core.service import Service
+
+PREFIX = "/v1/classify/"
+JSON = b"application/json"
+
+
+def validation_message(errors: Sequence[Any]) -> str:
+    """One readable 422 message from pydantic's errors."""
+    parts = []
+    for error in errors:
+        if error.get("type") == "json_invalid":
+            reason = (error.get("ctx") or {}).get("error", "")
+            parts.append(f"the body is not valid JSON ({reason})".replace(" ()", ""))
+            continue
+        where = ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "body"
+        parts.append(f"{where}: {error.get('msg', 'invalid')}")
+    return "invalid request: " + "; ".join(parts) + \
+        '; expected {"inputs": ["text", ...]} or {"inputs": [["text_a", "text_b"], ...]}'
+
+
+def parse_body(body: bytes, content_type: bytes | None) -> ClassifyRequest:
+    media = (content_type or JSON).split(b";")[0].strip().lower().decode("latin-1")
+    if media != "application/json" and not media.endswith("+json"):
+        raise ClientError(415, f"Content-Type must be application/json, got {media}")
+    try:
+        return ClassifyRequest.model_validate_json(body)
+    except ValidationError as exc:
+        raise ClientError(422, validation_message(exc.errors())) from None
+
+
+def predictions(result: Classified, options: ScoreOptions, all_scores: bool) \
+        -> list[dict[str, Any]]:
+    """The `results` list of a ClassifyResponse (fields that would be null are left out)."""
+    out = []
+    for index, (probs, (label, score)) in enumerate(zip(result.probabilities, result.best(),
+                                                        strict=True)):
+        item: dict[str, Any] = {"label": label, "score": score}
+        listed: list[tuple[str, float]] | None = None
+        if result.problem_type == "multi_label":
+            listed = predicted(probs, result.labels, options)
+        elif options.top_k is not None:
+            listed = ranked(probs, result.labels, options.top_k)
+        if listed is not None:
+            item["labels"] = [{"label": name, "score": value} for name, value in listed]
+        if all_scores:
+            item["scores"] = dict(zip(result.labels, map(float, probs), strict=True))
+        item["truncated"] = result.truncated[index]
+        if result.chunks is not None:
+            item["chunks"] = result.chunks[index]
+        out.append(item)
+    return out
+
+
+class V1:
+    """How /v1 reads a request and writes its answer and its errors."""
+
+    name = "v1"
+
+    @staticmethod
+    def task_of(path: str) -> tuple[str, str | None] | None:
+        """(task, version) when `path` is this protocol's classify route."""
+        task = path[len(PREFIX):]
+        if not path.startswith(PREFIX) or not task or "/" in task:
+            return None
+        return task, None
+
+    @staticmethod
+    async def answer(service: Service, task: str, version: str | None, body: bytes,
+                     headers: dict[bytes, bytes], started: float,
+                     gone: asyncio.Future[None] | None) -> tuple[bytes, bytes, dict[str, str]]:
+        """(content type, body, extra headers) of a successful answer; raises ClientError."""
+        timeout = headers.get(b"x-request-timeout-ms")
+        deadline = deadline_for(service, started, None if timeout is None
+                                else timeout.decode("latin-1"))
+        request = parse_body(body, headers.get(b"content-type"))
+        options = score_options(task_model(service, task).manifest, request.threshold,
+                                request.top_k)
+        result = await classify(service, task, request.inputs, deadline, gone)
+        answer = {"task": task, "variant": result.variant,
+                  "results": predictions(result, options, request.return_all_scores)}
+        return JSON, orjson.dumps(answer), {}
+
+    @staticmethod
+    def error(status: int, message: str) -> bytes:
+        return orjson.dumps(error_payload("/v1", status, message))

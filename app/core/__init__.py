@@ -1,0 +1,1 @@
+"""One request through validation, tokenization, the batch queue and scoring."""

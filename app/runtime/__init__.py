@@ -1,0 +1,1 @@
+"""Model execution: pinned worker processes and the frames they speak."""

@@ -1,0 +1,386 @@
+"""Figures of the serving core (docs/benchmarks.md, "Serving core"), side by side in one run:
+
+    python -m bench.serving_core cpu --artifact models/sst2 [--baseline ../older-checkout]
+    python -m bench.serving_core one-client --artifact models/sst2
+    python -m bench.serving_core tier
+    python -m bench.serving_core overload --artifact models/sst2
+
+cpu         CPU per one-sentence request of the API process(es) and of the workers, read from
+            /proc under wrk load; beside it a bare ASGI app that parses, tokenizes and answers (the
+            floor of any Python server here), and optionally an older checkout of this project.
+one-client  one client, one sentence per request, a fixed gap between requests: HTTP p50 against
+            the same graph called in this process (tokenize, run, softmax), interleaved.
+tier        the API tier's ceiling with a near-zero-cost model (1 layer, hidden 32, built here):
+            requests/s and API CPU per request with 1 and 2 API processes.
+overload    closed-loop wrk clients at 4x the concurrency that saturates the server, with a queue
+            limit that forces 429s: answered requests/s against the saturated rate, accepted
+            requests' p99 (a paced probe client), and 5xx.
+
+Loopback only; every server is stopped before the command returns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from app.runtime.workers import open_session
+from bench import serving
+from compress.tasks import get_task, load_split
+from contract.artifact import read_manifest, verified_variant_path
+from contract.encoding import TextInput, encode, load_tokenizer, pad_batch, softmax
+from loadtest import wrk
+
+TICK = os.sysconf("SC_CLK_TCK")
+PORT = 8791
+
+
+# -- processes and their CPU -------------------------------------------------------------------
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of one process so far."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", encoding="ascii") as handle:
+                    parent = int(handle.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+            tree.setdefault(parent, []).append(int(entry))
+    return tree
+
+
+def api_and_workers(root: int) -> tuple[list[int], list[int]]:
+    """The API process(es) and the worker processes of a server started as `root`: one API
+    process has the workers as children; a tier's supervisor has API processes with workers."""
+    tree = _children()
+    first = tree.get(root, [])
+    second = [pid for parent in first for pid in tree.get(parent, [])]
+    if second:
+        return [root, *first], second
+    return [root], first
+
+
+@dataclass(frozen=True)
+class Load:
+    requests_per_s: float
+    answered_per_s: float
+    api_ms_per_request: float
+    worker_ms_per_request: float
+    p50_ms: float
+    p99_ms: float
+    refused: int
+    failed: int
+
+
+def measure(root: int, url: str, script: Path, connections: int, seconds: float) -> Load:
+    """wrk load on a running server, with the CPU its processes spent meanwhile."""
+    api, workers = api_and_workers(root)
+    before = [sum(cpu_seconds(p) for p in group) for group in (api, workers)]
+    result = wrk.run(url, script, connections, seconds)
+    after = [sum(cpu_seconds(p) for p in group) for group in (api, workers)]
+    requests = max(1, result.requests)
+    statuses = result.statuses or {"429": 0, "5xx": 0}
+    answered = result.requests - statuses["429"] - statuses["5xx"]
+    return Load(result.requests_per_s, answered / max(result.seconds, 1e-9),
+                1000 * (after[0] - before[0]) / requests, 1000 * (after[1] - before[1]) / requests,
+                result.latency_ms.get("50", float("nan")), result.latency_ms.get("99", float("nan")),
+                statuses["429"], statuses["5xx"])
+
+
+@contextmanager
+def server(repo: Path, env: dict[str, str] | None = None, checkout: Path | None = None,
+           command: list[str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """This project's server (or `command`) on the loopback port, stopped on exit."""
+    log = Path(tempfile.mkstemp(prefix="ffs-core-", suffix=".log")[1])
+    environment = {"FFS_MODEL_REPOSITORY": str(repo), "FFS_PORT": str(PORT),
+                   "FFS_HOST": "127.0.0.1", "FFS_LOG_LEVEL": "warning", **(env or {})}
+    process = serving.launch(command or [sys.executable, "-m", "app"],
+                             f"http://127.0.0.1:{PORT}/readyz", log, environment, 120, checkout)
+    try:
+        yield process
+    finally:
+        serving.stop(process)
+
+
+def one_task_repo(artifact: Path) -> Path:
+    repo = Path(tempfile.mkdtemp(prefix="ffs-core-repo-"))
+    (repo / artifact.name).symlink_to(artifact.resolve())
+    return repo
+
+
+def dev_texts(artifact: Path, data_dir: Path, count: int) -> list[TextInput]:
+    task = read_manifest(artifact).task
+    return load_split(get_task(task), "dev", data_dir).head(count).texts
+
+
+# -- cpu ---------------------------------------------------------------------------------------
+
+BARE_APP = '''
+import json, os, sys
+from tokenizers import Tokenizer
+tokenizer = Tokenizer.from_file(sys.argv[1])
+tokenizer.enable_truncation(128)
+ANSWER = json.dumps({"results": [{"label": "positive", "score": 0.9}]}).encode()
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    if scope["path"] == "/readyz":
+        tokens = 0
+    else:
+        tokens = len(tokenizer.encode(json.loads(body)["inputs"][0]).ids)
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": ANSWER})
+import uvicorn
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), log_level="warning", access_log=False)
+'''
+
+
+def cpu(args: argparse.Namespace) -> None:
+    repo = one_task_repo(args.artifact)
+    texts = dev_texts(args.artifact, args.data_dir, 200)
+    task = read_manifest(args.artifact).task
+    script = wrk.classify_script(task, texts, count_statuses=True)
+    bare = Path(tempfile.mkstemp(suffix=".py")[1])
+    bare.write_text(BARE_APP)
+    contenders: dict[str, dict[str, object]] = {
+        "bare ASGI app (parse, tokenize, fixed answer)": {"command": [
+            sys.executable, str(bare), str(args.artifact / "tokenizer.json"), str(PORT)]},
+        "this checkout": {},
+    }
+    if args.baseline is not None:
+        contenders[f"older checkout {args.baseline}"] = {"checkout": args.baseline.resolve()}
+    figures: dict[str, list[Load]] = {name: [] for name in contenders}
+    for _ in range(args.rounds):
+        for name, how in contenders.items():
+            with server(repo, checkout=how.get("checkout"),  # type: ignore[arg-type]
+                        command=how.get("command")) as process:  # type: ignore[arg-type]
+                url = f"http://127.0.0.1:{PORT}"
+                wrk.run(url, script, args.connections, 2)  # warm up
+                figures[name].append(measure(process.pid, url, script, args.connections,
+                                             args.seconds))
+    print(f"API CPU per one-sentence request under wrk ({args.connections} connections, "
+          f"{args.seconds:.0f} s x {args.rounds} rounds, {os.cpu_count()} cores), medians:")
+    for name, loads in figures.items():
+        print(f"  {name:55s} {_median(loads, 'requests_per_s'):7.0f} req/s   API "
+              f"{_median(loads, 'api_ms_per_request'):.3f} ms   workers "
+              f"{_median(loads, 'worker_ms_per_request'):.3f} ms")
+
+
+def _median(loads: list[Load], field: str) -> float:
+    return float(statistics.median(getattr(load, field) for load in loads))
+
+
+# -- one client --------------------------------------------------------------------------------
+
+def one_client(args: argparse.Namespace) -> None:
+    repo = one_task_repo(args.artifact)
+    manifest = read_manifest(args.artifact)
+    texts = dev_texts(args.artifact, args.data_dir, args.requests)
+    session = open_session(str(verified_variant_path(args.artifact, manifest, "cpu-int8")), 1)
+    tokenizer = load_tokenizer(args.artifact / manifest.tokenizer, manifest.max_length)
+    os.sched_setaffinity(0, {0})  # the in-process reference runs on one core, as a worker does
+
+    def in_process(text: TextInput) -> None:
+        feeds = pad_batch(encode(tokenizer, [text]), manifest.model_inputs, manifest.pad_token_id)
+        softmax(session.run(None, feeds)[0])
+
+    env = {"FFS_CPU_POOL__SPIN_MS": str(args.spin_ms)}
+    with server(repo, env):
+        connection = http.client.HTTPConnection("127.0.0.1", PORT)
+
+        def over_http(text: TextInput) -> None:
+            body = json.dumps({"inputs": [text if isinstance(text, str) else list(text)]})
+            connection.request("POST", f"/v1/classify/{manifest.task}", body,
+                               {"Content-Type": "application/json"})
+            response = connection.getresponse()
+            response.read()
+            if response.status != 200:
+                raise RuntimeError(f"HTTP {response.status}")
+
+        for gap_ms in args.gaps:
+            local: list[float] = []
+            remote: list[float] = []
+            for text in texts:
+                for call, out in ((in_process, local), (over_http, remote)):
+                    time.sleep(gap_ms / 1000)
+                    started = time.perf_counter()
+                    call(text)
+                    out.append(1000 * (time.perf_counter() - started))
+            p_local, p_remote = np.percentile(local, [50, 99]), np.percentile(remote, [50, 99])
+            print(f"gap {gap_ms:4.0f} ms, {len(texts)} sentences, spin_ms {args.spin_ms}: "
+                  f"in-process p50 {p_local[0]:.2f} ms (p99 {p_local[1]:.2f})   HTTP p50 "
+                  f"{p_remote[0]:.2f} ms (p99 {p_remote[1]:.2f})   overhead p50 "
+                  f"{p_remote[0] - p_local[0]:+.2f} ms")
+        connection.close()
+
+
+# -- tier --------------------------------------------------------------------------------------
+
+def near_zero_artifact(work: Path) -> Path:
+    """A 1-layer, hidden-32 random BERT packaged as task `sst2`: the model costs ~nothing, so the
+    API processes are what is measured."""
+    from compress.build import BuildPlan, package_artifact
+    from compress.packaging import spec_for_checkpoint
+    from compress.tiny_models import build_tiny_classifier
+
+    corpus = [f"the film was {w} and the plot {v}" for w in ("good", "bad", "dull", "fine")
+              for v in ("moved", "dragged", "worked", "failed")] * 20
+    checkpoint = build_tiny_classifier("bert", work / "checkpoint", corpus, layers=1, hidden=32)
+    spec = spec_for_checkpoint(checkpoint, None, "sst2", "single", 128)
+    out = work / "models" / "sst2"
+    package_artifact(spec, checkpoint, None, BuildPlan(spec=spec, base_model=str(checkpoint),
+                                                       out_dir=out, work_dir=work / "runs"))
+    return out
+
+
+def tier(args: argparse.Namespace) -> None:
+    artifact = near_zero_artifact(Path(tempfile.mkdtemp(prefix="ffs-zero-")))
+    repo = artifact.parent
+    texts = load_split(get_task("sst2"), "dev", args.data_dir).head(200).texts
+    script = wrk.classify_script("sst2", texts, count_statuses=True)
+    figures: dict[int, list[Load]] = {n: [] for n in args.processes}
+    for _ in range(args.rounds):
+        for count in args.processes:
+            env = {"FFS_API_PROCESSES": str(count)}
+            with server(repo, env) as process:
+                url = f"http://127.0.0.1:{PORT}"
+                wrk.run(url, script, args.connections, 2)
+                figures[count].append(measure(process.pid, url, script, args.connections,
+                                              args.seconds))
+    print(f"near-zero model (1 layer, hidden 32), wrk {args.connections} connections, "
+          f"{os.cpu_count()} cores shared by wrk, API processes and 2 workers; medians of "
+          f"{args.rounds} rounds:")
+    base = _median(figures[args.processes[0]], "requests_per_s")
+    for count, loads in figures.items():
+        rate = _median(loads, "requests_per_s")
+        api_ms = _median(loads, "api_ms_per_request")
+        print(f"  {count} API process(es): {rate:7.0f} req/s ({rate / base:.2f}x)   API CPU "
+              f"{api_ms:.3f} ms/request = {1000 / api_ms:6.0f} req/s per API core   workers "
+              f"{_median(loads, 'worker_ms_per_request'):.3f} ms/request   p99 "
+              f"{_median(loads, 'p99_ms'):.1f} ms")
+
+
+# -- overload ----------------------------------------------------------------------------------
+
+def _probe(url_port: int, task: str, text: TextInput, seconds: float, rate: float) \
+        -> tuple[list[float], int]:
+    """Paced single requests (a well-behaved client): latencies of the accepted ones, refusals."""
+    connection = http.client.HTTPConnection("127.0.0.1", url_port)
+    body = json.dumps({"inputs": [text if isinstance(text, str) else list(text)]})
+    accepted: list[float] = []
+    refused = 0
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        started = time.perf_counter()
+        connection.request("POST", f"/v1/classify/{task}", body,
+                           {"Content-Type": "application/json"})
+        response = connection.getresponse()
+        response.read()
+        if response.status == 200:
+            accepted.append(1000 * (time.perf_counter() - started))
+        elif response.status == 429:
+            refused += 1
+        else:
+            raise RuntimeError(f"probe got HTTP {response.status}")
+        time.sleep(max(0.0, 1 / rate - (time.perf_counter() - started)))
+    connection.close()
+    return accepted, refused
+
+
+def overload(args: argparse.Namespace) -> None:
+    repo = one_task_repo(args.artifact)
+    task = read_manifest(args.artifact).task
+    texts = dev_texts(args.artifact, args.data_dir, 200)
+    script = wrk.classify_script(task, texts, count_statuses=True)
+    url = f"http://127.0.0.1:{PORT}"
+    with server(repo) as process:
+        wrk.run(url, script, 8, 2)
+        ladder = {c: measure(process.pid, url, script, c, args.seconds) for c in args.ladder}
+    best = max(load.answered_per_s for load in ladder.values())
+    saturating = min(c for c, load in ladder.items() if load.answered_per_s >= 0.95 * best)
+    print("closed-loop ladder (default queue): " + ", ".join(
+        f"{c} clients {load.answered_per_s:.0f}/s" for c, load in ladder.items()))
+    print(f"saturated rate {best:.0f} answered/s, reached at {saturating} clients")
+    queue = max(2, saturating)
+    env = {"FFS_BATCHING__MAX_QUEUE_ROWS": str(queue)}
+    with server(repo, env) as process:
+        wrk.run(url, script, 8, 2)
+
+        probe: list[tuple[list[float], int]] = []
+
+        def run_probe() -> None:
+            probe.append(_probe(PORT, task, texts[0], args.seconds, 20.0))
+
+        thread = threading.Thread(target=run_probe)
+        thread.start()
+        loaded = measure(process.pid, url, script, 4 * saturating, args.seconds)
+        thread.join()
+    accepted, probe_refused = probe[0]
+    p99 = float(np.percentile(accepted, 99)) if accepted else float("nan")
+    print(f"4x overload: {4 * saturating} clients, max_queue_rows {queue}: answered "
+          f"{loaded.answered_per_s:.0f}/s = {loaded.answered_per_s / best:.2f} of saturated; "
+          f"refused {loaded.refused} (429), 5xx {loaded.failed}; API CPU "
+          f"{loaded.api_ms_per_request:.3f} ms per request (answered or refused)")
+    print(f"  probe client (20/s): {len(accepted)} accepted, p50 "
+          f"{np.percentile(accepted, 50):.1f} ms, p99 {p99:.1f} ms; {probe_refused} refused")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.serving_core", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", type=Path,
+                        default=Path(os.environ.get("DATA_DIR", "../shared/data")))
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    commands = parser.add_subparsers(dest="command", required=True)
+    p_cpu = commands.add_parser("cpu")
+    p_cpu.add_argument("--artifact", type=Path, default=Path("models/sst2"))
+    p_cpu.add_argument("--baseline", type=Path, help="an older checkout of this project")
+    p_cpu.add_argument("--connections", type=int, default=32)
+    p_one = commands.add_parser("one-client")
+    p_one.add_argument("--artifact", type=Path, default=Path("models/sst2"))
+    p_one.add_argument("--requests", type=int, default=300)
+    p_one.add_argument("--gaps", type=float, nargs="+", default=[0.0, 10.0])
+    p_one.add_argument("--spin-ms", type=float, default=0.0)
+    p_tier = commands.add_parser("tier")
+    p_tier.add_argument("--processes", type=int, nargs="+", default=[1, 2])
+    p_tier.add_argument("--connections", type=int, default=64)
+    p_over = commands.add_parser("overload")
+    p_over.add_argument("--artifact", type=Path, default=Path("models/sst2"))
+    p_over.add_argument("--ladder", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    args = parser.parse_args(argv)
+    {"cpu": cpu, "one-client": one_client, "tier": tier, "overload": overload}[args.command](args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
