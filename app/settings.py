@@ -136,6 +136,12 @@ class Settings(BaseSettings):
         default="fail", description="an artifact that fails its checks: refuse to start, or start "
                                     "without that task (listed as unavailable)"
     )
+    tokenize: Literal["api", "workers"] = Field(
+        default="workers",
+        description="where texts are tokenized: in the API process, or in the workers (texts "
+                    "cross, the batcher groups by an estimated length; measured cheaper for the "
+                    "API tier, docs/benchmarks.md). truncation: chunk always tokenizes in the API",
+    )
     api_processes: int | None = Field(
         default=None, ge=1,
         description="API (HTTP) processes sharing the port, each owning a shard of the workers "

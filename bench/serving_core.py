@@ -44,43 +44,12 @@ from compress.tasks import get_task, load_split
 from contract.artifact import read_manifest, verified_variant_path
 from contract.encoding import TextInput, encode, load_tokenizer, pad_batch, softmax
 from loadtest import wrk
+from loadtest.proc import ServerCpu
 
-TICK = os.sysconf("SC_CLK_TCK")
 PORT = 8791
 
 
 # -- processes and their CPU -------------------------------------------------------------------
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of one process so far."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
-        fields = handle.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
-
-
-def _children() -> dict[int, list[int]]:
-    tree: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat", encoding="ascii") as handle:
-                    parent = int(handle.read().rsplit(")", 1)[1].split()[1])
-            except OSError:
-                continue
-            tree.setdefault(parent, []).append(int(entry))
-    return tree
-
-
-def api_and_workers(root: int) -> tuple[list[int], list[int]]:
-    """The API process(es) and the worker processes of a server started as `root`: one API
-    process has the workers as children; a tier's supervisor has API processes with workers."""
-    tree = _children()
-    first = tree.get(root, [])
-    second = [pid for parent in first for pid in tree.get(parent, [])]
-    if second:
-        return [root, *first], second
-    return [root], first
-
 
 @dataclass(frozen=True)
 class Load:
@@ -96,15 +65,14 @@ class Load:
 
 def measure(root: int, url: str, script: Path, connections: int, seconds: float) -> Load:
     """wrk load on a running server, with the CPU its processes spent meanwhile."""
-    api, workers = api_and_workers(root)
-    before = [sum(cpu_seconds(p) for p in group) for group in (api, workers)]
+    cpu = ServerCpu(root)
     result = wrk.run(url, script, connections, seconds)
-    after = [sum(cpu_seconds(p) for p in group) for group in (api, workers)]
+    api_s, worker_s = cpu.spent()
     requests = max(1, result.requests)
     statuses = result.statuses or {"429": 0, "5xx": 0}
     answered = result.requests - statuses["429"] - statuses["5xx"]
     return Load(result.requests_per_s, answered / max(result.seconds, 1e-9),
-                1000 * (after[0] - before[0]) / requests, 1000 * (after[1] - before[1]) / requests,
+                1000 * api_s / requests, 1000 * worker_s / requests,
                 result.latency_ms.get("50", float("nan")), result.latency_ms.get("99", float("nan")),
                 statuses["429"], statuses["5xx"])
 
@@ -174,15 +142,21 @@ def cpu(args: argparse.Namespace) -> None:
     contenders: dict[str, dict[str, object]] = {
         "bare ASGI app (parse, tokenize, fixed answer)": {"command": [
             sys.executable, str(bare), str(args.artifact / "tokenizer.json"), str(PORT)]},
-        "this checkout": {},
+        "this checkout, tokenizing in the API": {"env": {"FFS_TOKENIZE": "api"}},
+        "this checkout, tokenizing in the workers": {"env": {"FFS_TOKENIZE": "workers"}},
     }
     if args.baseline is not None:
         contenders[f"older checkout {args.baseline}"] = {"checkout": args.baseline.resolve()}
+    for extra in args.also:  # e.g. FFS_CPU_POOL__SPIN_MS=2,FFS_TOKENIZE=api
+        env = dict(pair.split("=", 1) for pair in extra.split(","))
+        contenders[f"this checkout, {extra}"] = {"env": env}
+    if args.only_also:
+        contenders = {k: v for k, v in contenders.items() if k.startswith("this checkout, FFS")}
     figures: dict[str, list[Load]] = {name: [] for name in contenders}
     for _ in range(args.rounds):
         for name, how in contenders.items():
-            with server(repo, checkout=how.get("checkout"),  # type: ignore[arg-type]
-                        command=how.get("command")) as process:  # type: ignore[arg-type]
+            with server(repo, how.get("env"), how.get("checkout"),  # type: ignore[arg-type]
+                        how.get("command")) as process:  # type: ignore[arg-type]
                 url = f"http://127.0.0.1:{PORT}"
                 wrk.run(url, script, args.connections, 2)  # warm up
                 figures[name].append(measure(process.pid, url, script, args.connections,
@@ -366,6 +340,9 @@ def main(argv: list[str] | None = None) -> int:
     p_cpu.add_argument("--artifact", type=Path, default=Path("models/sst2"))
     p_cpu.add_argument("--baseline", type=Path, help="an older checkout of this project")
     p_cpu.add_argument("--connections", type=int, default=32)
+    p_cpu.add_argument("--also", nargs="*", default=[], metavar="ENV=VALUE,...",
+                       help="more runs of this checkout with these settings")
+    p_cpu.add_argument("--only-also", action="store_true", help="run only the --also settings")
     p_one = commands.add_parser("one-client")
     p_one.add_argument("--artifact", type=Path, default=Path("models/sst2"))
     p_one.add_argument("--requests", type=int, default=300)

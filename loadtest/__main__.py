@@ -20,6 +20,7 @@ from tqdm import tqdm
 from loadtest.capacity import Capacity, find_capacity
 from loadtest.cost import Projection, project
 from loadtest.openloop import Request, StepResult, run_blocking, run_step
+from loadtest.proc import ServerCpu
 from loadtest.results import capacity_lines, steps_table, write
 from loadtest.workload import file_requests, task_requests
 
@@ -46,6 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--measured-cores", type=int, default=None,
                    help="cores the server used (default: this machine's usable cores)")
     p.add_argument("--vm", default="Standard_F16s_v2", help="VM size to project cost on")
+    p.add_argument("--server-pid", type=int, default=None,
+                   help="pid of a server on this machine (python -m app): its API and worker "
+                        "CPU per request is read from /proc and priced instead of scaling cores")
     p.add_argument("--out", type=Path, default=Path("runs/loadtest"))
     return p
 
@@ -64,9 +68,15 @@ def main(argv: list[str] | None = None) -> int:
     requests = _requests(args)
     progress = tqdm(desc="steps", unit="step")
 
+    cpu_at: dict[float, tuple[float, float]] = {}
+
     def step(rate: float) -> StepResult:
+        cpu = ServerCpu(args.server_pid) if args.server_pid else None
         result = run_blocking(run_step(args.url, requests, rate, args.duration,
                                        args.max_requests, args.connections))
+        if cpu is not None and result.ok:
+            api_s, worker_s = cpu.spent()
+            cpu_at[rate] = (1000 * api_s / result.ok, 1000 * worker_s / result.ok)
         progress.update(1)
         progress.write(f"offered {rate:.0f}/s: achieved {result.achieved_rps:.0f}/s, "
                        f"p99 {result.p99_ms:.1f} ms, 429 {result.rejected_429}, "
@@ -80,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         steps = capacity.steps
         if capacity.rps is not None:
             cores = args.measured_cores or len(os.sched_getaffinity(0))
-            projection = project(capacity.rps, cores, args.vm)
+            projection = project(capacity.rps, cores, args.vm, cpu_ms=cpu_at.get(capacity.rps))
     else:
         steps = [step(float(rate)) for rate in args.rates.split(",")]
     progress.close()

@@ -31,6 +31,10 @@ class Projection:
     usd_per_hour: float
     usd_per_100m: float
     price_date: str
+    # CPU per request of the whole server at the measured rate, when it was read (/proc):
+    # the projection is then vCPUs / (API + workers), counting the API tier, not cores x rate.
+    api_ms_per_request: float | None = None
+    worker_ms_per_request: float | None = None
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -49,18 +53,27 @@ def usd_per_100m(rps: float, usd_per_hour: float) -> float:
     return usd_per_hour * REQUESTS / (rps * 3600.0)
 
 
-def project(measured_rps: float, measured_cores: int, vm: str, path: Path = PRICES) -> Projection:
-    """Scale a capacity measured on `measured_cores` linearly to the VM's vCPUs and price it.
+def project(measured_rps: float, measured_cores: int, vm: str, path: Path = PRICES,
+            cpu_ms: tuple[float, float] | None = None) -> Projection:
+    """Price a capacity measured on `measured_cores` on the VM `vm`.
 
-    Linear scaling assumes one pinned worker per core and no shared bottleneck (the API process,
-    memory bandwidth); it is a projection, which is why the measured figure is kept beside it.
+    With `cpu_ms` (the server's API and worker CPU per request at that rate, read from /proc) the
+    VM's capacity is its vCPUs kept busy by the whole server: vCPUs x 1000 / (API + workers), the
+    API tier counted. Without it, the rate is scaled linearly by cores, which assumes the API tier
+    grows with them (settings.api_processes). Either way it is a projection, which is why the
+    measured figure is kept beside it.
     """
     prices, date = load_prices(path)
     if vm not in prices:
         raise KeyError(f"no price for {vm!r} in {path}; known: {', '.join(sorted(prices))}")
     price = prices[vm]
-    projected = measured_rps * price.vcpus / measured_cores
+    if cpu_ms is not None and sum(cpu_ms) > 0:
+        projected = price.vcpus * 1000.0 / sum(cpu_ms)
+    else:
+        projected = measured_rps * price.vcpus / measured_cores
     return Projection(vm=vm, vm_vcpus=price.vcpus, measured_rps=measured_rps,
                       measured_cores=measured_cores,
                       projected_rps=projected, usd_per_hour=price.usd_per_hour,
-                      usd_per_100m=usd_per_100m(projected, price.usd_per_hour), price_date=date)
+                      usd_per_100m=usd_per_100m(projected, price.usd_per_hour), price_date=date,
+                      api_ms_per_request=None if cpu_ms is None else cpu_ms[0],
+                      worker_ms_per_request=None if cpu_ms is None else cpu_ms[1])

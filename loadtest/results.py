@@ -27,13 +27,23 @@ def capacity_lines(capacity: Capacity, projection: Projection | None) -> list[st
     bound = "" if capacity.bounded else " (the highest rate tried still met it: at least)"
     lines = [f"Capacity at p99 <= {capacity.slo_ms:.0f} ms, no errors, no 429: "
              f"**{capacity.rps:.0f} req/s** measured{bound}."]
-    if projection is not None:
+    if projection is not None and projection.api_ms_per_request is not None:
+        api, workers = projection.api_ms_per_request, projection.worker_ms_per_request or 0.0
+        lines.append(
+            f"Server CPU per request at that rate (/proc): API {api:.3f} ms + workers "
+            f"{workers:.3f} ms. Projection (not a measurement): {projection.vm_vcpus} vCPUs x "
+            f"1000 / {api + workers:.3f} ms = {projection.projected_rps:.0f} req/s on "
+            f"{projection.vm} at ${projection.usd_per_hour:.3f}/h -> "
+            f"**${projection.usd_per_100m:.2f} per 100M requests** (prices: "
+            f"{projection.price_date}).")
+    elif projection is not None:
         lines.append(
             f"Projection (not a measurement): x {projection.vm_vcpus} vCPUs / "
             f"{projection.measured_cores} cores measured = {projection.projected_rps:.0f} req/s on "
             f"{projection.vm} at "
             f"${projection.usd_per_hour:.3f}/h -> **${projection.usd_per_100m:.2f} per 100M "
-            f"requests** (prices: {projection.price_date}).")
+            f"requests** (prices: {projection.price_date}; pass --server-pid to count the "
+            "server's own CPU instead).")
     return lines
 
 

@@ -122,6 +122,30 @@ def tiny_repo(tmp_path_factory: pytest.TempPathFactory) -> TinyRepo:
                     sst2_teacher=work / "runs" / "sst2" / "finetuned")
 
 
+@pytest.fixture(scope="session")
+def fast_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An sst2 artifact packaged from an untrained tiny BERT (seconds, no training): enough for
+    tests that run the app against a fake worker pool."""
+    from compress.build import BuildPlan, package_artifact
+    from compress.packaging import spec_for_checkpoint
+
+    work = tmp_path_factory.mktemp("fast")
+    checkpoint = build_tiny_bert(work / "tiny-bert", layers=1)
+    spec = spec_for_checkpoint(checkpoint, None, "sst2", "single", 64)
+    plan = BuildPlan(spec=spec, base_model=str(checkpoint), out_dir=work / "models" / "sst2",
+                     work_dir=work / "runs")
+    package_artifact(spec, checkpoint, None, plan)
+    return work / "models"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that build trained models or start real processes are `slow`: `pytest -m "not
+    slow"` runs the fast tier (logic, and the app against a fake pool) in seconds."""
+    for item in items:
+        if "tiny_repo" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

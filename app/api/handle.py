@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api.guards import AuthPolicy
 from app.api.observability import request_id, request_id_for
-from app.core.inference import tracked
+from app.core.inference import record
 from app.core.inputs import ClientError
 from app.core.service import Service
 
@@ -101,22 +101,28 @@ async def handle(service: Service, wire: Wire, task: str, version: str | None, p
     if not auth.allows(path, headers):
         return Reply(401, JSON, wire.error(401, auth.MESSAGE), {"WWW-Authenticate": "Bearer"})
     try:
-        with tracked(service, task):
-            if _queue_full(service, task):  # before the body is parsed or tokenized: cheap
-                service.metrics.rejected.labels(task, "queue_full").inc()
-                raise ClientError(429, "server is at capacity (its queue is full); retry "
-                                       "shortly", {"Retry-After": "1"})
-            body = await read_body(receive, headers, service.settings.limits.max_body_bytes)
-            gone = asyncio.ensure_future(_watch_disconnect(receive))
-            content_type, data, extra = await wire.answer(service, task, version, body, headers,
-                                                          started, gone)
-            return Reply(200, content_type, data, extra)
+        reply = await _answer(service, wire, task, version, headers, receive, started)
     except ClientError as exc:
-        return Reply(exc.status, JSON, wire.error(exc.status, exc.message), exc.headers)
+        reply = Reply(exc.status, JSON, wire.error(exc.status, exc.message), exc.headers)
     except Exception as exc:
         log.exception("classify %s failed", task)
-        return Reply(500, JSON, wire.error(500, f"internal error ({type(exc).__name__}); see "
-                                                "the server log"))
+        reply = Reply(500, JSON, wire.error(500, f"internal error ({type(exc).__name__}); see "
+                                                 "the server log"))
+    record(service, task, reply.status, started)
+    return reply
+
+
+async def _answer(service: Service, wire: Wire, task: str, version: str | None,
+                  headers: dict[bytes, bytes], receive: Receive, started: float) -> Reply:
+    if _queue_full(service, task):  # before the body is parsed or tokenized: cheap
+        service.metrics.rejected.labels(task, "queue_full").inc()
+        raise ClientError(429, "server is at capacity (its queue is full); retry shortly",
+                          {"Retry-After": "1"})
+    body = await read_body(receive, headers, service.settings.limits.max_body_bytes)
+    gone = asyncio.ensure_future(_watch_disconnect(receive))
+    content_type, data, extra = await wire.answer(service, task, version, body, headers,
+                                                  started, gone)
+    return Reply(200, content_type, data, extra)
 
 
 async def send_reply(send: Send, reply: Reply, rid: str) -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import time
-import uuid
 from contextvars import ContextVar
 from typing import Any
 
@@ -21,7 +21,7 @@ _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 def request_id_for(headers: dict[bytes, bytes]) -> str:
     """The client's X-Request-Id when it is sane, else a fresh one."""
     given = headers.get(b"x-request-id", b"").decode("latin-1")
-    return given if _SAFE_ID.match(given) else uuid.uuid4().hex
+    return given if _SAFE_ID.match(given) else os.urandom(16).hex()  # uuid4's entropy, cheaper
 
 
 class RequestId:

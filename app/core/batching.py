@@ -18,8 +18,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from app.runtime.frames import Logits
 from app.runtime.workers import RetryableError
-from contract.encoding import EncodedText, pad_batch
+from contract.encoding import EncodedText, TextInput, pad_batch
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,20 @@ class TaskInputs:
     pad_token_id: int
 
 
+class TextRow:
+    """A text the worker tokenizes itself; `length` is an estimate, used only to group rows."""
+
+    __slots__ = ("length", "text")
+    truncated = False  # unknown until the worker answers
+
+    def __init__(self, text: TextInput, length: int) -> None:
+        self.text = text
+        self.length = length
+
+
+Row = EncodedText | TextRow
+
+
 @dataclass(frozen=True)
 class BatchStats:
     """What one executed batch looked like (for metrics)."""
@@ -62,6 +77,9 @@ class BatchStats:
     queue_depth: int  # rows still waiting once this batch left
 
 
+_NOTHING = np.zeros(0, np.float32)
+
+
 class Pending:
     """One request's rows in the queue: a single future resolves with all their logits.
 
@@ -69,23 +87,28 @@ class Pending:
     disconnect) is dropped by failing this one future.
     """
 
-    __slots__ = ("future", "left", "results")
+    __slots__ = ("future", "left", "results", "scores", "truncated")
 
-    def __init__(self, future: asyncio.Future[list[np.ndarray]], rows: int) -> None:
+    def __init__(self, future: asyncio.Future[Pending], rows: int) -> None:
         self.future = future
-        self.results: list[np.ndarray | None] = [None] * rows
+        self.results: list[np.ndarray] = [_NOTHING] * rows  # logits per row
+        self.scores: list[np.ndarray] = [_NOTHING] * rows  # probabilities per row
+        self.truncated = [False] * rows  # as the worker's tokenizer reports (TextRow rows)
         self.left = rows
 
     def done(self) -> bool:
         return self.future.done()
 
-    def deliver(self, index: int, logits: np.ndarray) -> None:
+    def deliver(self, index: int, logits: np.ndarray, scores: np.ndarray, truncated: bool) \
+            -> None:
         if self.future.done():
             return
         self.results[index] = logits
+        self.scores[index] = scores
+        self.truncated[index] = truncated
         self.left -= 1
         if self.left == 0:
-            self.future.set_result(self.results)  # type: ignore[arg-type]
+            self.future.set_result(self)
 
     def fail(self, error: BaseException) -> None:
         if not self.future.done():
@@ -95,7 +118,7 @@ class Pending:
 @dataclass(eq=False)  # rows are compared by identity: their arrays have no single truth value
 class _Row:
     task: str
-    encoded: EncodedText
+    encoded: Row
     request: Pending
     index: int
     enqueued: float
@@ -107,8 +130,8 @@ class Runner(Protocol):
 
     async def acquire(self) -> Any: ...
 
-    async def run(self, worker: Any, task: str, feeds: dict[str, np.ndarray]) \
-            -> tuple[np.ndarray, float]: ...
+    async def run(self, worker: Any, task: str,
+                  work: dict[str, np.ndarray] | Sequence[TextInput]) -> Logits: ...
 
     def release(self, worker: Any) -> None: ...
 
@@ -175,7 +198,7 @@ class Batcher:
         """Whether `rows` more rows would pass the queue limit (checked before any parsing)."""
         return len(self._pending) + rows > self.policy.max_queue_rows
 
-    def submit(self, task: str, rows: Sequence[EncodedText]) -> asyncio.Future[list[np.ndarray]]:
+    def submit(self, task: str, rows: Sequence[Row]) -> asyncio.Future[Pending]:
         """Queue a request's rows; the future resolves with their logits in order (raises
         QueueFull when at capacity). Failing or cancelling the future drops rows not yet run."""
         if self.full(len(rows)):
@@ -281,19 +304,28 @@ class Batcher:
 
     async def _run_batch(self, worker: Any, batch: list[_Row]) -> None:
         started = time.perf_counter()
-        spec = self.tasks[batch[0].task]
-        feeds = pad_batch([row.encoded for row in batch], spec.input_names, spec.pad_token_id)
+        work, width = self._work(batch)
         try:
-            logits, seconds = await self.runner.run(worker, batch[0].task, feeds)
+            result = await self.runner.run(worker, batch[0].task, work)
         except Exception as exc:
             self._fail_or_retry(batch, exc)
             return
         finally:
             self.runner.release(worker)
-        for row, row_logits in zip(batch, logits, strict=True):
-            row.request.deliver(row.index, row_logits)
+        for row, logits, scores, truncated in zip(batch, result.logits, result.scores,
+                                                  result.truncated, strict=True):
+            row.request.deliver(row.index, logits, scores, bool(truncated))
         if self._on_batch is not None:
             waits = [started - row.enqueued for row in batch]
-            width = next(iter(feeds.values())).shape[1]
-            self._on_batch(BatchStats(batch[0].task, len(batch), width, waits, seconds,
+            self._on_batch(BatchStats(batch[0].task, len(batch), width, waits, result.seconds,
                                       len(self._pending)))
+
+    def _work(self, batch: list[_Row]) -> tuple[dict[str, np.ndarray] | list[TextInput], int]:
+        """Padded feeds (rows tokenized here) or texts (the worker tokenizes), and the padded
+        length (estimated for texts)."""
+        width = max(row.encoded.length for row in batch)
+        if isinstance(batch[0].encoded, TextRow):
+            return [row.encoded.text for row in batch], width  # type: ignore[union-attr]
+        spec = self.tasks[batch[0].task]
+        rows = [row.encoded for row in batch]
+        return pad_batch(rows, spec.input_names, spec.pad_token_id), width  # type: ignore[arg-type]

@@ -8,6 +8,7 @@ scrape reaches answers for all of them (prometheus_client's multiprocess mode).
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -54,6 +55,9 @@ class Metrics:
                                     "than configured", ["task", "requested", "actual"],
                                     registry=r, multiprocess_mode="max")
 
+        self._request_children: dict[tuple[str, int], tuple[Any, Any]] = {}
+        self._pool_children: dict[str, tuple[Any, ...]] = {}
+
     def count_dropped(self, pool: str, rows: int) -> None:
         self.dropped_rows.labels(pool).inc(rows)
 
@@ -69,10 +73,30 @@ class Metrics:
         return generate_latest(self.registry)
 
     def observe_batch(self, pool: str, stats: BatchStats) -> None:
-        self.queue_depth.labels(pool).set(stats.queue_depth)
-        self.batch_size.labels(pool).observe(stats.rows)
-        self.batch_length.labels(pool).observe(stats.padded_length)
-        self.batch_tokens.labels(pool).observe(stats.rows * stats.padded_length)
-        self.inference.labels(pool).observe(stats.seconds)
-        for wait in stats.queue_waits:
-            self.queue_wait.labels(pool).observe(wait)
+        depth, size, length, tokens, inference, wait = self._batch_children(pool)
+        depth.set(stats.queue_depth)
+        size.observe(stats.rows)
+        length.observe(stats.padded_length)
+        tokens.observe(stats.rows * stats.padded_length)
+        inference.observe(stats.seconds)
+        for seconds in stats.queue_waits:
+            wait.observe(seconds)
+
+    def observe_request(self, task: str, status: int, seconds: float) -> None:
+        """One classify request's final status (and its latency when it succeeded)."""
+        children = self._request_children.get((task, status))
+        if children is None:  # labels() takes a lock and builds a key: once per label set
+            children = (self.requests.labels(task, str(status)), self.latency.labels(task))
+            self._request_children[(task, status)] = children
+        children[0].inc()
+        if status == 200:
+            children[1].observe(seconds)
+
+    def _batch_children(self, pool: str) -> tuple[Any, ...]:
+        children = self._pool_children.get(pool)
+        if children is None:
+            children = (self.queue_depth.labels(pool), self.batch_size.labels(pool),
+                        self.batch_length.labels(pool), self.batch_tokens.labels(pool),
+                        self.inference.labels(pool), self.queue_wait.labels(pool))
+            self._pool_children[pool] = children
+        return children

@@ -5,10 +5,12 @@ from __future__ import annotations
 import functools
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
-from app.core.batching import Batcher, BatchPolicy, TaskInputs
+from app.core.batching import Batcher, BatchPolicy, Runner, TaskInputs
 from app.core.metrics import Metrics
 from app.core.repository import TaskModel, artifact_folders, load_task_model
 from app.core.routing import Route, plan_routes
@@ -27,7 +29,7 @@ class Service:
     routes: dict[str, Route]
     specs: dict[PoolName, list[WorkerSpec]]
     metrics: Metrics = field(default_factory=Metrics)
-    pools: dict[PoolName, WorkerPool] = field(default_factory=dict)
+    pools: dict[PoolName, Pool] = field(default_factory=dict)
     batchers: dict[PoolName, Batcher] = field(default_factory=dict)
     draining: bool = False  # set on SIGTERM: readiness fails while in-flight work finishes
     # Tasks (or folders) whose artifact failed its checks under artifact_errors: skip -> why.
@@ -75,17 +77,21 @@ def _cpu_specs(settings: Settings, models: dict[str, TaskModel], routes: dict[st
         layout = cpu_layout(cores, pool.workers, pool.threads_per_worker)
     except ValueError as exc:
         raise ConfigError(f"cpu_pool: {exc}") from None
-    files = {
-        task: ModelFile(str(models[task].files[routes[task].variant]),
-                        tuple(models[task].manifest.model_inputs))
-        for task in tasks
-    }
+    in_workers = settings.tokenize == "workers" and settings.limits.truncation != "chunk"
+    files = {task: _model_file(models[task], routes[task], in_workers) for task in tasks}
     if shard.count > len(layout):
         raise ConfigError(f"api_processes is {shard.count} but the cpu pool has {len(layout)} "
                           "workers; each API process needs at least one (lower api_processes)")
     return [WorkerSpec(index=i, cores=group, threads=pool.threads_per_worker, models=files,
                        spin_s=pool.spin_ms / 1000)
             for i, group in enumerate(layout) if i % shard.count == shard.index]
+
+
+def _model_file(model: TaskModel, route: Route, tokenizer: bool) -> ModelFile:
+    manifest = model.manifest
+    return ModelFile(str(model.files[route.variant]), tuple(manifest.model_inputs),
+                     str(model.folder / manifest.tokenizer) if tokenizer else None,
+                     manifest.max_length, manifest.pad_token_id, manifest.problem_type)
 
 
 class _Loader:
@@ -158,8 +164,33 @@ def prepare_service(settings: Settings, shard: Shard | None = None) -> Service:
     return service
 
 
-async def start_service(service: Service) -> None:
-    """Start worker pools and their batchers; raises if a worker cannot load its models."""
+class Pool(Runner, Protocol):
+    """What the service needs of a pool beyond running batches (WorkerPool, or a test's fake)."""
+
+    name: str
+    restarts: int
+
+    async def start(self) -> None: ...
+
+    def ready(self) -> bool: ...
+
+    def describe(self) -> list[dict[str, Any]]: ...
+
+    def stop(self) -> None: ...
+
+
+PoolFactory = Callable[[str, list[WorkerSpec], Service], Pool]
+
+
+def worker_pool(name: str, specs: list[WorkerSpec], service: Service) -> Pool:
+    """The real pool: pinned worker processes."""
+    return WorkerPool(name, specs, service.settings.worker_start_timeout_s,
+                      on_restart=service.metrics.count_restart)
+
+
+async def start_service(service: Service, make_pool: PoolFactory = worker_pool) -> None:
+    """Start worker pools and their batchers; raises if a worker cannot load its models.
+    `make_pool` builds each pool (tests pass one that runs no processes)."""
     settings = service.settings
     policy = BatchPolicy(
         max_batch_size=settings.batching.max_batch_size,
@@ -169,8 +200,7 @@ async def start_service(service: Service) -> None:
         min_fill=settings.batching.min_fill,
     )
     for name, specs in service.specs.items():
-        pool = WorkerPool(name, specs, settings.worker_start_timeout_s,
-                          on_restart=service.metrics.count_restart)
+        pool = make_pool(name, specs, service)
         await pool.start()
         service.pools[name] = pool
         tasks = {

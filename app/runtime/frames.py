@@ -5,7 +5,11 @@ one header plus the logits' bytes. Every frame starts with its length (4 bytes, 
 either side reads whole frames from a stream socket.
 
     batch   <I length> <B BATCH> <B task> <H rows> <H width> <B inputs>  then inputs x int64[rows, width]
-    logits  <I length> <B LOGITS> <H rows> <H labels> <d seconds>       then float32[rows, labels]
+    texts   <I length> <B TEXTS> <B task> <H rows> <B pair>  then per text <I bytes> UTF-8 (2 if pair)
+    logits  <I length> <B LOGITS> <H rows> <H labels> <d seconds>  then float32[rows, labels],
+            float64[rows, labels] of scores (softmax or sigmoid, as the task's problem type says:
+            computed once per batch in the worker, not per request in the API) and one byte per
+            row: 1 where the worker's tokenizer truncated the text
     error   <I length> <B ERROR> then a UTF-8 message (the model refused the batch)
     ready   <I length> <B READY> then JSON {"pid", "cores"} (once, at start-up)
     failed  <I length> <B FAILED> then a UTF-8 message (the worker could not start)
@@ -20,10 +24,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-BATCH, LOGITS, ERROR, READY, FAILED = 1, 2, 3, 4, 5
+BATCH, LOGITS, ERROR, READY, FAILED, TEXTS = 1, 2, 3, 4, 5, 6
 LENGTH = struct.Struct("<I")
 BATCH_HEADER = struct.Struct("<BBHHB")
 LOGITS_HEADER = struct.Struct("<BHHd")
+TEXTS_HEADER = struct.Struct("<BBHB")
+TEXT_LENGTH = struct.Struct("<I")
 KIND = struct.Struct("<B")
 
 
@@ -38,9 +44,17 @@ class Batch:
 
 
 @dataclass(frozen=True)
+class Texts:
+    task: int
+    texts: list[str | tuple[str, str]]
+
+
+@dataclass(frozen=True)
 class Logits:
     logits: np.ndarray  # float32 [rows, labels]
-    seconds: float  # inside the model call
+    scores: np.ndarray  # float64 [rows, labels]
+    seconds: float  # inside the model call (and the tokenizer, for a texts frame)
+    truncated: np.ndarray  # bool [rows]
 
 
 @dataclass(frozen=True)
@@ -67,10 +81,25 @@ def batch_frame(task: int, feeds: Sequence[np.ndarray]) -> bytes:
     return _framed(header + b"".join(arrays))
 
 
-def logits_frame(logits: np.ndarray, seconds: float) -> bytes:
+def texts_frame(task: int, texts: Sequence[str | tuple[str, str]]) -> bytes:
+    """Texts for a worker that tokenizes itself (all single texts, or all pairs)."""
+    pair = not isinstance(texts[0], str)
+    parts = [TEXTS_HEADER.pack(TEXTS, task, len(texts), int(pair))]
+    for text in texts:
+        for piece in ((text,) if isinstance(text, str) else text):
+            raw = piece.encode("utf-8")
+            parts += [TEXT_LENGTH.pack(len(raw)), raw]
+    return _framed(b"".join(parts))
+
+
+def logits_frame(logits: np.ndarray, scores: np.ndarray, seconds: float,
+                 truncated: np.ndarray | None = None) -> bytes:
     rows, labels = logits.shape
     values = np.ascontiguousarray(logits, dtype=np.float32).tobytes()
-    return _framed(LOGITS_HEADER.pack(LOGITS, rows, labels, seconds) + values)
+    probabilities = np.ascontiguousarray(scores, dtype=np.float64).tobytes()
+    flags = bytes(rows) if truncated is None else np.asarray(truncated, np.uint8).tobytes()
+    return _framed(LOGITS_HEADER.pack(LOGITS, rows, labels, seconds) + values + probabilities
+                   + flags)
 
 
 def message_frame(kind: int, message: str) -> bytes:
@@ -81,7 +110,10 @@ def ready_frame(pid: int, cores: list[int]) -> bytes:
     return _framed(KIND.pack(READY) + json.dumps({"pid": pid, "cores": cores}).encode())
 
 
-def parse_batch(body: memoryview) -> Batch:
+def parse_work(body: memoryview) -> Batch | Texts:
+    """A frame the API process sends a worker: padded feeds, or texts to tokenize."""
+    if body[0] == TEXTS:
+        return _parse_texts(body)
     kind, task, rows, width, count = BATCH_HEADER.unpack_from(body)
     if kind != BATCH:
         raise FrameError(f"expected a batch frame, got kind {kind}")
@@ -94,13 +126,34 @@ def parse_batch(body: memoryview) -> Batch:
     return Batch(task, feeds)
 
 
+def _parse_texts(body: memoryview) -> Texts:
+    _, task, rows, pair = TEXTS_HEADER.unpack_from(body)
+    offset = TEXTS_HEADER.size
+    pieces = []
+    for _ in range(rows * (2 if pair else 1)):
+        (size,) = TEXT_LENGTH.unpack_from(body, offset)
+        offset += TEXT_LENGTH.size
+        pieces.append(bytes(body[offset:offset + size]).decode("utf-8"))
+        offset += size
+    if offset != len(body):
+        raise FrameError(f"texts frame of {len(body)} bytes holds {offset} bytes of texts")
+    texts: list[str | tuple[str, str]] = list(pieces) if not pair else \
+        [(pieces[i], pieces[i + 1]) for i in range(0, len(pieces), 2)]
+    return Texts(task, texts)
+
+
 def parse_reply(body: bytes | memoryview) -> Logits | Failure | Ready:
     """A worker's frame: logits of a batch, an error message, or its start-up report."""
     kind = body[0]
     if kind == LOGITS:
         _, rows, labels, seconds = LOGITS_HEADER.unpack_from(body)
-        logits = np.frombuffer(body, np.float32, rows * labels, LOGITS_HEADER.size)
-        return Logits(logits.reshape(rows, labels), seconds)
+        offset = LOGITS_HEADER.size
+        logits = np.frombuffer(body, np.float32, rows * labels, offset)
+        offset += 4 * rows * labels
+        scores = np.frombuffer(body, np.float64, rows * labels, offset)
+        flags = np.frombuffer(body, np.uint8, rows, offset + 8 * rows * labels)
+        return Logits(logits.reshape(rows, labels), scores.reshape(rows, labels), seconds,
+                      flags.astype(bool))
     text = bytes(body[KIND.size:]).decode("utf-8", "replace")
     if kind in (ERROR, FAILED):
         return Failure(kind, text)

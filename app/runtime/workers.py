@@ -17,11 +17,13 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from app.runtime import frames
+from contract.encoding import TextInput, encode, load_tokenizer, pad_batch, probabilities
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,11 @@ class WorkerCrashed(WorkerError, RetryableError):
 class ModelFile:
     path: str
     input_names: tuple[str, ...]
+    # Set when the worker tokenizes texts itself (settings.tokenize: workers).
+    tokenizer: str | None = None
+    max_length: int = 0
+    pad_token_id: int = 0
+    problem_type: str = "single_label"  # how the worker turns logits into scores
 
 
 @dataclass(frozen=True)
@@ -137,16 +144,34 @@ class _SocketReader:
         return None if body is None else memoryview(body)
 
 
+class _Model:
+    """A worker's session for one task, and its tokenizer when it tokenizes texts itself."""
+
+    def __init__(self, model: ModelFile, threads: int, providers: Sequence[str]) -> None:
+        self.file = model
+        self.session = open_session(model.path, threads, providers)
+        self.tokenizer = None if model.tokenizer is None else \
+            load_tokenizer(Path(model.tokenizer), model.max_length)
+
+    def run(self, work: frames.Batch | frames.Texts) -> tuple[np.ndarray, np.ndarray | None]:
+        if isinstance(work, frames.Batch):
+            feeds = dict(zip(self.file.input_names, work.feeds, strict=True))
+            return self.session.run(None, feeds)[0], None
+        if self.tokenizer is None:
+            raise WorkerError("this worker was not given the task's tokenizer")
+        rows = encode(self.tokenizer, work.texts)
+        feeds = pad_batch(rows, self.file.input_names, self.file.pad_token_id)
+        return self.session.run(None, feeds)[0], np.array([row.truncated for row in rows])
+
+
 def worker_main(spec: WorkerSpec, sock: socket.socket) -> None:
     """Entry point of a worker process: pin, load, then serve batches until the socket closes."""
     try:
         os.sched_setaffinity(0, spec.cores)
-        sessions = [open_session(m.path, spec.threads, spec.providers)
-                    for m in spec.models.values()]
+        models = [_Model(m, spec.threads, spec.providers) for m in spec.models.values()]
     except Exception as exc:  # report any start-up failure to the parent instead of dying silently
         sock.sendall(frames.message_frame(frames.FAILED, f"{type(exc).__name__}: {exc}"))
         return
-    names = [m.input_names for m in spec.models.values()]
     sock.sendall(frames.ready_frame(os.getpid(), sorted(os.sched_getaffinity(0))))
     reader = _SocketReader(sock, spec.spin_s)
     while True:
@@ -156,12 +181,13 @@ def worker_main(spec: WorkerSpec, sock: socket.socket) -> None:
             return
         if body is None:
             return
-        batch = frames.parse_batch(body)
         started = time.perf_counter()
         try:
-            feeds = dict(zip(names[batch.task], batch.feeds, strict=True))
-            logits = sessions[batch.task].run(None, feeds)[0]
-            reply = frames.logits_frame(logits, time.perf_counter() - started)
+            work = frames.parse_work(body)
+            model = models[work.task]
+            logits, truncated = model.run(work)
+            scores = probabilities(logits, model.file.problem_type)
+            reply = frames.logits_frame(logits, scores, time.perf_counter() - started, truncated)
         except Exception as exc:
             reply = frames.message_frame(frames.ERROR, f"{type(exc).__name__}: {exc}")
         try:
@@ -254,11 +280,17 @@ class Worker:
             raise WorkerError(f"worker {self.spec.index} failed to start: {reason}")
         self.pid, self.cores = message.pid, message.cores
 
-    async def run(self, task: str, feeds: dict[str, np.ndarray]) -> frames.Logits:
+    async def run(self, task: str, work: dict[str, np.ndarray] | Sequence[TextInput]) \
+            -> frames.Logits:
+        """Logits of one batch: padded feeds by input name, or texts the worker tokenizes."""
         if self._channel is None or self.retired:
             raise WorkerCrashed(f"worker {self.spec.index} (pid {self.pid}) was replaced")
-        names = self.spec.models[task].input_names
-        frame = frames.batch_frame(self.spec.task_index(task), [feeds[n] for n in names])
+        index = self.spec.task_index(task)
+        if isinstance(work, dict):
+            names = self.spec.models[task].input_names
+            frame = frames.batch_frame(index, [work[n] for n in names])
+        else:
+            frame = frames.texts_frame(index, work)
         try:
             reply = await self._channel.send(frame)
         except ConnectionError as exc:
@@ -350,11 +382,9 @@ class WorkerPool:
             if not worker.retired:
                 self._schedule_restart(worker)
 
-    async def run(
-        self, worker: Worker, task: str, feeds: dict[str, np.ndarray]
-    ) -> tuple[np.ndarray, float]:
-        result = await worker.run(task, feeds)
-        return result.logits, result.seconds
+    async def run(self, worker: Worker, task: str,
+                  work: dict[str, np.ndarray] | Sequence[TextInput]) -> frames.Logits:
+        return await worker.run(task, work)
 
     def _lost(self, worker: Worker) -> None:
         """A worker's socket closed: it died (or is stopping); replace it unless it was retired."""
