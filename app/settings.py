@@ -51,6 +51,13 @@ class BatchingSettings(BaseModel):
     max_queue_rows: int = Field(
         default=2048, ge=1, description="rows waiting per pool before requests get 429"
     )
+    # Clients that retry a 429 at once (ignoring Retry-After) turn overload into a busy loop whose
+    # requests and refusals take the CPU the workers need: at 4x overload on 2 cores, answering
+    # refusals at once halved the answered rate (docs/benchmarks.md). A held refusal costs a timer.
+    refusal_delay_ms: float = Field(
+        default=100.0, ge=0, le=5000,
+        description="a request refused for a full queue gets its 429 after this long (0: at once)",
+    )
     min_fill: float = Field(
         default=0.9, ge=0, le=1,
         description="real tokens / padded tokens a batch must keep (0 disables the check)",

@@ -38,11 +38,11 @@ from pathlib import Path
 
 import numpy as np
 
-from app.runtime.workers import open_session
 from bench import serving
 from compress.tasks import get_task, load_split
 from contract.artifact import read_manifest, verified_variant_path
 from contract.encoding import TextInput, encode, load_tokenizer, pad_batch, softmax
+from contract.session import open_session
 from loadtest import wrk
 from loadtest.proc import ServerCpu
 
@@ -79,13 +79,14 @@ def measure(root: int, url: str, script: Path, connections: int, seconds: float)
 
 @contextmanager
 def server(repo: Path, env: dict[str, str] | None = None, checkout: Path | None = None,
-           command: list[str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
-    """This project's server (or `command`) on the loopback port, stopped on exit."""
+           command: list[str] | None = None, port: int = PORT) \
+        -> Iterator[subprocess.Popen[bytes]]:
+    """This project's server (or `command`) on a loopback port, stopped on exit."""
     log = Path(tempfile.mkstemp(prefix="ffs-core-", suffix=".log")[1])
-    environment = {"FFS_MODEL_REPOSITORY": str(repo), "FFS_PORT": str(PORT),
+    environment = {"FFS_MODEL_REPOSITORY": str(repo), "FFS_PORT": str(port),
                    "FFS_HOST": "127.0.0.1", "FFS_LOG_LEVEL": "warning", **(env or {})}
     process = serving.launch(command or [sys.executable, "-m", "app"],
-                             f"http://127.0.0.1:{PORT}/readyz", log, environment, 120, checkout)
+                             f"http://127.0.0.1:{port}/readyz", log, environment, 120, checkout)
     try:
         yield process
     finally:
@@ -188,7 +189,7 @@ def one_client(args: argparse.Namespace) -> None:
         softmax(session.run(None, feeds)[0])
 
     env = {"FFS_CPU_POOL__SPIN_MS": str(args.spin_ms)}
-    with server(repo, env):
+    with server(repo, env) as process:
         connection = http.client.HTTPConnection("127.0.0.1", PORT)
 
         def over_http(text: TextInput) -> None:
@@ -203,17 +204,21 @@ def one_client(args: argparse.Namespace) -> None:
         for gap_ms in args.gaps:
             local: list[float] = []
             remote: list[float] = []
+            cpu = ServerCpu(process.pid)
             for text in texts:
                 for call, out in ((in_process, local), (over_http, remote)):
                     time.sleep(gap_ms / 1000)
                     started = time.perf_counter()
                     call(text)
                     out.append(1000 * (time.perf_counter() - started))
+            api_s, worker_s = cpu.spent()
             p_local, p_remote = np.percentile(local, [50, 99]), np.percentile(remote, [50, 99])
             print(f"gap {gap_ms:4.0f} ms, {len(texts)} sentences, spin_ms {args.spin_ms}: "
                   f"in-process p50 {p_local[0]:.2f} ms (p99 {p_local[1]:.2f})   HTTP p50 "
                   f"{p_remote[0]:.2f} ms (p99 {p_remote[1]:.2f})   overhead p50 "
-                  f"{p_remote[0] - p_local[0]:+.2f} ms")
+                  f"{p_remote[0] - p_local[0]:+.2f} ms   server CPU per request: API "
+                  f"{1000 * api_s / len(texts):.2f} ms, workers {1000 * worker_s / len(texts):.2f}"
+                  " ms")
         connection.close()
 
 
@@ -290,6 +295,11 @@ def _probe(url_port: int, task: str, text: TextInput, seconds: float, rate: floa
     return accepted, refused
 
 
+def _probe_into(out: list[tuple[list[float], int]], port: int, task: str, text: TextInput,
+                seconds: float) -> None:
+    out.append(_probe(port, task, text, seconds, 20.0))
+
+
 def overload(args: argparse.Namespace) -> None:
     repo = one_task_repo(args.artifact)
     task = read_manifest(args.artifact).task
@@ -300,32 +310,44 @@ def overload(args: argparse.Namespace) -> None:
         wrk.run(url, script, 8, 2)
         ladder = {c: measure(process.pid, url, script, c, args.seconds) for c in args.ladder}
     best = max(load.answered_per_s for load in ladder.values())
-    saturating = min(c for c, load in ladder.items() if load.answered_per_s >= 0.95 * best)
+    saturating = min(c for c, load in ladder.items() if load.answered_per_s >= 0.9 * best)
     print("closed-loop ladder (default queue): " + ", ".join(
         f"{c} clients {load.answered_per_s:.0f}/s" for c, load in ladder.items()))
-    print(f"saturated rate {best:.0f} answered/s, reached at {saturating} clients")
     queue = max(2, saturating)
+    print(f"saturated from {saturating} clients; now, alternately: that load on the default "
+          f"server, and {4 * saturating} clients on one with max_queue_rows {queue}")
     env = {"FFS_BATCHING__MAX_QUEUE_ROWS": str(queue)}
-    with server(repo, env) as process:
-        wrk.run(url, script, 8, 2)
-
-        probe: list[tuple[list[float], int]] = []
-
-        def run_probe() -> None:
-            probe.append(_probe(PORT, task, texts[0], args.seconds, 20.0))
-
-        thread = threading.Thread(target=run_probe)
-        thread.start()
-        loaded = measure(process.pid, url, script, 4 * saturating, args.seconds)
-        thread.join()
-    accepted, probe_refused = probe[0]
-    p99 = float(np.percentile(accepted, 99)) if accepted else float("nan")
-    print(f"4x overload: {4 * saturating} clients, max_queue_rows {queue}: answered "
-          f"{loaded.answered_per_s:.0f}/s = {loaded.answered_per_s / best:.2f} of saturated; "
-          f"refused {loaded.refused} (429), 5xx {loaded.failed}; API CPU "
-          f"{loaded.api_ms_per_request:.3f} ms per request (answered or refused)")
-    print(f"  probe client (20/s): {len(accepted)} accepted, p50 "
-          f"{np.percentile(accepted, 50):.1f} ms, p99 {p99:.1f} ms; {probe_refused} refused")
+    if args.refusal_delay_ms is not None:
+        env["FFS_BATCHING__REFUSAL_DELAY_MS"] = str(args.refusal_delay_ms)
+    other = f"http://127.0.0.1:{PORT + 1}"
+    saturated: list[Load] = []
+    overloaded: list[Load] = []
+    accepted: list[float] = []
+    with server(repo) as plain, server(repo, env, port=PORT + 1) as limited:
+        wrk.run(other, script, 8, 2)
+        for _ in range(args.rounds):
+            saturated.append(measure(plain.pid, url, script, saturating, args.seconds))
+            probe: list[tuple[list[float], int]] = []
+            thread = threading.Thread(target=_probe_into, args=(
+                probe, PORT + 1, task, texts[0], args.seconds))
+            thread.start()
+            overloaded.append(measure(limited.pid, other, script, 4 * saturating, args.seconds))
+            thread.join()
+            accepted += probe[0][0]
+            print(f"  round: saturated {saturated[-1].answered_per_s:.0f}/s, 4x overload "
+                  f"answered {overloaded[-1].answered_per_s:.0f}/s, refused "
+                  f"{overloaded[-1].refused}, 5xx {overloaded[-1].failed}", flush=True)
+    ratios = [o.answered_per_s / s.answered_per_s for o, s in zip(overloaded, saturated,
+                                                                   strict=True)]
+    rounds = ", ".join(f"{r:.2f}" for r in ratios)
+    print(f"4x overload ({4 * saturating} clients, max_queue_rows {queue}): answered "
+          f"{_median(overloaded, 'answered_per_s'):.0f}/s against "
+          f"{_median(saturated, 'answered_per_s'):.0f}/s saturated = "
+          f"{statistics.median(ratios):.2f} (rounds {rounds}); 5xx "
+          f"{sum(o.failed for o in overloaded)}; refused {sum(o.refused for o in overloaded)}; "
+          f"API CPU {_median(overloaded, 'api_ms_per_request'):.3f} ms per request")
+    print(f"  probe client (20/s) on the overloaded server: {len(accepted)} accepted, p50 "
+          f"{np.percentile(accepted, 50):.1f} ms, p99 {np.percentile(accepted, 99):.1f} ms")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -354,6 +376,8 @@ def main(argv: list[str] | None = None) -> int:
     p_over = commands.add_parser("overload")
     p_over.add_argument("--artifact", type=Path, default=Path("models/sst2"))
     p_over.add_argument("--ladder", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    p_over.add_argument("--refusal-delay-ms", type=float, default=None,
+                        help="batching.refusal_delay_ms of the overloaded server (default: its own)")
     args = parser.parse_args(argv)
     {"cpu": cpu, "one-client": one_client, "tier": tier, "overload": overload}[args.command](args)
     return 0

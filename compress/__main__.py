@@ -235,9 +235,10 @@ def _add_inspect(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_recipe(args: argparse.Namespace) -> int:
-    from compress.pipeline import run_recipe, stage_summary
+    from compress.pipeline import run_recipe
     from compress.recipe import load_recipe
     from compress.report import table
+    from compress.stages import stage_summary
 
     recipe = load_recipe(args.recipe)
     try:

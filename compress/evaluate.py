@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
 from compress.metrics import Scored, score
 from compress.tasks import Examples, TextInput
 from contract.artifact import AgreementCheck, Manifest, ProblemType
 from contract.encoding import encode, load_tokenizer, pad_batch, probabilities
+from contract.session import open_session
 
 
 @dataclass(frozen=True)
@@ -26,12 +26,7 @@ class OrtPredictor:
 
     def __init__(self, graph: Path, tokenizer_json: Path, input_names: list[str], max_length: int,
                  pad_token_id: int = 0, threads: int | None = None) -> None:
-        options = ort.SessionOptions()
-        if threads is not None:
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(graph), options,
-                                            providers=["CPUExecutionProvider"])
+        self.session = open_session(graph, threads)
         self.tokenizer = load_tokenizer(tokenizer_json, max_length)
         self.input_names = input_names
         self.pad_token_id = pad_token_id

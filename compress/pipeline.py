@@ -1,20 +1,14 @@
 """`python -m compress run <recipe>`: teacher -> distil -> prune sweep -> ONNX variants -> report.
 
-Every stage writes its own folder under the run directory, built aside and renamed in when done,
-with a `stage.json` holding a key of its settings and of its inputs' keys. A rerun reuses every
-stage whose key still matches, so an interrupted run (Ctrl-C) resumes at the stage it was in, and a
-changed setting rebuilds that stage and everything downstream.
+The recipe's steps, each a cached stage (compress/stages.py: folders, keys, `stage.json`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import random
-import shutil
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +18,7 @@ import torch
 from transformers import PreTrainedModel
 
 from compress.build import Variants, assemble_artifact, make_variants
-from compress.checkpoint import load_classifier, write_json_atomic
+from compress.checkpoint import load_classifier
 from compress.distill import DistilConfig, distil, init_student, soft_loss, teacher_logits
 from compress.evaluate import OrtPredictor
 from compress.export import ExportResult
@@ -43,49 +37,20 @@ from compress.speed import (
     batch1_side_by_side,
     predictions,
 )
+from compress.stages import (
+    Stage,
+    examples_digest,
+    read_record,
+    run_stage,
+    stage_key,
+    stage_seconds,
+)
 from compress.tasks import Examples, TaskSpec, ensure_labels, load_split
 from contract.artifact import Architecture, Provenance
 
 log = logging.getLogger(__name__)
 Texts = list[str | tuple[str, str]]
-STAGE_FILE = "stage.json"
 UNFUSED_INT8 = "int8-unfused.onnx"
-
-
-@dataclass(frozen=True)
-class Stage:
-    folder: Path
-    key: str
-    record: dict[str, Any]
-
-
-def _key(payload: object) -> str:
-    text = json.dumps(payload, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-
-
-def run_stage(folder: Path, payload: dict[str, Any], build: Callable[[Path], dict[str, Any]]) -> Stage:
-    """Reuse `folder` if its key matches `payload`, else build it aside and rename it in."""
-    key = _key(payload)
-    marker = folder / STAGE_FILE
-    if marker.is_file():
-        record = json.loads(marker.read_text(encoding="utf-8"))
-        if record.get("key") == key:
-            log.info("stage %s: reused (key %s)", folder.name, key)
-            return Stage(folder, key, record)
-        log.info("stage %s: settings or inputs changed, rebuilding", folder.name)
-    partial = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    started = time.perf_counter()
-    log.info("stage %s: building", folder.name)
-    details = build(partial)
-    record = {"key": key, "seconds": round(time.perf_counter() - started, 1), **details}
-    write_json_atomic(partial / STAGE_FILE, record)
-    shutil.rmtree(folder, ignore_errors=True)
-    partial.rename(folder)
-    log.info("stage %s: done in %.0f s", folder.name, record["seconds"])
-    return Stage(folder, key, record)
 
 
 @dataclass
@@ -188,7 +153,7 @@ def _choice_stage(run: _Run, made: list[_Level], full: PruneLevel, teacher: Stag
         return {"candidates": [asdict(c) for c in candidates], "reference_accuracy": reference}
 
     payload = {"levels": [[m.level.name, m.checkpoint.key, m.variants.key] for m in made],
-               "teacher": teacher.key, "student": student.key, "dev": len(run.dev),
+               "teacher": teacher.key, "student": student.key, "dev": examples_digest(run.dev),
                "evaluate": run.recipe.evaluate.model_dump(mode="json"),
                "budget": [run.recipe.prune.max_accuracy_drop, run.recipe.prune.budget_reference]}
     stage = run_stage(run.out / "choice", payload, build)
@@ -201,9 +166,9 @@ def assemble_level(built: Built, candidate: Candidate, out_dir: Path) -> Path:
     """A servable artifact of one level of the sweep (the chosen one, or another to compare);
     an artifact already assembled from the same graphs is kept."""
     recipe = built.run.recipe
-    key = json.loads((Path(candidate.variants) / STAGE_FILE).read_text(encoding="utf-8"))["key"]
-    source = json.dumps({"variants": candidate.variants, "key": key,
-                         "dev": len(built.run.dev)})
+    record = read_record(Path(candidate.variants))
+    source = json.dumps({"variants": candidate.variants, "key": record and record.key,
+                         "dev": examples_digest(built.run.dev)})
     marker = out_dir / "source.json"
     if (out_dir / "manifest.json").is_file() and marker.is_file() \
             and marker.read_text(encoding="utf-8") == source:
@@ -222,7 +187,7 @@ def _teacher_stage(run: _Run) -> Stage:
     if section.checkpoint is not None:
         weights = section.checkpoint / "model.safetensors"
         stat = weights.stat() if weights.is_file() else None
-        return Stage(section.checkpoint, _key([str(section.checkpoint.resolve()),
+        return Stage(section.checkpoint, stage_key([str(section.checkpoint.resolve()),
                                                stat.st_size if stat else 0,
                                                stat.st_mtime if stat else 0]), {})
 
@@ -231,7 +196,7 @@ def _teacher_stage(run: _Run) -> Stage:
         return {}
 
     payload = {"model": section.model, "finetune": asdict(section.finetune), "task": run.spec.name,
-               "train": len(run.train)}
+               "train": examples_digest(run.train)}
     return run_stage(run.out / "teacher", payload, build)
 
 
@@ -305,7 +270,8 @@ def _importance_stage(run: _Run, teacher: Stage, student: Stage) -> tuple[Import
         scores.save(folder / "importance.npz")
         return {"examples": count}
 
-    payload = {"student": student.key, "examples": count, "max_length": config.max_length,
+    payload = {"student": student.key, "examples": examples_digest(run.train.head(count)),
+               "max_length": config.max_length,
                "temperature": config.temperature}
     stage = run_stage(run.out / "prune" / "importance", payload, build)
     return Importance.load(stage.folder / "importance.npz"), stage.key
@@ -421,8 +387,10 @@ def pick_level(candidates: list[Candidate], floor: float | None) -> Candidate:
 
 def _variants_of(candidate: Candidate) -> Variants:
     folder = Path(candidate.variants)
-    record = json.loads((folder / STAGE_FILE).read_text(encoding="utf-8"))
-
+    found = read_record(folder)
+    if found is None:
+        raise RecipeError(f"{folder} has no stage record; rerun the recipe to rebuild it")
+    record = found.details
     exported = ExportResult(folder / "fp32.onnx", record["input_names"], record["max_abs_diff"],
                             Architecture.model_validate(record["architecture"]))
     fusion = FusionReport(applied=record["fusions"], missing=record["fusions_missing"])
@@ -482,21 +450,6 @@ def _measure(run: _Run, teacher: Stage, student: Stage, chosen: Candidate,
                   stage_seconds=stage_seconds(run.out))
 
 
-def stage_seconds(out: Path) -> dict[str, float]:
-    """How long each stage took when it was built (reused stages keep their first time)."""
-    seconds = {}
-    for marker in sorted(out.rglob(STAGE_FILE)):
-        record = json.loads(marker.read_text(encoding="utf-8"))
-        seconds[str(marker.parent.relative_to(out))] = float(record.get("seconds", 0.0))
-    return seconds
-
-
 def _agreement(first: Predictor, second: Predictor, dev: Examples) -> float:
     a, b = predictions(first, dev.texts), predictions(second, dev.texts)
     return float(np.mean(a == b))
-
-
-def stage_summary(out: Path) -> list[str]:
-    """Names of finished stages under a run folder (for the Ctrl-C message)."""
-    return sorted(str(p.parent.relative_to(out)) for p in out.rglob(STAGE_FILE))
-

@@ -15,6 +15,7 @@ import pytest
 from compress import pipeline
 from compress.recipe import Recipe, RecipeError, load_recipe
 from compress.report import Candidate, Report
+from compress.stages import stage_summary
 from contract.artifact import read_manifest
 from tests.conftest import ROOT, TinyRepo
 
@@ -167,7 +168,7 @@ def test_interrupted_run_keeps_finished_stages_and_resumes(
         patch.setattr(pipeline, "distil", interrupted)
         with pytest.raises(KeyboardInterrupt):
             pipeline.run_recipe(recipe, None)
-    assert pipeline.stage_summary(recipe.output) == ["teacher"]
+    assert stage_summary(recipe.output) == ["teacher"]
     assert not (recipe.output / "student").exists()
     _forbid(monkeypatch, "finetune")
     report = pipeline.run_recipe(recipe, None)

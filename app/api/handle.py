@@ -88,6 +88,14 @@ async def _watch_disconnect(receive: Receive) -> None:
         continue
 
 
+async def _hold_refusal(service: Service) -> None:
+    """Answer a refusal late (batching.refusal_delay_ms): a client that retries at once then
+    retries at that pace instead of in a busy loop; the wait costs a timer, not CPU."""
+    delay = service.settings.batching.refusal_delay_ms
+    if delay > 0:
+        await asyncio.sleep(delay / 1000)
+
+
 def _queue_full(service: Service, task: str) -> bool:
     route = service.routes.get(task)
     batcher = service.batchers.get(route.pool) if route is not None else None
@@ -103,6 +111,8 @@ async def handle(service: Service, wire: Wire, task: str, version: str | None, p
     try:
         reply = await _answer(service, wire, task, version, headers, receive, started)
     except ClientError as exc:
+        if exc.status == 429:  # the queue is full (checked early, or when the rows queue)
+            await _hold_refusal(service)
         reply = Reply(exc.status, JSON, wire.error(exc.status, exc.message), exc.headers)
     except Exception as exc:
         log.exception("classify %s failed", task)

@@ -24,6 +24,7 @@ import numpy as np
 
 from app.runtime import frames
 from contract.encoding import TextInput, encode, load_tokenizer, pad_batch, probabilities
+from contract.session import open_session
 
 log = logging.getLogger(__name__)
 
@@ -94,19 +95,6 @@ def cpu_layout(cores: Sequence[int], workers: int | None, threads: int) -> list[
         )
     ordered = sorted(cores)
     return [tuple(ordered[i * threads : (i + 1) * threads]) for i in range(count)]
-
-
-def open_session(path: str, threads: int, providers: Sequence[str] = ("CPUExecutionProvider",)) \
-        -> Any:
-    """The one way this project opens an ORT session for serving or measuring: `threads` intra-op
-    threads, one inter-op thread, sequential execution."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    return ort.InferenceSession(path, options, providers=list(providers))
 
 
 class _SocketReader:
