@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -54,3 +57,39 @@ def test_sigterm_stops_every_api_process_and_exits_zero(tiny_repo: TinyRepo,
     server.process.send_signal(signal.SIGTERM)
     assert server.process.wait(timeout=30) == 0
     assert server.log().count("Application shutdown complete") == 2
+
+
+def _children(pid: int) -> list[int]:
+    """Spawned child processes of `pid` (API processes, or workers), not multiprocessing's
+    resource tracker."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+                command = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"spawn_main" in command:
+                found.append(int(entry.name))
+    return found
+
+
+def test_a_killed_api_process_is_restarted_with_its_workers(tier: RunningServer) -> None:
+    api = _children(tier.process.pid)
+    assert len(api) == 2
+    workers_before = {w for pid in api for w in _children(pid)}
+    os.kill(api[0], signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        now = _children(tier.process.pid)
+        if len(now) == 2 and api[0] not in now and all(_children(pid) for pid in now):
+            break
+        time.sleep(0.2)
+    else:
+        raise AssertionError("the API process was not replaced within 60 s")
+    assert _worker_sets(tier) == {(0,), (1,)}  # both shards serve again
+    workers_after = {w for pid in now for w in _children(pid)}
+    assert len(workers_after) == 2 and workers_after != workers_before
+    with httpx.Client(base_url=tier.url, timeout=10) as client:
+        assert client.post("/v1/classify/sst2", json={"inputs": ["lovely"]}).status_code == 200
