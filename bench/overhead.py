@@ -33,6 +33,7 @@ import numpy as np
 from app.runtime.cpu_quota import usable_cores
 from app.runtime.workers import ModelFile, Worker, WorkerPool, WorkerSpec, cpu_layout
 from bench import serving
+from compress.speed import interleaved
 from compress.tasks import get_task, load_split
 from contract.artifact import read_manifest, verified_variant_path
 from contract.encoding import TextInput, encode, load_tokenizer, pad_batch, softmax
@@ -125,23 +126,30 @@ def main(argv: list[str] | None = None) -> int:
     script = wrk.classify_script(manifest.task, texts) if client == "wrk" else None
     reference = SameLayout(args.artifact)
     process = serving.serve_artifact(args.artifact, args.port)
-    rounds: list[Round] = []
+    url = f"http://127.0.0.1:{args.port}"
+
+    def over_http() -> float:
+        if script is None:
+            return asyncio.run(http_rate(url, manifest.task, texts, args.concurrency))
+        measured = wrk.run(url, script, args.concurrency, args.seconds)
+        if measured.errors:
+            raise RuntimeError(f"wrk saw {measured.errors} failed requests")
+        return measured.requests_per_s
+
+    done = [0]
+
+    def report(figures: dict[str, float]) -> None:
+        done[0] += 1
+        local, remote = figures["in-process"], figures["http"]
+        print(f"round {done[0]}: in-process {local:8.1f} sent/s   http {remote:8.1f} sent/s   "
+              f"ratio {remote / local:.2f}", flush=True)
+
     try:
-        url = f"http://127.0.0.1:{args.port}"
-        for index in range(args.rounds):
-            local = asyncio.run(reference.rate(texts))
-            if script is not None:
-                measured = wrk.run(url, script, args.concurrency, args.seconds)
-                if measured.errors:
-                    raise RuntimeError(f"wrk saw {measured.errors} failed requests")
-                remote = measured.requests_per_s
-            else:
-                remote = asyncio.run(http_rate(url, manifest.task, texts, args.concurrency))
-            rounds.append(Round(local, remote))
-            print(f"round {index + 1}: in-process {local:8.1f} sent/s   "
-                  f"http {remote:8.1f} sent/s   ratio {remote / local:.2f}", flush=True)
+        measured = interleaved({"in-process": lambda: asyncio.run(reference.rate(texts)),
+                                "http": over_http}, args.rounds, report)
     finally:
         serving.stop(process)
+    rounds = [Round(a, b) for a, b in zip(measured["in-process"], measured["http"], strict=True)]
     local = statistics.median(r.in_process for r in rounds)
     remote = statistics.median(r.http for r in rounds)
     ratios = [r.http / r.in_process for r in rounds]

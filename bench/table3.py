@@ -34,7 +34,7 @@ from compress.evaluate import OrtPredictor
 from compress.model_stats import inspect_config, load_config
 from compress.pipeline import Built, assemble_level
 from compress.report import machine_name
-from compress.speed import Predictor, TorchPredictor, accuracy
+from compress.speed import Predictor, TorchPredictor, accuracy, interleaved
 from compress.stages import stage_seconds
 from contract.encoding import encode, load_tokenizer
 from loadtest import wrk
@@ -213,10 +213,16 @@ def _price_served_row(table: Table3, cpu_ms: list[tuple[float, float]]) -> None:
 
 
 def _rounds(runners: list[_Timed], rounds: int, log: Callable[[str], None]) -> None:
-    for index in range(rounds):
-        for runner in runners:
-            runner.rates.append(runner.run())
-        log(f"round {index + 1}: " + ", ".join(f"{r.name} {r.rates[-1]:.1f}/s" for r in runners))
+    done = [0]
+
+    def report(figures: dict[str, float]) -> None:
+        done[0] += 1
+        log(f"round {done[0]}: " + ", ".join(f"{name} {rate:.1f}/s"
+                                              for name, rate in figures.items()))
+
+    measured = interleaved({r.name: r.run for r in runners}, rounds, report)
+    for runner in runners:
+        runner.rates.extend(measured[runner.name])
 
 
 def _served_artifact(built: Built, level: str) -> Path:

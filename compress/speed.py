@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -71,6 +71,23 @@ class Speed:
         return 1000.0 / self.ms_per_sentence
 
 
+def interleaved(runs: Mapping[str, Callable[[], float]], rounds: int,
+                on_round: Callable[[dict[str, float]], None] | None = None) \
+        -> dict[str, list[float]]:
+    """The one timer of side-by-side figures: every run once per round, in turn, `rounds` times
+    (shared machines drift: runs timed minutes apart are not comparable, runs in one round are);
+    each run returns its own figure (a rate, or ms). `on_round` sees each round's figures."""
+    figures: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(rounds):
+        this_round = {}
+        for name, run in runs.items():
+            this_round[name] = run()
+            figures[name].append(this_round[name])
+        if on_round is not None:
+            on_round(this_round)
+    return figures
+
+
 def batch1_side_by_side(predictors: dict[str, Predictor], texts: Texts, rounds: int = 3,
                         threads: int = 1) -> dict[str, Speed]:
     """ms per sentence at batch 1 for every predictor, interleaved over `rounds`."""
@@ -78,12 +95,15 @@ def batch1_side_by_side(predictors: dict[str, Predictor], texts: Texts, rounds: 
     for predictor in predictors.values():  # warm-up: first calls allocate and plan
         for text in texts[:5]:
             predictor.logits([text])
-    per_round: dict[str, list[float]] = {name: [] for name in predictors}
-    for _ in range(rounds):
-        for name, predictor in predictors.items():
+
+    def ms_per_sentence(predictor: Predictor) -> Callable[[], float]:
+        def run() -> float:
             started = time.perf_counter()
             for text in texts:
                 predictor.logits([text])
-            per_round[name].append(1000.0 * (time.perf_counter() - started) / len(texts))
+            return 1000.0 * (time.perf_counter() - started) / len(texts)
+        return run
+
+    per_round = interleaved({name: ms_per_sentence(p) for name, p in predictors.items()}, rounds)
     return {name: Speed(statistics.median(times), [round(t, 3) for t in times])
             for name, times in per_round.items()}
