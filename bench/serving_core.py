@@ -148,11 +148,11 @@ def cpu(args: argparse.Namespace) -> None:
     }
     if args.baseline is not None:
         contenders[f"older checkout {args.baseline}"] = {"checkout": args.baseline.resolve()}
+    also: dict[str, dict[str, object]] = {}
     for extra in args.also:  # e.g. FFS_CPU_POOL__SPIN_MS=2,FFS_TOKENIZE=api
         env = dict(pair.split("=", 1) for pair in extra.split(","))
-        contenders[f"this checkout, {extra}"] = {"env": env}
-    if args.only_also:
-        contenders = {k: v for k, v in contenders.items() if k.startswith("this checkout, FFS")}
+        also[f"this checkout, {extra}"] = {"env": env}
+    contenders = also if args.only_also else {**contenders, **also}
     figures: dict[str, list[Load]] = {name: [] for name in contenders}
     for _ in range(args.rounds):
         for name, how in contenders.items():
