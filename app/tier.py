@@ -15,6 +15,7 @@ import logging
 import logging.config
 import multiprocessing as mp
 import os
+import shutil
 import signal
 import socket
 import tempfile
@@ -100,7 +101,14 @@ class Tier:
 
     def run(self) -> int:
         # Set before any API process starts: they all write their metrics there (metrics.py).
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="ffs-metrics-")
+        metrics_dir = tempfile.mkdtemp(prefix="ffs-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        try:
+            return self._supervise()
+        finally:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+    def _supervise(self) -> int:
         self.sock = listening_socket(self.settings.host, self.settings.port)
         for index in range(self.count):
             self._start(index)

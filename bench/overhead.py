@@ -3,12 +3,12 @@ layout driven in-process.
 
     python -m bench.overhead --artifact models/sst2 [--rounds 3] [--concurrency 32]
 
-The reference is the server's own layout without the server: the same pinned single-thread worker
-processes (app/runtime/workers.py, default layout: one per usable core) and the same INT8 graph, fed
-one tokenized sentence at a time per worker by this process. Both sides classify the same dev
-sentences end to end (text -> tokenizer -> logits -> label), in interleaved rounds of one run;
-medians and their ratio are printed (shared machines are noisy: read the ratio, not the absolute
-figures).
+The reference is the server's own layout without the server: one pinned single-thread process per
+usable core (the server's default) on the same INT8 graph, each looping over its share of the
+sentences at batch 1 inside the process (bench/instances.py, Table 3's multi-instance pool).
+Both sides classify the same dev sentences end to end (text -> tokenizer -> logits -> label),
+in interleaved rounds of one run; medians and their ratio are printed (shared machines are noisy:
+read the ratio, not the absolute figures).
 
 The load comes from `wrk` when it is installed (C, ~0.1 ms of CPU per request) or else from an httpx
 client in this process (~3-4 ms of CPU per request). Either runs on the same cores as the server and
@@ -28,15 +28,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import httpx
-import numpy as np
 
 from app.runtime.cpu_quota import usable_cores
-from app.runtime.workers import ModelFile, Worker, WorkerPool, WorkerSpec, cpu_layout
 from bench import serving
+from bench.instances import GraphSpec, InstancePool, Layout
 from compress.speed import interleaved
 from compress.tasks import get_task, load_split
 from contract.artifact import read_manifest, verified_variant_path
-from contract.encoding import TextInput, encode, load_tokenizer, pad_batch, softmax
+from contract.encoding import TextInput
 from loadtest import wrk
 
 
@@ -46,39 +45,16 @@ class Round:
     http: float
 
 
-class SameLayout:
-    """The server's default worker layout, started here: pinned single-thread processes running
-    the artifact's INT8 graph, each fed one sentence at a time (batch 1) by this process."""
-
-    def __init__(self, artifact: Path) -> None:
-        self.manifest = read_manifest(artifact)
-        self.tokenizer = load_tokenizer(artifact / self.manifest.tokenizer,
-                                        self.manifest.max_length)
-        graph = str(verified_variant_path(artifact, self.manifest, "cpu-int8"))
-        model = {self.manifest.task: ModelFile(graph, tuple(self.manifest.model_inputs))}
-        self.specs = [WorkerSpec(index=i, cores=group, threads=1, models=model)
-                      for i, group in enumerate(cpu_layout(usable_cores(), None, 1))]
-
-    async def rate(self, texts: list[TextInput]) -> float:
-        """Sentences/s over `texts`, each worker taking an interleaved share."""
-        pool = WorkerPool("reference", self.specs)
-        await pool.start()
-        try:
-            workers = list(pool.workers)
-            started = time.perf_counter()
-            await asyncio.gather(*(self._share(w, texts[i::len(workers)])
-                                   for i, w in enumerate(workers)))
-            return len(texts) / (time.perf_counter() - started)
-        finally:
-            pool.stop()
-
-    async def _share(self, worker: Worker, texts: list[TextInput]) -> None:
-        manifest = self.manifest
-        for text in texts:
-            feeds = pad_batch(encode(self.tokenizer, [text]), manifest.model_inputs,
-                              manifest.pad_token_id)
-            result = await worker.run(manifest.task, feeds)
-            _ = manifest.labels[int(np.argmax(softmax(result.logits)[0]))]
+def same_layout(artifact: Path) -> InstancePool:
+    """The server's default worker layout without the server: one pinned single-thread process
+    per usable core, each looping over its share of the sentences at batch 1 (tokenize, run,
+    argmax) with no hop per sentence: Table 3's multi-instance pool, on the served INT8 graph."""
+    manifest = read_manifest(artifact)
+    graph = GraphSpec(verified_variant_path(artifact, manifest, "cpu-int8"),
+                      artifact / manifest.tokenizer, list(manifest.model_inputs),
+                      manifest.max_length, manifest.pad_token_id)
+    cores = usable_cores()
+    return InstancePool(graph, Layout(len(cores), 1), cores)
 
 
 async def http_rate(url: str, task: str, texts: list[TextInput], concurrency: int) -> float:
@@ -124,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     if client == "auto":
         client = "wrk" if shutil.which("wrk") else "httpx"
     script = wrk.classify_script(manifest.task, texts) if client == "wrk" else None
-    reference = SameLayout(args.artifact)
+    reference = same_layout(args.artifact)
     process = serving.serve_artifact(args.artifact, args.port)
     url = f"http://127.0.0.1:{args.port}"
 
@@ -145,18 +121,20 @@ def main(argv: list[str] | None = None) -> int:
               f"ratio {remote / local:.2f}", flush=True)
 
     try:
-        measured = interleaved({"in-process": lambda: asyncio.run(reference.rate(texts)),
+        reference.run(texts)  # warm-up, not counted
+        measured = interleaved({"in-process": lambda: reference.run(texts).sentences_per_s,
                                 "http": over_http}, args.rounds, report)
     finally:
         serving.stop(process)
+        reference.close()
     rounds = [Round(a, b) for a, b in zip(measured["in-process"], measured["http"], strict=True)]
     local = statistics.median(r.in_process for r in rounds)
     remote = statistics.median(r.http for r in rounds)
     ratios = [r.http / r.in_process for r in rounds]
     print(f"\n{manifest.task} ({len(texts)} dev sentences, {args.rounds} rounds, "
           f"{len(os.sched_getaffinity(0))} cores, concurrency {args.concurrency}):")
-    print(f"  same layout in-process ({len(reference.specs)} pinned single-thread workers, "
-          f"batch 1): {local:.1f} sentences/s")
+    print(f"  same layout in-process ({reference.layout.instances} pinned single-thread "
+          f"processes, batch 1): {local:.1f} sentences/s")
     print(f"  HTTP server, default layout, saturated ({client}): {remote:.1f} sentences/s")
     print(f"  HTTP / in-process: {remote / local:.2f} (median of per-round ratios "
           f"{statistics.median(ratios):.2f})")

@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 import pytest
 
-from app.api.app import create_app
+from app.api.app import _fastapi_app, create_app
 from app.core.inference import estimated_length
 from app.core.service import Service, prepare_service, start_service, stop_service
 from app.runtime import frames
@@ -128,6 +128,29 @@ def test_a_batch_whose_worker_died_is_retried_once(fast_repo: Path) -> None:
             return response.status_code, len(pool.batches)
 
     assert _run(scenario()) == (200, 2)
+
+
+def test_the_fastapi_route_answers_like_the_hot_route(fast_repo: Path) -> None:
+    """The classify operations of the OpenAPI document reach the same handler when the FastAPI
+    app is served on its own (without the hot router in front)."""
+    async def scenario() -> list[Any]:
+        service = prepare_service(load_settings(model_repository=fast_repo))
+        _, make = fake_pools()
+        await start_service(service, make)
+        try:
+            answers = []
+            for app in (create_app(service), _fastapi_app(service)):
+                transport = httpx.ASGITransport(app=app)
+                async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                    response = await client.post("/v1/classify/sst2",
+                                                 json={"inputs": ["a fine film"]})
+                    answers.append((response.status_code, response.json()))
+            return answers
+        finally:
+            await stop_service(service)
+
+    hot, plain = _run(scenario())
+    assert hot == plain and hot[0] == 200
 
 
 def test_classify_without_the_api_key_is_401(fast_repo: Path) -> None:

@@ -93,5 +93,10 @@ class BodyLimit:
         await self.app(scope, limited, send)
 
     def _error(self, size: int) -> ClientError:
-        return ClientError(413, f"request body of {size} bytes or more is over the limit of "
-                                f"{self.max_bytes} bytes (limits.max_body_bytes)")
+        return body_too_big(size, self.max_bytes)
+
+
+def body_too_big(size: int, limit: int) -> ClientError:
+    """The 413 of a body over limits.max_body_bytes (middleware and hot routes alike)."""
+    return ClientError(413, f"request body of {size} bytes or more is over the limit of "
+                            f"{limit} bytes (limits.max_body_bytes)")

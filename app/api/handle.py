@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.api.guards import AuthPolicy
+from app.api.guards import AuthPolicy, body_too_big
 from app.api.observability import request_id, request_id_for
 from app.core.inference import record
 from app.core.inputs import ClientError
@@ -60,7 +60,7 @@ async def read_body(receive: Receive, headers: dict[bytes, bytes], limit: int) -
     """The whole body, refusing (413) a declared or actual size over `limit` without reading on."""
     declared = headers.get(b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _too_big(int(declared), limit)
+        raise body_too_big(int(declared), limit)
     chunks = []
     size = 0
     while True:
@@ -70,15 +70,10 @@ async def read_body(receive: Receive, headers: dict[bytes, bytes], limit: int) -
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise _too_big(size, limit)
+            raise body_too_big(size, limit)
         chunks.append(chunk)
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
-def _too_big(size: int, limit: int) -> ClientError:
-    return ClientError(413, f"request body of {size} bytes or more is over the limit of "
-                            f"{limit} bytes (limits.max_body_bytes)")
 
 
 async def _watch_disconnect(receive: Receive) -> None:

@@ -1,7 +1,7 @@
 """The one classification path every protocol shares: look up, validate, tokenize, batch, score.
 
-Protocol modules (server.py for /v1, oip.py for /v2) only translate their request and response
-shapes; limits, batching, errors and metrics are decided here once.
+The protocol modules (api/v1.py, api/v2.py, behind api/handle.py) only translate their request
+and response shapes; limits, rows, batching, deadline and error statuses are decided here once.
 """
 
 from __future__ import annotations
