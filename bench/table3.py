@@ -30,13 +30,13 @@ import torch
 from bench import serving
 from bench.instances import GraphSpec, InstancePool, Layout, layouts_for
 from bench.overhead import http_rate
-from compress.evaluate import OrtPredictor
 from compress.model_stats import inspect_config, load_config
 from compress.pipeline import Built, assemble_level
 from compress.report import machine_name
 from compress.speed import Predictor, TorchPredictor, accuracy, interleaved
 from compress.stages import stage_seconds
 from contract.encoding import encode, load_tokenizer
+from contract.predictor import OnnxPredictor
 from loadtest import wrk
 from loadtest.cost import Projection, project
 from loadtest.proc import ServerCpu
@@ -58,6 +58,8 @@ class Table3Row:
     per_row_speedup: float = 1.0
     cumulative_speedup: float = 1.0
     usd_per_100m: float = 0.0
+    joules_per_sentence: float | None = None  # estimate: see loadtest/prices.yaml
+    kwh_per_100m: float | None = None
 
     @property
     def ms_per_sentence(self) -> float:
@@ -154,7 +156,7 @@ def measure(built: Built, options: Table3Options, log: Callable[[str], None] = p
     teacher = TorchPredictor(built.teacher.folder, spec.max_length)
     student = TorchPredictor(built.student.folder, spec.max_length)
     student_spec = _graph_spec(built, unpruned)
-    student_int8 = OrtPredictor(student_spec.graph, student_spec.tokenizer_json,
+    student_int8 = OnnxPredictor(student_spec.graph, student_spec.tokenizer_json,
                                 student_spec.input_names, student_spec.max_length,
                                 student_spec.pad_token_id, threads)
     in_process = [_Timed("1", _batch1_rate(teacher_fixed, texts)),
@@ -208,8 +210,13 @@ def _price_served_row(table: Table3, cpu_ms: list[tuple[float, float]]) -> None:
     workers = statistics.median(w for _, w in cpu_ms)
     table.http_cpu_ms = {"api": api, "workers": workers}
     served = table.rows[-1]
-    served.usd_per_100m = project(served.sentences_per_s, table.cores, VM,
-                                  cpu_ms=(api, workers)).usd_per_100m
+    _price(served, project(served.sentences_per_s, table.cores, VM, cpu_ms=(api, workers)))
+
+
+def _price(row: Table3Row, projection: Projection) -> None:
+    row.usd_per_100m = projection.usd_per_100m
+    row.joules_per_sentence = projection.joules_per_request
+    row.kwh_per_100m = projection.kwh_per_100m
 
 
 def _rounds(runners: list[_Timed], rounds: int, log: Callable[[str], None]) -> None:
@@ -373,7 +380,9 @@ def _assemble(built: Built, options: Table3Options, in_process: list[_Timed],
                   recipe=built.run.recipe.model_dump(mode="json"), rows=rows, layouts=layouts,
                   http_client=http_client, http_overhead=overhead,
                   price={"vm": VM, "usd_per_hour": projection.usd_per_hour,
-                         "vcpus": projection.vm_vcpus, "date": projection.price_date},
+                         "vcpus": projection.vm_vcpus, "date": projection.price_date,
+                         "watts_per_vcpu": None if projection.watts is None
+                         else projection.watts / projection.vm_vcpus},
                   fixed_length=spec.max_length, mean_tokens=_mean_tokens(built, options),
                   stage_seconds=stage_seconds(built.run.out))
 
@@ -398,7 +407,7 @@ def _fill_speedups(rows: list[Table3Row], cores: int, served_row: str) -> Projec
             reference = rate[order[max(0, index - 1)]]
         row.per_row_speedup = row.sentences_per_s / reference
         projection = project(row.sentences_per_s, cores, VM)
-        row.usd_per_100m = projection.usd_per_100m
+        _price(row, projection)
     return projection
 
 
@@ -444,18 +453,21 @@ def markdown(table: Table3) -> str:
         f"({table.train_examples} used for training). Cost: measured sentences/s per core x "
         f"{table.price['vcpus']} vCPUs of an Azure {table.price['vm']} at "
         f"${table.price['usd_per_hour']}/h ({table.price['date']}): a projection, not a "
-        "measurement.",
+        f"measurement. Energy: the same vCPUs busy at {table.price.get('watts_per_vcpu')} W each "
+        "(TDP / hardware threads, codecarbon's TDP method; CPU only): an estimate.",
         "",
         "| row | stage | runtime | model | ms/sentence | sentences/s | speed-up (row) | "
-        "speed-up (cumulative) | dev acc | USD / 100M (projected) |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
+        "speed-up (cumulative) | dev acc | USD / 100M (projected) | J / sentence (est.) | "
+        "kWh / 100M (est.) |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in table.rows:
         acc = "" if r.accuracy is None else f"{100 * r.accuracy:.2f}"
         lines.append(f"| {r.row} | {r.stage} | {r.runtime} | {r.model} | "
                      f"{r.ms_per_sentence:.2f} | {r.sentences_per_s:.1f} | "
                      f"{r.per_row_speedup:.2f}x | {r.cumulative_speedup:.1f}x | {acc} | "
-                     f"${r.usd_per_100m:,.2f} |")
+                     f"${r.usd_per_100m:,.2f} | {_energy(r.joules_per_sentence, '.3f')} | "
+                     f"{_energy(r.kwh_per_100m, ',.1f')} |")
     lines += ["", "Multi-instance layouts (median sentences/s): " + "; ".join(
         f"{level}: " + ", ".join(f"{name} {rate:.1f}" for name, rate in sorted(rates.items()))
         for level, rates in table.layouts.items()),
@@ -468,6 +480,10 @@ def markdown(table: Table3) -> str:
         "Rows 1 and 2 are one model (padding is masked), as are rows 4 and 5; rows 6a and 6b each "
         "compare with row 5."]
     return "\n".join(lines) + "\n"
+
+
+def _energy(value: float | None, spec: str) -> str:
+    return "" if value is None else format(value, spec)
 
 
 def plot(table: Table3, path: Path) -> None:

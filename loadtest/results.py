@@ -44,6 +44,11 @@ def capacity_lines(capacity: Capacity, projection: Projection | None) -> list[st
             f"${projection.usd_per_hour:.3f}/h -> **${projection.usd_per_100m:.2f} per 100M "
             f"requests** (prices: {projection.price_date}; pass --server-pid to count the "
             "server's own CPU instead).")
+    if projection is not None and projection.joules_per_request is not None:
+        lines.append(
+            f"Energy (an estimate, {projection.power_model}): {projection.watts:.0f} W for "
+            f"{projection.vm} busy -> **{projection.joules_per_request:.3f} J per request, "
+            f"{projection.kwh_per_100m:,.1f} kWh per 100M requests**.")
     return lines
 
 

@@ -135,6 +135,23 @@ def test_cost_per_100m_requests_matches_a_hand_calculation() -> None:
     assert projection.measured_rps == 125.0 and projection.vm_vcpus == 16
 
 
+def test_energy_per_100m_requests_matches_a_hand_calculation() -> None:
+    # 16 vCPUs x 3.75 W = 60 W; at 1,000 req/s that is 0.06 J a request, and 100M requests
+    # take 6e6 J = 1.667 kWh.
+    projection = project(measured_rps=125.0, measured_cores=2, vm="Standard_F16s_v2")
+    assert projection.watts == pytest.approx(60.0)
+    assert projection.joules_per_request == pytest.approx(0.06)
+    assert projection.kwh_per_100m == pytest.approx(1.6667, abs=1e-4)
+    assert projection.power_model is not None and "estimate" in projection.power_model
+
+
+def test_energy_counts_the_servers_cpu_when_it_was_read() -> None:
+    # API 0.4 ms + workers 2.6 ms of CPU a request: 3 ms x 3.75 W = 0.01125 J.
+    projection = project(measured_rps=500.0, measured_cores=2, vm="Standard_F16s_v2",
+                         cpu_ms=(0.4, 2.6))
+    assert projection.joules_per_request == pytest.approx(0.01125)
+
+
 def test_unknown_vm_size_is_refused_with_the_known_ones() -> None:
     with pytest.raises(KeyError, match="Standard_F16s_v2"):
         project(100.0, 2, "Standard_Z99")
