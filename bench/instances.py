@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-from compress.evaluate import OrtPredictor
+from contract.predictor import OnnxPredictor
 
 Texts = list[str | tuple[str, str]]
 
@@ -59,7 +59,7 @@ class GraphSpec:
 
 def _worker(spec: GraphSpec, cores: list[int], threads: int, conn: Connection) -> None:
     os.sched_setaffinity(0, cores)  # before the session exists: ORT's threads inherit the mask
-    predictor = OrtPredictor(spec.graph, spec.tokenizer_json, spec.input_names, spec.max_length,
+    predictor = OnnxPredictor(spec.graph, spec.tokenizer_json, spec.input_names, spec.max_length,
                              spec.pad_token_id, threads)
     conn.send("ready")
     while True:

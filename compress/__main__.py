@@ -52,6 +52,10 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, help="artifact folder (default: models/<task>)")
     p.add_argument("--work-dir", type=Path, help="checkpoints (default: runs/<task>)")
     p.add_argument("--max-dev-examples", type=int, default=None)
+    p.add_argument("--int8", choices=("static", "dynamic"), default="static",
+                   help="static (default): activation scales calibrated on train texts (else the "
+                   "check texts), so an answer does not depend on its batch; dynamic: ORT's "
+                   "per-call scales (a text's logits move with what it is batched with)")
     _add_baseline_arg(p)
     _add_finetune_args(p)
 
@@ -145,6 +149,10 @@ def _add_package(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path)
     p.add_argument("--work-dir", type=Path)
     p.add_argument("--max-dev-examples", type=int, default=None)
+    p.add_argument("--int8", choices=("static", "dynamic"), default="static",
+                   help="static (default): activation scales calibrated on train texts (else the "
+                   "check texts), so an answer does not depend on its batch; dynamic: ORT's "
+                   "per-call scales (a text's logits move with what it is batched with)")
     _add_baseline_arg(p)
 
 
@@ -312,12 +320,12 @@ def _build(args: argparse.Namespace) -> int:
                             max_examples=args.max_train_examples, seed=args.seed)
     plan = BuildPlan(spec=spec, base_model=args.model, out_dir=out, work_dir=work,
                      data_dir=data_dir, hub=args.hub, finetune=config,
-                     max_dev_examples=args.max_dev_examples)
+                     max_dev_examples=args.max_dev_examples, int8=args.int8)
     return _report(build_artifact(plan), out, args.accept_below_baseline)
 
 
 def _package(args: argparse.Namespace) -> int:
-    from compress.build import BuildPlan, package_artifact
+    from compress.build import BuildPlan, calibration_texts, package_artifact
     from compress.packaging import check_texts_file, spec_for_checkpoint
     from compress.tasks import load_split
 
@@ -336,9 +344,14 @@ def _package(args: argparse.Namespace) -> int:
     out = args.out or Path("models") / spec.name
     work = args.work_dir or Path("runs") / spec.name / "package"
     plan = BuildPlan(spec=spec, base_model=str(args.checkpoint), out_dir=out, work_dir=work,
-                     data_dir=data_dir, hub=args.hub, max_dev_examples=args.max_dev_examples)
+                     data_dir=data_dir, hub=args.hub, max_dev_examples=args.max_dev_examples,
+                     int8=args.int8)
     texts = check_texts_file(args.check_texts, spec.input_kind) if args.check_texts else None
-    manifest = package_artifact(spec, args.checkpoint, dev, plan, texts)
+    calibration = None
+    if task is not None and (args.hub or task.data.train is not None):
+        calibration = calibration_texts(load_split(spec, "train", data_dir, args.hub).texts,
+                                        "train")
+    manifest = package_artifact(spec, args.checkpoint, dev, plan, texts, calibration)
     return _report(manifest, out, args.accept_below_baseline)
 
 

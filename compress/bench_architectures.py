@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from compress.build import BuildPlan, package_artifact
-from compress.evaluate import OrtPredictor
 from compress.packaging import spec_for_checkpoint
 from compress.speed import batch1_side_by_side
 from compress.tiny_models import ARCHITECTURES, build_tiny_classifier
 from contract.artifact import CompressError, Manifest
+from contract.predictor import OnnxPredictor
 
 log = logging.getLogger(__name__)
 PACKAGED = {"minilm-l6 (BERT 6L/384)": "packaged:minilm-l6",
@@ -66,7 +66,7 @@ def _package(name: str, checkpoint: Path, work: Path) -> Manifest:
 
 
 def _time(folder: Path, manifest: Manifest, texts: list[str], rounds: int) -> tuple[float, float]:
-    predictors = {variant: OrtPredictor(folder / variant / "model.onnx",
+    predictors = {variant: OnnxPredictor(folder / variant / "model.onnx",
                                         folder / manifest.tokenizer, manifest.model_inputs,
                                         manifest.max_length, manifest.pad_token_id, threads=1)
                   for variant in ("fp32", "cpu-int8")}

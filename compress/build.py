@@ -14,14 +14,20 @@ from pathlib import Path
 from tokenizers import Tokenizer
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from compress.evaluate import OrtPredictor, agreement, batched_logits
+from compress.evaluate import agreement, batch_invariance, is_batch_invariant
 from compress.export import OPSET, ExportResult, export_onnx
 from compress.finetune import FinetuneConfig, finetune, hf_tokenize
 from compress.fp16 import convert_fp16
 from compress.metrics import score, tune_thresholds
 from compress.optimize import FusionReport, operator_counts, optimize
 from compress.pretrained import resolve_model
-from compress.quantize import quantize_int8
+from compress.quantize import (
+    CALIBRATION_PERCENTILE,
+    Quantization,
+    calibration_batches,
+    quantize_int8,
+    quantize_static_int8,
+)
 from compress.tasks import Examples, TaskSpec, TextInput, ensure_labels, load_split
 from contract.artifact import (
     AgreementCheck,
@@ -35,6 +41,7 @@ from contract.artifact import (
     write_manifest,
 )
 from contract.encoding import encode, load_tokenizer, probabilities
+from contract.predictor import OnnxPredictor
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +58,7 @@ class BuildPlan:
     hub: bool = False
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     max_dev_examples: int | None = None
+    int8: Quantization = "static"
 
 
 def _versions() -> dict[str, str]:
@@ -78,7 +86,8 @@ def build_artifact(plan: BuildPlan) -> Manifest:
     started = _stage("finetune")
     finetuned = finetune(base, spec, train, plan.finetune, plan.work_dir / "finetuned")
     log.info("finetune done in %.0f s", time.perf_counter() - started)
-    return package_artifact(spec, finetuned, dev, plan)
+    return package_artifact(spec, finetuned, dev, plan,
+                            calibration=calibration_texts(train.texts, "train"))
 
 
 @dataclass(frozen=True)
@@ -91,10 +100,36 @@ class Variants:
     fused: Path
     int8: Path
     fp16: Path
+    quantization: Quantization = "dynamic"
+    calibration: str | None = None
 
 
-def make_variants(checkpoint: Path, folder: Path, check_texts: Sequence[TextInput]) -> Variants:
-    """Export (logit-checked), fuse, quantize to INT8 and convert to FP16 into `folder`."""
+@dataclass(frozen=True)
+class Calibration:
+    """Texts to calibrate static INT8 on, and where they came from (for the manifest)."""
+
+    texts: list[TextInput]
+    source: str
+
+
+CALIBRATION_TEXTS = 500
+# Dev texts each checked alone and in mixed batches (one run per text per variant).
+INVARIANCE_TEXTS = 256
+
+
+def calibration_texts(texts: Sequence[TextInput], source: str,
+                      count: int = CALIBRATION_TEXTS) -> Calibration:
+    """A seeded sample of `count` texts."""
+    picked = random.Random(0).sample(range(len(texts)), min(count, len(texts)))
+    return Calibration([texts[i] for i in picked], f"{len(picked)} {source} texts")
+
+
+def make_variants(checkpoint: Path, folder: Path, check_texts: Sequence[TextInput],
+                  calibration: Calibration | None = None, max_length: int = 512,
+                  int8: Quantization = "static") -> Variants:
+    """Export (logit-checked), fuse, quantize to INT8 and convert to FP16 into `folder`.
+
+    Static INT8 is calibrated on `calibration` (the check texts when none are given)."""
     _stage("export")
     exported = export_onnx(checkpoint, folder / "fp32.onnx", list(check_texts))
     log.info("export: inputs %s, max |logit diff| vs PyTorch = %.2e", exported.input_names,
@@ -107,20 +142,31 @@ def make_variants(checkpoint: Path, folder: Path, check_texts: Sequence[TextInpu
     for name, why in fusion.unsupported.items():
         log.warning("no %s fusion for %s: %s", name, exported.architecture.model_type, why)
     log.info("fusions applied: %s", fusion.applied)
-    _stage("quantize")
-    quantize_int8(folder / "fused.onnx", folder / "int8.onnx")
+    _stage(f"quantize ({int8})")
+    source = None
+    if int8 == "static":
+        calibration = calibration or Calibration(list(check_texts), f"{len(check_texts)} check texts")
+        source = f"{calibration.source}, percentile {CALIBRATION_PERCENTILE:g} of per-text ranges"
+        quantize_static_int8(folder / "fused.onnx", folder / "int8.onnx", calibration_batches(
+            checkpoint / "tokenizer.json", calibration.texts, exported.input_names, max_length))
+    else:
+        quantize_int8(folder / "fused.onnx", folder / "int8.onnx")
     _stage("fp16")
     convert_fp16(folder / "fused.onnx", folder / "fp16.onnx")
     return Variants(exported, fusion, exported.path, folder / "fused.onnx", folder / "int8.onnx",
-                    folder / "fp16.onnx")
+                    folder / "fp16.onnx", int8, source)
 
 
 def package_artifact(spec: TaskSpec, checkpoint: Path, dev: Examples | None, plan: BuildPlan,
-                     check_texts: Sequence[TextInput] | None = None) -> Manifest:
+                     check_texts: Sequence[TextInput] | None = None,
+                     calibration: Calibration | None = None) -> Manifest:
     """Export, fuse, quantize and (with dev data) evaluate a fine-tuned checkpoint into an
-    artifact folder; without dev data the variants are checked against fp32 on `check_texts`."""
+    artifact folder; without dev data the variants are checked against fp32 on `check_texts`.
+    Static INT8 is calibrated on `calibration`, else on the check texts."""
     texts = check_texts_for(checkpoint, spec, dev, check_texts)
-    variants = make_variants(checkpoint, plan.work_dir / "onnx", texts[:8])
+    calibration = calibration or calibration_texts(texts, "check")
+    variants = make_variants(checkpoint, plan.work_dir / "onnx", texts[:8], calibration,
+                             served_max_length(spec, checkpoint), plan.int8)
     recipe: dict[str, object] = {
         "stages": ["finetune", "export", "optimize", "quantize", "fp16", "evaluate"],
         "data": "hub" if plan.hub else str(plan.data_dir or spec.source or ""),
@@ -172,6 +218,13 @@ def _copy_files(made: Variants, checkpoint: Path, staging: Path) -> None:
     shutil.copyfile(checkpoint / "config.json", staging / "model_config.json")
 
 
+def served_max_length(spec: TaskSpec, checkpoint: Path,
+                      tokenizer: PreTrainedTokenizerBase | None = None) -> int:
+    """The task's max length, capped by what the checkpoint's tokenizer declares."""
+    tokenizer = tokenizer or AutoTokenizer.from_pretrained(checkpoint)
+    return min(spec.max_length, int(tokenizer.model_max_length or spec.max_length))
+
+
 def check_tokenizer_parity(checkpoint: Path, tokenizer: PreTrainedTokenizerBase, served: Path,
                            texts: Sequence[TextInput], max_length: int) -> None:
     """The serving encoder must give the ids the checkpoint's own tokenizer gives (the model
@@ -195,7 +248,9 @@ def _variant_entries(staging: Path, made: Variants) -> dict[str, Variant]:
                                      "CPUExecutionProvider", OPSET,
                                      operators=operator_counts(made.int8),
                                      fusions=fusion.applied, fusions_missing=fusion.missing,
-                                     fusions_unsupported=fusion.unsupported),
+                                     fusions_unsupported=fusion.unsupported,
+                                     quantization=made.quantization,
+                                     calibration=made.calibration),
         "gpu-fp16": describe_variant(staging, "gpu-fp16/model.onnx", "fp16",
                                      "CUDAExecutionProvider", OPSET,
                                      operators=operator_counts(made.fp16),
@@ -209,6 +264,7 @@ class Quality:
     metrics: list[Metric]
     thresholds: list[float] | None
     checks: list[AgreementCheck]
+    batch_invariant: dict[str, bool]
 
 
 def _measure_quality(spec: TaskSpec, staging: Path, variants: dict[str, Variant],
@@ -216,18 +272,25 @@ def _measure_quality(spec: TaskSpec, staging: Path, variants: dict[str, Variant]
                      max_length: int, pad_id: int) -> Quality:
     """Every variant's metrics on dev (thresholds tuned on the served INT8 variant for
     multi-label), and INT8 / FP16 agreement with fp32 on the check texts."""
-    predictors = {name: OrtPredictor(staging / v.file, staging / "tokenizer.json", inputs,
+    predictors = {name: OnnxPredictor(staging / v.file, staging / "tokenizer.json", inputs,
                                      max_length, pad_id) for name, v in variants.items()}
     checks = [agreement(predictors[name], predictors["fp32"], check_texts, name,
                         spec.problem_type) for name in ("cpu-int8", "gpu-fp16")]
+    invariance = list(dev.texts[:INVARIANCE_TEXTS]) if dev is not None and len(dev) \
+        else list(check_texts)
+    invariant: dict[str, bool] = {}
+    for name in ("fp32", "cpu-int8"):
+        check = batch_invariance(predictors[name], invariance, name, spec.problem_type)
+        checks.append(check)
+        invariant[name] = is_batch_invariant(check)
     for check in checks:
-        log.info("%s vs fp32 on %d texts: labels agree %.2f%%, max |logit diff| %.3f",
-                 check.variant, check.texts, 100 * check.label_agreement,
+        log.info("%s vs %s on %d texts: labels agree %.2f%%, max |logit diff| %.3g",
+                 check.variant, check.reference, check.texts, 100 * check.label_agreement,
                  check.max_abs_logit_diff)
     if dev is None:
-        return Quality([], None, checks)
+        return Quality([], None, checks, invariant)
     _stage("evaluate")
-    scores = {name: probabilities(batched_logits(p, dev.texts), spec.problem_type)
+    scores = {name: probabilities(p.logits_in_batches(dev.texts), spec.problem_type)
               for name, p in predictors.items()}
     thresholds = tune_thresholds(scores["cpu-int8"], dev.labels) \
         if spec.problem_type == "multi_label" else None
@@ -241,7 +304,7 @@ def _measure_quality(spec: TaskSpec, staging: Path, variants: dict[str, Variant]
             metrics.append(Metric(name=metric, value=round(value, 6), dataset=spec.name,
                                   split="dev", variant=name, examples=len(dev),
                                   baseline=round(baseline, 6)))
-    return Quality(metrics, thresholds, checks)
+    return Quality(metrics, thresholds, checks, invariant)
 
 
 def assemble_artifact(spec: TaskSpec, checkpoint: Path, made: Variants, dev: Examples | None,
@@ -254,7 +317,7 @@ def assemble_artifact(spec: TaskSpec, checkpoint: Path, made: Variants, dev: Exa
     staging.mkdir(parents=True)
     _copy_files(made, checkpoint, staging)
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    max_length = min(spec.max_length, int(tokenizer.model_max_length or spec.max_length))
+    max_length = served_max_length(spec, checkpoint, tokenizer)
     pad_id = int(tokenizer.pad_token_id or 0)
     texts = check_texts_for(checkpoint, spec, dev, check_texts)
     check_tokenizer_parity(checkpoint, tokenizer, staging / "tokenizer.json", texts[:32],
@@ -274,7 +337,9 @@ def assemble_artifact(spec: TaskSpec, checkpoint: Path, made: Variants, dev: Exa
         max_length=max_length,
         pad_token_id=pad_id,
         model_inputs=exported.input_names,
-        variants=variants,
+        variants={name: v.model_copy(update={"batch_invariant":
+                                             quality.batch_invariant.get(name)})
+                  for name, v in variants.items()},
         architecture=exported.architecture,
         metrics=quality.metrics,
         evaluated=dev is not None,

@@ -17,10 +17,15 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel
 
-from compress.build import Variants, assemble_artifact, make_variants
+from compress.build import (
+    Variants,
+    assemble_artifact,
+    calibration_texts,
+    make_variants,
+    served_max_length,
+)
 from compress.checkpoint import load_classifier
-from compress.distill import DistilConfig, distil, init_student, soft_loss, teacher_logits
-from compress.evaluate import OrtPredictor
+from compress.distill import DistilConfig, distil, init_student, soft_loss, teacher_logits_of
 from compress.export import ExportResult
 from compress.finetune import finetune, hf_tokenize
 from compress.model_stats import inspect_config, load_config
@@ -47,6 +52,7 @@ from compress.stages import (
 )
 from compress.tasks import Examples, TaskSpec, ensure_labels, load_split
 from contract.artifact import Architecture, Provenance
+from contract.predictor import OnnxPredictor
 
 log = logging.getLogger(__name__)
 Texts = list[str | tuple[str, str]]
@@ -224,10 +230,15 @@ def _levels(run: _Run, model: PreTrainedModel) -> list[PruneLevel]:
     return levels
 
 
-def score_heads_and_neurons(checkpoint: Path, teacher_dir: Path, texts: Texts, max_length: int,
-                            temperature: float, cache_dir: Path | None = None) -> Importance:
-    """Importance of every head and FFN neuron of `checkpoint` under the distillation loss."""
-    targets = torch.from_numpy(teacher_logits(teacher_dir, texts, max_length, cache_dir))
+def score_heads_and_neurons(checkpoint: Path, teacher_dir: Path, train: Examples, count: int,
+                            max_length: int, temperature: float,
+                            cache_dir: Path | None = None) -> Importance:
+    """Importance of every head and FFN neuron of `checkpoint` under the distillation loss, on the
+    first `count` examples of `train`."""
+    picked = list(range(min(count, len(train))))
+    texts = train.pick(picked).texts
+    targets = torch.from_numpy(teacher_logits_of(teacher_dir, train, picked, max_length,
+                                                 cache_dir))
     model, tokenizer = load_classifier(checkpoint)
     encoded = hf_tokenize(tokenizer, texts, max_length)
     order = sorted(range(len(texts)), key=lambda i: len(encoded["input_ids"][i]))
@@ -252,9 +263,8 @@ def prune_checkpoint(checkpoint: Path, teacher_dir: Path, train: Examples, level
     """Score, cut to `level`, then distil again from the unpruned teacher (pruning alone loses
     accuracy); the pruned checkpoint is written to `out`."""
     if importance is None:
-        importance = score_heads_and_neurons(checkpoint, teacher_dir,
-                                             train.texts[:importance_examples], config.max_length,
-                                             config.temperature, cache_dir)
+        importance = score_heads_and_neurons(checkpoint, teacher_dir, train, importance_examples,
+                                             config.max_length, config.temperature, cache_dir)
     model, tokenizer = load_classifier(checkpoint)
     prune_model(model, importance, level)
     return distil(model, tokenizer, teacher_dir, train, config, out, cache_dir)
@@ -265,7 +275,7 @@ def _importance_stage(run: _Run, teacher: Stage, student: Stage) -> tuple[Import
     config = run.recipe.prune.distil
 
     def build(folder: Path) -> dict[str, Any]:
-        scores = score_heads_and_neurons(student.folder, teacher.folder, run.train.texts[:count],
+        scores = score_heads_and_neurons(student.folder, teacher.folder, run.train, count,
                                          config.max_length, config.temperature, run.cache)
         scores.save(folder / "importance.npz")
         return {"examples": count}
@@ -317,22 +327,29 @@ def _pruned_stage(run: _Run, teacher: Stage, student: Stage, scored: tuple[Impor
 
 
 def _variants_stage(run: _Run, checkpoint: Stage, name: str) -> Stage:
+    calibration = calibration_texts(run.train.texts, "train")
+
     def build(folder: Path) -> dict[str, Any]:
-        made = make_variants(checkpoint.folder, folder, run.dev.texts[:8])
+        made = make_variants(checkpoint.folder, folder, run.dev.texts[:8], calibration,
+                             served_max_length(run.spec, checkpoint.folder), run.recipe.int8)
         # A control for the report: INT8 of the plain export, without ORT's offline fusion.
         quantize_int8(made.fp32, folder / UNFUSED_INT8)
         return {"input_names": made.exported.input_names,
                 "max_abs_diff": made.exported.max_abs_diff,
                 "architecture": made.exported.architecture.model_dump(),
-                "fusions": made.fusion.applied, "fusions_missing": made.fusion.missing}
+                "fusions": made.fusion.applied, "fusions_missing": made.fusion.missing,
+                "quantization": made.quantization, "calibration": made.calibration}
 
-    return run_stage(run.out / "onnx" / name, {"checkpoint": checkpoint.key}, build)
+    payload = {"checkpoint": checkpoint.key, "int8": run.recipe.int8,
+               "calibration": examples_digest(Examples(calibration.texts,
+                                                       [0] * len(calibration.texts)))}
+    return run_stage(run.out / "onnx" / name, payload, build)
 
 
-def _ort(run: _Run, checkpoint: Path, graph: Path, input_names: list[str]) -> OrtPredictor:
+def _ort(run: _Run, checkpoint: Path, graph: Path, input_names: list[str]) -> OnnxPredictor:
     tokenizer = load_classifier(checkpoint)[1]
     max_length = min(run.spec.max_length, int(tokenizer.model_max_length or run.spec.max_length))
-    return OrtPredictor(graph, checkpoint / "tokenizer.json", input_names, max_length,
+    return OnnxPredictor(graph, checkpoint / "tokenizer.json", input_names, max_length,
                         int(tokenizer.pad_token_id or 0), run.recipe.evaluate.threads)
 
 
@@ -395,7 +412,8 @@ def _variants_of(candidate: Candidate) -> Variants:
                             Architecture.model_validate(record["architecture"]))
     fusion = FusionReport(applied=record["fusions"], missing=record["fusions_missing"])
     return Variants(exported, fusion, folder / "fp32.onnx", folder / "fused.onnx",
-                    folder / "int8.onnx", folder / "fp16.onnx")
+                    folder / "int8.onnx", folder / "fp16.onnx",
+                    record.get("quantization", "dynamic"), record.get("calibration"))
 
 
 def _measure(run: _Run, teacher: Stage, student: Stage, chosen: Candidate,

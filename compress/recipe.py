@@ -110,6 +110,9 @@ class Recipe(_Section):
     distil: DistilConfig = Field(default_factory=DistilConfig)
     prune: PruneSection = Field(default_factory=PruneSection)
     evaluate: EvaluateSection = Field(default_factory=EvaluateSection)
+    int8: Literal["static", "dynamic"] = Field(
+        default="static", description="static: activation scales calibrated on train texts "
+        "(a row's answer does not depend on its batch); dynamic: ORT's per-call scales")
 
     @field_validator("task")
     @classmethod

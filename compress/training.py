@@ -66,12 +66,18 @@ def adamw_with_warmup(
     return optimizer, scheduler
 
 
+def sample_indices(count: int, max_examples: int | None, rng: random.Random) -> list[int]:
+    """At most `max_examples` of `range(count)` drawn without replacement (all if None)."""
+    if max_examples is None or max_examples >= count:
+        return list(range(count))
+    return rng.sample(range(count), max_examples)
+
+
 def subsample(data: Examples, max_examples: int | None, rng: random.Random) -> Examples:
     """At most `max_examples` examples drawn without replacement (all of them if None)."""
     if max_examples is None or max_examples >= len(data):
         return data
-    picked = rng.sample(range(len(data)), max_examples)
-    return Examples([data.texts[i] for i in picked], [data.labels[i] for i in picked])
+    return data.pick(sample_indices(len(data), max_examples, rng))
 
 
 def run_steps(

@@ -55,6 +55,17 @@ class Variant(BaseModel):
         default_factory=dict, description="count of each operator type in the final graph"
     )
     size_bytes: int = 0
+    quantization: Literal["static", "dynamic"] | None = Field(
+        default=None,
+        description="int8 only. static: activation scales calibrated at build, so a row's logits "
+        "do not depend on the rows batched with it. dynamic: one scale per tensor per call, taken "
+        "over the whole batch and its padding, so a text's logits (rarely its label) depend on "
+        "what it is batched with, and served accuracy can differ from the measured one")
+    calibration: str | None = Field(
+        default=None, description="static int8: the texts the activation scales came from")
+    batch_invariant: bool | None = Field(
+        default=None, description="measured at build: every check text has the same label and "
+        "logits (within 1e-4) alone as in random mixed-length batches; see `checks`")
 
 
 class Architecture(BaseModel):
@@ -83,7 +94,9 @@ class Metric(BaseModel):
 
 
 class AgreementCheck(BaseModel):
-    """A variant's answers against the fp32 graph's on the same texts (no labels needed)."""
+    """A variant's answers against a reference's on the same texts (no labels needed): the fp32
+    graph's, or (reference "batch 1") its own with each text run alone, against random
+    mixed-length batches."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -181,6 +194,8 @@ def describe_variant(
     operators: dict[str, int] | None = None,
     fusions_missing: list[str] | None = None,
     fusions_unsupported: dict[str, str] | None = None,
+    quantization: Literal["static", "dynamic"] | None = None,
+    calibration: str | None = None,
 ) -> Variant:
     """Build a Variant entry for a file already written inside the artifact folder."""
     path = folder / relative_file
@@ -195,6 +210,8 @@ def describe_variant(
         fusions_unsupported=fusions_unsupported or {},
         operators=operators or {},
         size_bytes=path.stat().st_size,
+        quantization=quantization,
+        calibration=calibration,
     )
 
 

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 
 from compress.build import BuildPlan, package_artifact
-from compress.evaluate import OrtPredictor
 from compress.packaging import spec_for_checkpoint
 from compress.tiny_models import ARCHITECTURES, build_tiny_classifier
 from contract.artifact import Manifest, read_manifest
 from contract.encoding import encode, load_tokenizer, pad_batch, softmax
+from contract.predictor import OnnxPredictor
 from tests.conftest import (
     FILLER,
     NEGATIVE,
@@ -88,7 +88,7 @@ def manifest_of(zoo: Zoo, arch: str) -> Manifest:
 def in_process_scores(folder: Path, manifest: Manifest, texts: list[str | tuple[str, str]]) \
         -> np.ndarray:
     """Each text alone (batch 1, as the server runs one request of one text) on the INT8 graph."""
-    predictor = OrtPredictor(folder / "cpu-int8" / "model.onnx", folder / manifest.tokenizer,
+    predictor = OnnxPredictor(folder / "cpu-int8" / "model.onnx", folder / manifest.tokenizer,
                              manifest.model_inputs, manifest.max_length, manifest.pad_token_id)
     return np.concatenate([softmax(predictor.logits([text])) for text in texts])
 

@@ -17,13 +17,13 @@ import pytest
 import yaml
 
 from compress.build import BuildPlan, build_artifact, package_artifact
-from compress.evaluate import OrtPredictor
 from compress.finetune import FinetuneConfig
 from compress.packaging import spec_for_checkpoint
 from compress.tasks import get_task, load_task_file
 from compress.tiny_models import build_tiny_classifier
 from contract.artifact import Manifest, read_manifest
 from contract.encoding import encode_windows, load_tokenizer, pad_batch, softmax
+from contract.predictor import OnnxPredictor
 from tests.conftest import (
     FILLER,
     NEGATIVE,
@@ -189,7 +189,7 @@ def test_a_long_text_is_the_mean_of_its_windows_one_by_one(built: Built,
     manifest = read_manifest(built.repo / "short")
     folder = built.repo / "short"
     [windows] = encode_windows(load_tokenizer(folder / manifest.tokenizer, 16, stride=4), [text])
-    predictor = OrtPredictor(folder / "cpu-int8" / "model.onnx", folder / manifest.tokenizer,
+    predictor = OnnxPredictor(folder / "cpu-int8" / "model.onnx", folder / manifest.tokenizer,
                              manifest.model_inputs, 16, manifest.pad_token_id)
     alone = [softmax(predictor.session.run(None, pad_batch([w], manifest.model_inputs,
                                                            manifest.pad_token_id))[0])[0]

@@ -56,6 +56,8 @@ def _model_card(service: Service, task: str) -> dict[str, Any]:
         "fallback_reason": route.fallback_reason,
         "variant": route.variant,
         "sha256": served.sha256,
+        "quantization": served.quantization,
+        "batch_invariant": served.batch_invariant,
         "architecture": manifest.architecture.model_dump(),
         "metrics": [m.model_dump() for m in manifest.metrics],
         "evaluated": manifest.evaluated,

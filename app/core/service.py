@@ -135,6 +135,12 @@ class _Loader:
                 loaded[task] = load_task_model(folder, [routes[task].variant], self._stride())
             except ArtifactError as exc:
                 self.failed(task, exc)
+                continue
+            served = loaded[task].manifest.variants[routes[task].variant]
+            if served.batch_invariant is False:
+                log.warning("task %s: %s is not batch-invariant (%s quantization): a text's "
+                            "answer can change with what it is batched with; rebuild with "
+                            "--int8 static", task, routes[task].variant, served.quantization)
         if not loaded:
             raise ArtifactError("no artifact could be loaded: " + "; ".join(
                 f"{name}: {why}" for name, why in self.unavailable.items()))

@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 
 from app.runtime import frames
-from contract.encoding import TextInput, encode, load_tokenizer, pad_batch, probabilities
-from contract.session import open_session
+from contract.encoding import TextInput, probabilities
+from contract.predictor import OnnxPredictor
 
 log = logging.getLogger(__name__)
 
@@ -133,23 +133,22 @@ class _SocketReader:
 
 
 class _Model:
-    """A worker's session for one task, and its tokenizer when it tokenizes texts itself."""
+    """A worker's predictor for one task (the build's evaluation uses the same one)."""
 
     def __init__(self, model: ModelFile, threads: int, providers: Sequence[str]) -> None:
         self.file = model
-        self.session = open_session(model.path, threads, providers)
-        self.tokenizer = None if model.tokenizer is None else \
-            load_tokenizer(Path(model.tokenizer), model.max_length)
+        self.predictor = OnnxPredictor(model.path, None if model.tokenizer is None
+                                       else Path(model.tokenizer), model.input_names,
+                                       model.max_length, model.pad_token_id, threads, providers)
 
     def run(self, work: frames.Batch | frames.Texts) -> tuple[np.ndarray, np.ndarray | None]:
         if isinstance(work, frames.Batch):
-            feeds = dict(zip(self.file.input_names, work.feeds, strict=True))
-            return self.session.run(None, feeds)[0], None
-        if self.tokenizer is None:
+            return self.predictor.run_feeds(dict(zip(self.file.input_names, work.feeds,
+                                                     strict=True))), None
+        if self.predictor.tokenizer is None:
             raise WorkerError("this worker was not given the task's tokenizer")
-        rows = encode(self.tokenizer, work.texts)
-        feeds = pad_batch(rows, self.file.input_names, self.file.pad_token_id)
-        return self.session.run(None, feeds)[0], np.array([row.truncated for row in rows])
+        rows = self.predictor.encode(work.texts)
+        return self.predictor.run_rows(rows), np.array([row.truncated for row in rows])
 
 
 def worker_main(spec: WorkerSpec, sock: socket.socket) -> None:
