@@ -91,7 +91,8 @@ def _add_stages(sub: argparse._SubParsersAction) -> None:
                    help="the checkpoint it was exported from (for heads and widths)")
     p.add_argument("--out", type=Path, required=True)
 
-    p = sub.add_parser("quantize", help="INT8 dynamic quantization of a fused ONNX file")
+    p = sub.add_parser("quantize", help="INT8 dynamic quantization of a fused ONNX file (build, "
+                       "package and run make static, batch-invariant INT8)")
     p.add_argument("--onnx", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
 

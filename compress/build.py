@@ -113,6 +113,7 @@ class Calibration:
 
 
 CALIBRATION_TEXTS = 500
+MIN_CALIBRATION_TEXTS = 100
 # Dev texts each checked alone and in mixed batches (one run per text per variant).
 INVARIANCE_TEXTS = 256
 
@@ -147,6 +148,10 @@ def make_variants(checkpoint: Path, folder: Path, check_texts: Sequence[TextInpu
     if int8 == "static":
         calibration = calibration or Calibration(list(check_texts), f"{len(check_texts)} check texts")
         source = f"{calibration.source}, percentile {CALIBRATION_PERCENTILE:g} of per-text ranges"
+        if len(calibration.texts) < MIN_CALIBRATION_TEXTS:
+            log.warning("static INT8 calibrated on only %d texts: activation ranges may not cover "
+                        "real inputs; give train data or more --check-texts (%d+)",
+                        len(calibration.texts), MIN_CALIBRATION_TEXTS)
         quantize_static_int8(folder / "fused.onnx", folder / "int8.onnx", calibration_batches(
             checkpoint / "tokenizer.json", calibration.texts, exported.input_names, max_length))
     else:

@@ -136,12 +136,37 @@ def teacher_logits(
 
 def teacher_logits_of(teacher_dir: Path, train: Examples, picked: list[int], max_length: int,
                       cache_dir: Path | None = None) -> np.ndarray:
-    """The teacher's logits of `train.pick(picked)`. With a cache, they are computed once for the
-    whole split: every stage of a recipe (student, importance, each pruning level) draws its own
-    subset, and one pass of a base-size teacher over all of SST-2 train is ~25 min on 2 cores."""
+    """The teacher's logits of `train.pick(picked)`.
+
+    With a cache, rows are kept by their index in the whole split: every stage of a recipe
+    (student, importance, each pruning level) draws its own subset, and each row is computed once
+    (one pass of a base-size teacher over all of SST-2 train is ~25 min on 2 cores), but no more
+    rows than the stages ask for."""
     if cache_dir is None:
         return teacher_logits(teacher_dir, train.pick(picked).texts, max_length)
-    return teacher_logits(teacher_dir, train.texts, max_length, cache_dir)[picked]
+    key = _fingerprint(teacher_dir, train.texts, max_length)
+    whole = cache_dir / f"teacher-logits-{key}.npy"  # the whole split, as teacher_logits caches it
+    if whole.is_file():
+        cached: np.ndarray = np.load(whole)[picked]
+        return cached
+    rows = cache_dir / f"teacher-logits-{key}.rows.npz"
+    logits, done = None, np.zeros(len(train), dtype=bool)
+    if rows.is_file():
+        with np.load(rows) as saved:
+            logits, done = saved["logits"], saved["done"]
+    missing = sorted({i for i in picked if not done[i]})
+    if missing:
+        computed = teacher_logits(teacher_dir, train.pick(missing).texts, max_length)
+        if logits is None:
+            logits = np.zeros((len(train), computed.shape[1]), dtype=np.float32)
+        logits[missing], done[missing] = computed, True
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        partial = rows.with_name(rows.name + ".partial.npz")
+        np.savez(partial, logits=logits, done=done)
+        partial.replace(rows)
+    assert logits is not None
+    result: np.ndarray = logits[picked]
+    return result
 
 
 def _pad(tokenizer: PreTrainedTokenizerBase, encoded: dict[str, Any], picked: list[int]) -> \

@@ -21,6 +21,7 @@ from compress.distill import (
     select_layers,
     soft_loss,
     teacher_logits,
+    teacher_logits_of,
 )
 from compress.finetune import hf_tokenize
 from compress.tasks import Examples, get_task, load_split
@@ -188,8 +189,28 @@ def test_subsampled_distillation_uses_at_most_max_examples(tiny_repo: TinyRepo,
     student, tokenizer = init_student(str(tiny_repo.base_model), SST2, 1)
     config = DistilConfig(epochs=1, batch_size=4, max_examples=8, max_length=64)
     distil(student, tokenizer, tiny_repo.sst2_teacher, train, config, tmp_path / "s", tmp_path)
-    cached = np.load(next(tmp_path.glob("teacher-logits-*.npy")))
-    assert cached.shape == (8, 2)
+    with np.load(next(tmp_path.glob("teacher-logits-*.rows.npz"))) as cached:
+        assert cached["logits"].shape == (40, 2)  # rows kept by their index in the split
+        assert int(cached["done"].sum()) == 8  # but only the sampled ones computed
+
+
+def test_teacher_logits_are_computed_once_per_row_across_stages(tiny_repo: TinyRepo,
+                                                                 tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) \
+        -> None:
+    train = Examples([f"good film {i}" for i in range(30)], [1] * 30)
+    asked: list[int] = []
+    real = distill_module.teacher_logits
+
+    def counting(teacher_dir: Path, texts: list[str], max_length: int) -> np.ndarray:
+        asked.append(len(texts))
+        return real(teacher_dir, texts, max_length)
+
+    monkeypatch.setattr(distill_module, "teacher_logits", counting)
+    first = teacher_logits_of(tiny_repo.sst2_teacher, train, list(range(0, 20)), 64, tmp_path)
+    second = teacher_logits_of(tiny_repo.sst2_teacher, train, list(range(10, 30)), 64, tmp_path)
+    assert asked == [20, 10]  # the second stage computes only the rows the first did not
+    assert np.allclose(first[10:], second[:10])
 
 
 def test_distil_command_cuts_layers_and_writes_a_student(tiny_repo: TinyRepo,
