@@ -15,6 +15,8 @@ from pydantic_settings import (
 )
 
 PoolName = Literal["cpu", "gpu"]
+# How a task is served: on one pool, or split by length (short rows on cpu, long rows on gpu).
+RouteKind = Literal["cpu", "gpu", "hybrid"]
 CONFIG_ENV = "FFS_CONFIG"
 
 
@@ -38,7 +40,9 @@ class CpuPoolSettings(BaseModel):
     )
 
 
-class BatchingSettings(BaseModel):
+class BatchPolicySettings(BaseModel):
+    """How one pool forms batches (the CPU pool's defaults; GpuBatchingSettings has the GPU's)."""
+
     max_batch_size: int = Field(default=32, ge=1, description="rows per batch at most")
     max_batch_tokens: int = Field(
         default=8192, ge=1, description="rows x padded length per batch at most"
@@ -51,6 +55,13 @@ class BatchingSettings(BaseModel):
     max_queue_rows: int = Field(
         default=2048, ge=1, description="rows waiting per pool before requests get 429"
     )
+    min_fill: float = Field(
+        default=0.9, ge=0, le=1,
+        description="real tokens / padded tokens a batch must keep (0 disables the check)",
+    )
+
+
+class BatchingSettings(BatchPolicySettings):
     # Clients that retry a 429 at once (ignoring Retry-After) turn overload into a busy loop whose
     # requests and refusals take the CPU the workers need: at 4x overload on 2 cores, answering
     # refusals at once halved the answered rate (docs/benchmarks.md). A held refusal costs a timer.
@@ -58,10 +69,64 @@ class BatchingSettings(BaseModel):
         default=100.0, ge=0, le=5000,
         description="a request refused for a full queue gets its 429 after this long (0: at once)",
     )
-    min_fill: float = Field(
-        default=0.9, ge=0, le=1,
-        description="real tokens / padded tokens a batch must keep (0 disables the check)",
+
+
+class GpuBatchingSettings(BatchPolicySettings):
+    """The GPU pool's batches: on a GPU a batch costs about what one row does (kernel launches
+    dominate) and padding is cheap next to them, so bigger batches, a short wait, low fill."""
+
+    max_batch_size: int = Field(default=128, ge=1, description="rows per batch at most")
+    max_batch_tokens: int = Field(default=65536, ge=1,
+                                  description="rows x padded length per batch at most")
+    max_wait_ms: float = Field(default=2.0, ge=0, description="how long the oldest row may "
+                                                              "wait for a batch to fill")
+    max_queue_rows: int = Field(default=4096, ge=1,
+                                description="rows waiting before requests get 429 (or spill)")
+    min_fill: float = Field(default=0.3, ge=0, le=1,
+                            description="real tokens / padded tokens a batch must keep")
+
+
+class GpuPoolSettings(BaseModel):
+    """The FP16 GPU pool: one worker process per device (x instances_per_device)."""
+
+    providers: list[str] = Field(
+        default_factory=lambda: ["CUDAExecutionProvider"],
+        description="ONNX Runtime execution providers of the GPU workers, in order; "
+                    "[CPUExecutionProvider] runs the GPU pool's code on the CPU (tests, the "
+                    "gpu-check dry run)",
     )
+    variant: Literal["gpu-fp16", "fp32"] = Field(
+        default="gpu-fp16", description="the artifact variant the GPU pool runs")
+    device_ids: list[int] = Field(default_factory=lambda: [0], min_length=1,
+                                  description="GPUs to use, one worker process each")
+    instances_per_device: int = Field(
+        default=1, ge=1, le=8, description="worker processes per GPU, each with its own CUDA "
+                                           "context and stream (concurrent batches on one GPU)")
+    cores: list[int] | None = Field(
+        default=None, description="cores the GPU workers are pinned to (they tokenize and launch "
+                                  "kernels); default: the last usable cores, one per worker, "
+                                  "taken away from the CPU pool's default")
+    gpu_mem_limit_mb: int | None = Field(
+        default=None, ge=64, description="CUDA memory arena limit per worker (default: no limit)")
+    arena_extend_strategy: Literal["kNextPowerOfTwo", "kSameAsRequested"] = Field(
+        default="kSameAsRequested", description="how the CUDA arena grows: kSameAsRequested "
+                                                "keeps memory close to what batches need")
+    copy_in_default_stream: bool = Field(
+        default=True, description="host-device copies on the compute stream (ORT's default); "
+                                  "false: a separate copy stream")
+    io_binding: bool = Field(
+        default=True, description="bind inputs and the logits output with ORT's IO binding "
+                                  "instead of session.run")
+    batching: GpuBatchingSettings = Field(default_factory=GpuBatchingSettings)
+    min_length: int = Field(
+        default=128, ge=1, description="hybrid-routed tasks: an input of at least this many "
+                                       "tokens goes to the GPU pool, shorter ones to the CPU pool")
+    spill: Literal["cpu", "off"] = Field(
+        default="cpu", description="rows for the GPU pool when it is down or saturated: run them "
+                                   "on the CPU pool (cpu-int8) or keep them queued (off)")
+    spill_queue_rows: int = Field(
+        default=1024, ge=0, description="rows waiting for the GPU above which new rows spill to "
+                                        "the CPU pool (saturation)")
 
 
 class LimitSettings(BaseModel):
@@ -131,12 +196,15 @@ class Settings(BaseSettings):
     cors_allow_origins: list[str] = Field(
         default_factory=list, description="browser origins allowed by CORS (none: CORS off)"
     )
-    default_pool: PoolName = "cpu"
-    routing: dict[str, PoolName] = Field(
-        default_factory=dict, description="task -> pool; tasks not listed use default_pool"
+    default_pool: RouteKind = Field(default="cpu",
+                                    description="route of tasks not listed in routing")
+    routing: dict[str, RouteKind] = Field(
+        default_factory=dict, description="task -> cpu, gpu, or hybrid (by length, "
+                                          "gpu_pool.min_length); tasks not listed use default_pool"
     )
     gpu_fallback: Literal["cpu", "fail"] = Field(
-        default="cpu", description="a gpu-routed task when no GPU pool can run: serve on cpu or "
+        default="cpu", description="gpu or hybrid tasks when no GPU pool can run (no CUDA "
+                                   "provider, or its workers fail to start): serve on cpu or "
                                    "refuse to start"
     )
     artifact_errors: Literal["fail", "skip"] = Field(
@@ -155,6 +223,7 @@ class Settings(BaseSettings):
                     "(default: one per 8 usable cores, at least 1)",
     )
     cpu_pool: CpuPoolSettings = Field(default_factory=CpuPoolSettings)
+    gpu_pool: GpuPoolSettings = Field(default_factory=GpuPoolSettings)
     batching: BatchingSettings = Field(default_factory=BatchingSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     worker_start_timeout_s: float = Field(default=120.0, gt=0)

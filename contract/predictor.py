@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from contract.encoding import EncodedText, TextInput, encode, load_tokenizer, pad_batch
-from contract.session import open_session
+from contract.session import Provider, open_session, provider_name
 
 
 class OnnxPredictor:
@@ -21,8 +21,13 @@ class OnnxPredictor:
     def __init__(self, graph: str | Path, tokenizer_json: Path | None,
                  input_names: Sequence[str],
                  max_length: int, pad_token_id: int = 0, threads: int | None = None,
-                 providers: Sequence[str] = ("CPUExecutionProvider",)) -> None:
+                 providers: Sequence[Provider] = ("CPUExecutionProvider",),
+                 io_binding: bool = False) -> None:
         self.session = open_session(graph, threads, providers)
+        # IO binding: inputs bound from host memory, the logits output on the first provider's
+        # device and copied back once (on CUDA: no intermediate host buffers in session.run).
+        self._binding = _binding_target(providers[0]) if io_binding else None
+        self._output = self.session.get_outputs()[0].name
         self.tokenizer = None if tokenizer_json is None else \
             load_tokenizer(Path(tokenizer_json), max_length)
         self.input_names = list(input_names)
@@ -36,8 +41,16 @@ class OnnxPredictor:
 
     def run_feeds(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         """Logits of model inputs already padded into a batch."""
-        result: np.ndarray = self.session.run(None, feeds)[0]
-        return result
+        if self._binding is None:
+            result: np.ndarray = self.session.run([self._output], feeds)[0]
+            return result
+        binding = self.session.io_binding()
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        binding.bind_output(self._output, *self._binding)
+        self.session.run_with_iobinding(binding)
+        bound: np.ndarray = binding.copy_outputs_to_cpu()[0]
+        return bound
 
     def run_rows(self, rows: Sequence[EncodedText]) -> np.ndarray:
         """Logits of encoded rows run as one batch, padded to its longest row."""
@@ -60,3 +73,11 @@ class OnnxPredictor:
                 logits = np.zeros((len(rows), values.shape[1]), dtype=np.float32)
             logits[picked] = values
         return logits if logits is not None else np.zeros((0, 0), dtype=np.float32)
+
+
+def _binding_target(provider: Provider) -> tuple[str, int]:
+    """The device (ORT's name and id) a provider computes on, for IO binding."""
+    if provider_name(provider) != "CUDAExecutionProvider":
+        return "cpu", 0
+    options = {} if isinstance(provider, str) else provider[1]
+    return "cuda", int(options.get("device_id", 0))

@@ -8,11 +8,23 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+# A provider as ONNX Runtime takes it: a name, or a name and its options (CUDA: device_id, ...).
+Provider = str | tuple[str, dict[str, str]]
+
+
+class ProviderUnavailable(RuntimeError):
+    """An execution provider was asked for but the session runs without it."""
+
+
+def provider_name(provider: Provider) -> str:
+    return provider if isinstance(provider, str) else provider[0]
+
 
 def open_session(path: str | Path, threads: int | None = None,
-                 providers: Sequence[str] = ("CPUExecutionProvider",)) -> Any:
+                 providers: Sequence[Provider] = ("CPUExecutionProvider",)) -> Any:
     """A session on `path`: `threads` intra-op threads (None: ORT's default, all cores), one
-    inter-op thread, sequential execution."""
+    inter-op thread, sequential execution. Raises ProviderUnavailable when ORT silently falls
+    back from a requested provider (e.g. CUDA without its libraries or a driver)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -20,4 +32,12 @@ def open_session(path: str | Path, threads: int | None = None,
         options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    return ort.InferenceSession(str(path), options, providers=list(providers))
+    session = ort.InferenceSession(str(path), options, providers=list(providers))
+    active = session.get_providers()
+    missing = [provider_name(p) for p in providers if provider_name(p) not in active]
+    if missing:
+        raise ProviderUnavailable(
+            f"{', '.join(missing)} could not be initialised (the session runs on "
+            f"{', '.join(active)}); check the GPU driver (nvidia-smi) and that the CUDA and cuDNN "
+            "libraries onnxruntime-gpu needs are installed")
+    return session

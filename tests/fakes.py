@@ -37,6 +37,7 @@ class FakePool:
         self.delay = delay
         self.batches: list[list[TextInput] | dict[str, np.ndarray]] = []
         self.fail_next: Exception | None = None
+        self.up = True  # what ready() answers (a test takes the pool "down")
         self._idle: asyncio.Queue[FakeWorker] = asyncio.Queue()
         self._workers = [FakeWorker(i) for i in range(workers)]
 
@@ -76,7 +77,7 @@ class FakePool:
         return self._idle.qsize()
 
     def ready(self) -> bool:
-        return True
+        return self.up
 
     def describe(self) -> list[dict[str, Any]]:
         return [{"index": w.index, "pid": None, "cores": [], "threads": 1, "alive": True}

@@ -24,6 +24,7 @@ from app.api.v1 import V1, validation_message
 from app.api.v2 import V2
 from app.core.inference import TIMEOUT_HEADER
 from app.core.inputs import ClientError
+from app.core.routing import pool_variant
 from app.core.service import Service, start_service, stop_service
 from app.settings import Settings
 
@@ -53,6 +54,10 @@ def _model_card(service: Service, task: str) -> dict[str, Any]:
         "truncation": service.settings.limits.truncation,
         "pool": route.pool,
         "requested_pool": route.requested_pool,
+        "long_pool": route.long_pool,
+        "long_length": route.long_length if route.long_pool else None,
+        "spill_pool": route.spill_pool,
+        "pools": {pool: pool_variant(pool, service.settings) for pool in route.pools},
         "fallback_reason": route.fallback_reason,
         "variant": route.variant,
         "sha256": served.sha256,
@@ -170,9 +175,14 @@ def _fastapi_app(service: Service) -> FastAPI:
 
     @app.get("/v1/pools")
     async def pools() -> dict[str, Any]:
-        """Worker processes per pool: pid, the cores each is pinned to, liveness, restarts."""
-        return {"pools": [{"name": name, "workers": pool.describe(), "restarts": pool.restarts,
-                           "queue_depth": service.batchers[name].depth}
+        """Worker processes per pool (pid, cores, providers, liveness), restarts, queue depth,
+        and rows that spilled from it to another pool, by reason."""
+        spilled = service.dispatcher.spilled if service.dispatcher is not None else {}
+        return {"pools": [{"name": name, "variant": pool_variant(name, service.settings),
+                           "ready": pool.ready(), "workers": pool.describe(),
+                           "restarts": pool.restarts, "queue_depth": service.batchers[name].depth,
+                           "spilled_rows": {reason: rows for (source, reason), rows
+                                            in sorted(spilled.items()) if source == name}}
                           for name, pool in service.pools.items()]}
 
     @app.get("/healthz")
@@ -194,6 +204,7 @@ def _fastapi_app(service: Service) -> FastAPI:
     async def prometheus() -> PlainTextResponse:
         for name, batcher in service.batchers.items():
             metrics.queue_depth.labels(name).set(batcher.depth)
+            metrics.pool_ready.labels(name).set(int(service.pools[name].ready()))
         return PlainTextResponse(metrics.exposition(),
                                  media_type=CONTENT_TYPE_LATEST)
 

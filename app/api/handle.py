@@ -93,7 +93,9 @@ async def _hold_refusal(service: Service) -> None:
 
 def _queue_full(service: Service, task: str) -> bool:
     route = service.routes.get(task)
-    batcher = service.batchers.get(route.pool) if route is not None else None
+    if route is None or not route.single_pool:  # the dispatcher decides (it may spill)
+        return False
+    batcher = service.batchers.get(route.pool)
     return batcher is not None and batcher.full()
 
 

@@ -39,11 +39,16 @@ class Prediction(BaseModel):
     truncated: bool = Field(default=False, description="the input was cut to max_length tokens")
     chunks: int | None = Field(default=None, description="windows a long input was classified "
                                                          "in (limits.truncation: chunk)")
+    variant: str | None = Field(default=None, description="the variant that answered this "
+                                "input, when the response's variant is `mixed`")
 
 
 class ClassifyResponse(BaseModel):
     task: str
-    variant: str
+    variant: str = Field(description="the artifact variant that answered (cpu-int8, gpu-fp16, "
+                         "...), or `mixed` when inputs ran on different pools (a hybrid task's "
+                         "short and long inputs, or rows spilled from a busy or down GPU pool); "
+                         "each result then has its own")
     results: list[Prediction]
 
 

@@ -67,6 +67,8 @@ def predictions(result: Classified, options: ScoreOptions, all_scores: bool) \
         item["truncated"] = result.truncated[index]
         if result.chunks is not None:
             item["chunks"] = result.chunks[index]
+        if result.variants is not None:
+            item["variant"] = result.variants[index]
         out.append(item)
     return out
 

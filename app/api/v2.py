@@ -460,11 +460,10 @@ def build_router(service: Service, version: str) -> APIRouter:
     async def model_ready(task: str, model_version: str | None = None) -> JSONResponse:
         try:
             _check_version(model_version)
-            route = service.routes[task_model(service, task).task]
+            name = task_model(service, task).task
         except ClientError as exc:
             return _error(exc.status, exc.message)
-        pool = service.pools.get(route.pool)
-        if pool is not None and pool.ready():
+        if service.task_ready(name):
             return JSONResponse({"name": task, "ready": True})
         return _error(503, f"model {task!r} is not ready")
 

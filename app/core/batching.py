@@ -87,25 +87,27 @@ class Pending:
     disconnect) is dropped by failing this one future.
     """
 
-    __slots__ = ("future", "left", "results", "scores", "truncated")
+    __slots__ = ("future", "left", "pools", "results", "scores", "truncated")
 
     def __init__(self, future: asyncio.Future[Pending], rows: int) -> None:
         self.future = future
         self.results: list[np.ndarray] = [_NOTHING] * rows  # logits per row
         self.scores: list[np.ndarray] = [_NOTHING] * rows  # probabilities per row
         self.truncated = [False] * rows  # as the worker's tokenizer reports (TextRow rows)
+        self.pools = [""] * rows  # the pool that answered each row
         self.left = rows
 
     def done(self) -> bool:
         return self.future.done()
 
-    def deliver(self, index: int, logits: np.ndarray, scores: np.ndarray, truncated: bool) \
-            -> None:
+    def deliver(self, index: int, logits: np.ndarray, scores: np.ndarray, truncated: bool,
+                pool: str) -> None:
         if self.future.done():
             return
         self.results[index] = logits
         self.scores[index] = scores
         self.truncated[index] = truncated
+        self.pools[index] = pool
         self.left -= 1
         if self.left == 0:
             self.future.set_result(self)
@@ -179,7 +181,9 @@ class Batcher:
         tasks: dict[str, TaskInputs],
         on_batch: Callable[[BatchStats], None] | None = None,
         on_drop: Callable[[int], None] | None = None,
+        name: str = "",
     ) -> None:
+        self.name = name  # the pool's name, recorded with each row it answers
         self.runner = runner
         self.policy = policy
         self.tasks = tasks
@@ -208,6 +212,29 @@ class Batcher:
         self._pending.extend(_Row(task, row, request, i, now) for i, row in enumerate(rows))
         self._arrived.set()
         return request.future
+
+    def enqueue(self, task: str, rows: Sequence[Row], indices: Sequence[int],
+                request: Pending) -> None:
+        """Queue some of a request's rows (`indices`: their places in it) for a request whose
+        other rows may run on another pool; the caller checked `full` first."""
+        now = time.perf_counter()
+        self._pending.extend(_Row(task, row, request, i, now)
+                             for row, i in zip(rows, indices, strict=True))
+        self._arrived.set()
+
+    def take_waiting(self, tasks: set[str]) -> list[_Row]:
+        """Remove and return the waiting rows of `tasks` (to run them on another pool)."""
+        taken = [row for row in self._pending if row.task in tasks]
+        if taken:
+            self._pending = [row for row in self._pending if row.task not in tasks]
+        return taken
+
+    def adopt(self, rows: list[_Row]) -> None:
+        """Queue rows taken from another pool's batcher, keeping their place and wait budget
+        (past max_queue_rows if need be: their requests were accepted)."""
+        if rows:
+            self._pending = sorted(rows + self._pending, key=lambda row: row.enqueued)
+            self._arrived.set()
 
     def start(self) -> None:
         self._loop_task = asyncio.get_running_loop().create_task(self._loop())
@@ -314,7 +341,7 @@ class Batcher:
             self.runner.release(worker)
         for row, logits, scores, truncated in zip(batch, result.logits, result.scores,
                                                   result.truncated, strict=True):
-            row.request.deliver(row.index, logits, scores, bool(truncated))
+            row.request.deliver(row.index, logits, scores, bool(truncated), self.name)
         if self._on_batch is not None:
             waits = [started - row.enqueued for row in batch]
             self._on_batch(BatchStats(batch[0].task, len(batch), width, waits, result.seconds,

@@ -21,6 +21,7 @@ from app.core.answers import aggregation_for, fold_windows
 from app.core.batching import Pending, QueueFull, Row, TextRow
 from app.core.inputs import ClientError, parse_inputs
 from app.core.repository import TaskModel
+from app.core.routing import pool_variant
 from app.core.service import Service
 from app.runtime.workers import WorkerError
 from contract.artifact import ProblemType
@@ -32,6 +33,9 @@ from contract.encoding import (
 )
 
 log = logging.getLogger(__name__)
+# The response's variant when a request's inputs were answered by different variants (a hybrid
+# task's short and long inputs, or rows that spilled): each result then names its own.
+MIXED = "mixed"
 TIMEOUT_HEADER = "X-Request-Timeout-Ms"
 # Not an HTTP status a client will see (it has gone); nginx's code for it, kept in the metrics.
 CLIENT_GONE = 499
@@ -70,13 +74,14 @@ class Classified:
     """Scores of a request's inputs, in input order (a chunked input's windows folded)."""
 
     task: str
-    variant: str
+    variant: str  # the variant that answered every input, or MIXED
     labels: list[str]
     problem_type: ProblemType
     truncated: list[bool]
     chunks: list[int] | None  # windows per input when the server chunks long texts
     logits: np.ndarray  # [inputs, labels], float32
     probabilities: np.ndarray  # [inputs, labels], float64: softmax, or a sigmoid per label
+    variants: list[str] | None = None  # per input, when not one variant answered them all
 
     def best(self) -> list[tuple[str, float]]:
         """Label and probability of the top class of each input."""
@@ -116,29 +121,49 @@ async def classify(service: Service, task: str, raw_inputs: list[Any],
     route = service.routes[task]
     if deadline is None:
         deadline = time.perf_counter() + service.settings.limits.request_timeout_s
-    scored = await _scored_rows(service, task, route.pool, rows, deadline, gone)
+    scored = await _scored_rows(service, task, rows, counts, deadline, gone)
     stacked = _stacked(scored.results)
+    variant, variants = (route.variant, None) if route.single_pool else \
+        _answered_by(service, scored.pools, counts)
     if counts is None:
         truncated = [row.truncated or cut for row, cut in zip(rows, scored.truncated, strict=True)]
         _refuse_truncated(service, model, truncated)
-        return Classified(task=task, variant=route.variant, labels=manifest.labels,
+        return Classified(task=task, variant=variant, labels=manifest.labels,
                           problem_type=manifest.problem_type, truncated=truncated, chunks=None,
-                          logits=stacked, probabilities=_stacked(scored.scores))
+                          logits=stacked, probabilities=_stacked(scored.scores),
+                          variants=variants)
     how = aggregation_for(manifest.problem_type, service.settings.limits.chunk_aggregation)
     folded, scores = fold_windows(stacked, counts, manifest.problem_type, how)
-    return Classified(task=task, variant=route.variant, labels=manifest.labels,
+    return Classified(task=task, variant=variant, labels=manifest.labels,
                       problem_type=manifest.problem_type, truncated=[False] * len(counts),
-                      chunks=counts, logits=folded, probabilities=scores)
+                      chunks=counts, logits=folded, probabilities=scores, variants=variants)
 
 
-async def _scored_rows(service: Service, task: str, pool: str, rows: Sequence[Row],
+def _answered_by(service: Service, pools: list[str], counts: list[int] | None) \
+        -> tuple[str, list[str] | None]:
+    """The variant that answered every input, or MIXED and each input's (a chunked input whose
+    windows ran on two pools names both, joined by '+')."""
+    names = {pool: pool_variant(pool, service.settings) for pool in set(pools)}  # type: ignore[arg-type]
+    if len(names) == 1:
+        return next(iter(names.values())), None
+    groups: list[list[str]] = []
+    start = 0
+    for size in counts if counts is not None else [1] * len(pools):
+        groups.append(pools[start : start + size])
+        start += size
+    return MIXED, ["+".join(names[p] for p in dict.fromkeys(group)) for group in groups]
+
+
+async def _scored_rows(service: Service, task: str, rows: Sequence[Row], counts: list[int] | None,
                        deadline: float, gone: asyncio.Future[None] | None) -> Pending:
-    """The rows' logits from the pool's batcher, within the deadline and while the client stays."""
+    """The rows' logits from the pools' batchers, within the deadline and while the client
+    stays."""
     remaining = deadline - time.perf_counter()
     try:
         if remaining <= 0:
             raise DeadlinePassed
-        answer = service.batchers[pool].submit(task, rows)  # type: ignore[index]
+        assert service.dispatcher is not None, "the service was not started"
+        answer = service.dispatcher.submit(task, rows, counts)
         timer = asyncio.get_running_loop().call_later(remaining, _fail, answer, DeadlinePassed)
         if gone is not None:
             gone.add_done_callback(functools.partial(_client_left, answer))

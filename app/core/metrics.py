@@ -55,11 +55,20 @@ class Metrics:
                                     "than configured", ["task", "requested", "actual"],
                                     registry=r, multiprocess_mode="max")
 
+        self.spilled_rows = Counter("ffs_rows_spilled_total", "Rows run on another pool than "
+                                    "their route's because theirs was down or saturated",
+                                    ["task", "from_pool", "to_pool", "reason"], registry=r)
+        self.pool_ready = Gauge("ffs_pool_ready", "1 while the pool has a live worker", ["pool"],
+                                registry=r, multiprocess_mode="max")
+
         self._request_children: dict[tuple[str, int], tuple[Any, Any]] = {}
         self._pool_children: dict[str, tuple[Any, ...]] = {}
 
     def count_dropped(self, pool: str, rows: int) -> None:
         self.dropped_rows.labels(pool).inc(rows)
+
+    def count_spill(self, task: str, source: str, target: str, reason: str, rows: int) -> None:
+        self.spilled_rows.labels(task, source, target, reason).inc(rows)
 
     def count_restart(self, pool: str) -> None:
         self.worker_restarts.labels(pool).inc()

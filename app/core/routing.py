@@ -1,38 +1,72 @@
-"""Which pool serves which task, decided once at start-up from the settings and the hardware."""
+"""Which pool serves which task (and, for hybrid tasks, which rows), decided at start-up."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
 
-from app.settings import ConfigError, PoolName, Settings
+from app.settings import ConfigError, PoolName, RouteKind, Settings
 
 log = logging.getLogger(__name__)
 
-# The artifact variant each pool kind runs.
-POOL_VARIANT: dict[PoolName, str] = {"cpu": "cpu-int8", "gpu": "gpu-fp16"}
+CPU_VARIANT = "cpu-int8"
+CUDA_PROVIDER = "CUDAExecutionProvider"
+
+
+def pool_variant(pool: PoolName, settings: Settings) -> str:
+    """The artifact variant a pool runs."""
+    return CPU_VARIANT if pool == "cpu" else settings.gpu_pool.variant
 
 
 @dataclass(frozen=True)
 class Route:
+    """Where a task's rows go. A hybrid task sends rows of at least `long_length` tokens to
+    `long_pool`; rows bound for the GPU go to `spill_pool` while the GPU pool is down or
+    saturated."""
+
     task: str
-    requested_pool: PoolName
-    pool: PoolName
-    variant: str
+    requested_pool: RouteKind
+    pool: PoolName  # every row, or a hybrid task's short rows
+    variant: str  # what `pool` runs for this task
+    long_pool: PoolName | None = None
+    long_length: int = 0
+    spill_pool: PoolName | None = None
     fallback_reason: str | None = None
 
+    @property
+    def pools(self) -> tuple[PoolName, ...]:
+        """Every pool that must load this task's model."""
+        named = (self.pool, self.long_pool, self.spill_pool)
+        return tuple(dict.fromkeys(p for p in named if p is not None))
 
-def gpu_unavailable_reason() -> str | None:
-    """Why no GPU pool can run here, or None when one can.
-
-    This version serves every task on CPU workers: a gpu-routed task always falls back (or fails
-    start-up, as configured) and says so in /v1/models and the ffs_route_fallback metric.
-    """
-    return "this server version has no GPU pool; the task runs on the CPU pool"
+    @property
+    def single_pool(self) -> bool:
+        """All rows always go to `pool` (the hot path's shortcut)."""
+        return self.long_pool is None and self.spill_pool is None
 
 
-def plan_routes(tasks: list[str], settings: Settings) -> dict[str, Route]:
-    """A route per task; raise ConfigError for routing of unknown tasks or a refused fallback."""
+def gpu_unavailable_reason(settings: Settings) -> str | None:
+    """Why the GPU pool cannot run here, found without starting it (None: it may run; its workers
+    still check that the provider really initialised)."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    missing = [p for p in settings.gpu_pool.providers if p not in available]
+    if not missing:
+        return None
+    hint = (" install the gpu extra (pip install '.[serve,gpu]': onnxruntime-gpu in place of "
+            "onnxruntime) on a machine with an NVIDIA driver") if CUDA_PROVIDER in missing else ""
+    return (f"this onnxruntime has no {', '.join(missing)} (it has {', '.join(available)});"
+            f"{hint}")
+
+
+def wants_gpu(tasks: list[str], settings: Settings) -> bool:
+    return any(settings.routing.get(t, settings.default_pool) != "cpu" for t in tasks)
+
+
+def plan_routes(tasks: list[str], settings: Settings, gpu_problem: str | None) -> dict[str, Route]:
+    """A route per task; `gpu_problem` says why no GPU pool can run (None: it can). Raises
+    ConfigError for routing of unknown tasks or a fallback the settings refuse."""
     unknown = sorted(set(settings.routing) - set(tasks))
     if unknown:
         raise ConfigError(
@@ -40,17 +74,24 @@ def plan_routes(tasks: list[str], settings: Settings) -> dict[str, Route]:
             f"(it has: {sorted(tasks)})"
         )
     routes: dict[str, Route] = {}
-    gpu_problem = gpu_unavailable_reason()
     for task in tasks:
-        wanted: PoolName = settings.routing.get(task, settings.default_pool)
-        if wanted == "gpu" and gpu_problem is not None:
+        wanted: RouteKind = settings.routing.get(task, settings.default_pool)
+        if wanted != "cpu" and gpu_problem is not None:
             if settings.gpu_fallback == "fail":
                 raise ConfigError(
-                    f"task {task!r} is routed to the gpu pool but {gpu_problem}; set "
+                    f"task {task!r} is routed to the gpu pool ({wanted}) but {gpu_problem}; set "
                     "gpu_fallback: cpu to serve it on CPU instead"
                 )
-            log.warning("task %s: routed to gpu, falling back to cpu: %s", task, gpu_problem)
-            routes[task] = Route(task, "gpu", "cpu", POOL_VARIANT["cpu"], gpu_problem)
+            log.warning("task %s: routed %s, falling back to cpu: %s", task, wanted, gpu_problem)
+            routes[task] = Route(task, wanted, "cpu", CPU_VARIANT, fallback_reason=gpu_problem)
+            continue
+        spill: PoolName | None = "cpu" if settings.gpu_pool.spill == "cpu" else None
+        if wanted == "gpu":
+            routes[task] = Route(task, wanted, "gpu", pool_variant("gpu", settings),
+                                 spill_pool=spill)
+        elif wanted == "hybrid":
+            routes[task] = Route(task, wanted, "cpu", CPU_VARIANT, long_pool="gpu",
+                                 long_length=settings.gpu_pool.min_length, spill_pool=spill)
         else:
-            routes[task] = Route(task, wanted, wanted, POOL_VARIANT[wanted])
+            routes[task] = Route(task, wanted, "cpu", CPU_VARIANT)
     return routes

@@ -11,13 +11,23 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from app.core.batching import Batcher, BatchPolicy, Runner, TaskInputs
+from app.core.dispatch import Dispatcher
 from app.core.metrics import Metrics
 from app.core.repository import TaskModel, artifact_folders, load_task_model
-from app.core.routing import Route, plan_routes
+from app.core.routing import (
+    CPU_VARIANT,
+    CUDA_PROVIDER,
+    Route,
+    gpu_unavailable_reason,
+    plan_routes,
+    pool_variant,
+    wants_gpu,
+)
 from app.runtime.cpu_quota import usable_cores
 from app.runtime.workers import ModelFile, WorkerPool, WorkerSpec, cpu_layout
-from app.settings import ConfigError, PoolName, Settings
+from app.settings import BatchPolicySettings, ConfigError, GpuPoolSettings, PoolName, Settings
 from contract.artifact import ArtifactError, read_manifest
+from contract.session import Provider
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +44,39 @@ class Service:
     draining: bool = False  # set on SIGTERM: readiness fails while in-flight work finishes
     # Tasks (or folders) whose artifact failed its checks under artifact_errors: skip -> why.
     unavailable: dict[str, str] = field(default_factory=dict)
+    shard: Shard = field(default_factory=lambda: Shard())
+    dispatcher: Dispatcher | None = None
 
     def ready(self) -> bool:
-        if self.draining:
+        """Serving: every pool is up, except a pool whose rows can spill to another."""
+        if self.draining or not self.pools:
             return False
-        return bool(self.pools) and all(pool.ready() for pool in self.pools.values())
+        return all(pool.ready() or self.can_spill(name) for name, pool in self.pools.items())
+
+    def task_ready(self, task: str) -> bool:
+        """The task's rows can run now: each pool it uses is up or can spill."""
+        pools = self.routes[task].pools
+        return all(p in self.pools and (self.pools[p].ready() or self.can_spill(p))
+                   for p in pools)
+
+    def can_spill(self, pool: str) -> bool:
+        """Every task that uses `pool` has another pool to run its rows while it is down."""
+        users = [route for route in self.routes.values() if pool in route.pools]
+        return bool(users) and all(route.spill_pool not in (None, pool) for route in users)
+
+    def fall_back_to_cpu(self, reason: str) -> None:
+        """Serve the gpu and hybrid tasks on the CPU pool alone (the GPU pool failed to start
+        and gpu_fallback is cpu)."""
+        log.error("the GPU pool cannot run: %s; its tasks fall back to the CPU pool", reason)
+        self.routes = plan_routes(sorted(self.models), self.settings, reason)
+        self.specs = lay_out(self.settings, self.models, self.routes, self.shard)
+        self.count_fallbacks()
+
+    def count_fallbacks(self) -> None:
+        for route in self.routes.values():
+            if route.fallback_reason:
+                self.metrics.route_fallback.labels(route.task, route.requested_pool,
+                                                   route.pool).set(1)
 
 
 # One API process per this many usable cores: one API core answers ~4,000-5,000 requests/s
@@ -54,21 +92,89 @@ class Shard:
     count: int = 1
 
 
+def _gpu_configured(settings: Settings) -> bool:
+    return settings.default_pool != "cpu" or any(v != "cpu" for v in settings.routing.values())
+
+
+def gpu_worker_count(settings: Settings) -> int:
+    gpu = settings.gpu_pool
+    return len(gpu.device_ids) * gpu.instances_per_device
+
+
 def api_process_count(settings: Settings) -> int:
-    """settings.api_processes, or one per CORES_PER_API_PROCESS usable cores."""
+    """settings.api_processes, or one per CORES_PER_API_PROCESS usable cores (and no more than
+    GPU workers when tasks are routed to the GPU: each API process owns at least one)."""
     if settings.api_processes is not None:
         return settings.api_processes
     cores = settings.cpu_pool.cores or usable_cores()
-    return max(1, len(cores) // CORES_PER_API_PROCESS)
+    count = max(1, len(cores) // CORES_PER_API_PROCESS)
+    return min(count, gpu_worker_count(settings)) if _gpu_configured(settings) else count
+
+
+def _core_split(settings: Settings, gpu_workers: int) -> tuple[list[int], list[int]]:
+    """(CPU pool cores, GPU worker cores). By default each GPU worker takes one of the last
+    usable cores away from the CPU pool, as long as the CPU pool keeps one."""
+    usable = sorted(usable_cores())
+    cpu = settings.cpu_pool.cores
+    gpu = settings.gpu_pool.cores
+    if gpu_workers == 0:
+        return (cpu if cpu is not None else usable), []
+    if gpu is None:
+        spare = [core for core in usable if cpu is None or core not in cpu]
+        take = min(gpu_workers, len(spare) - (1 if cpu is None else 0))
+        gpu = spare[-take:] if take > 0 else usable[-1:]  # too few cores: share the last one
+    if cpu is None:
+        cpu = [core for core in usable if core not in gpu] or usable
+    return cpu, gpu
+
+
+def lay_out(settings: Settings, models: dict[str, TaskModel], routes: dict[str, Route],
+            shard: Shard) -> dict[PoolName, list[WorkerSpec]]:
+    """Worker specs of each pool some task needs (this API process's shard of them)."""
+    gpu_tasks = [task for task, route in routes.items() if "gpu" in route.pools]
+    cpu_cores, gpu_cores = _core_split(settings, gpu_worker_count(settings) if gpu_tasks else 0)
+    gpu_specs = _gpu_specs(settings, models, gpu_tasks, shard, gpu_cores)
+    specs = {"cpu": _cpu_specs(settings, models, routes, shard, cpu_cores), "gpu": gpu_specs}
+    return {name: found for name, found in specs.items() if found}  # type: ignore[misc]
+
+
+def _in_workers(settings: Settings) -> bool:
+    return settings.tokenize == "workers" and settings.limits.truncation != "chunk"
+
+
+def cuda_providers(gpu: GpuPoolSettings, device: int) -> tuple[Provider, ...]:
+    """The GPU pool's provider list for one device, with the CUDA options from the settings."""
+    options = {"device_id": str(device), "arena_extend_strategy": gpu.arena_extend_strategy,
+               "do_copy_in_default_stream": str(int(gpu.copy_in_default_stream))}
+    if gpu.gpu_mem_limit_mb is not None:
+        options["gpu_mem_limit"] = str(gpu.gpu_mem_limit_mb * 1024 * 1024)
+    return tuple((name, options) if name == CUDA_PROVIDER else name for name in gpu.providers)
+
+
+def _gpu_specs(settings: Settings, models: dict[str, TaskModel], tasks: list[str],
+               shard: Shard, cores: list[int]) -> list[WorkerSpec]:
+    if not tasks:
+        return []
+    gpu = settings.gpu_pool
+    files = {task: _model_file(models[task], gpu.variant, _in_workers(settings))
+             for task in tasks}
+    slots = [device for device in gpu.device_ids for _ in range(gpu.instances_per_device)]
+    if shard.count > len(slots):
+        raise ConfigError(f"api_processes is {shard.count} but the gpu pool has {len(slots)} "
+                          "workers; each API process needs one (lower api_processes or raise "
+                          "gpu_pool.instances_per_device)")
+    # One intra-op thread: the GPU computes; the worker's core tokenizes and launches kernels.
+    return [WorkerSpec(index=i, cores=(cores[i % len(cores)],), threads=1, models=files,
+                       providers=cuda_providers(gpu, device), io_binding=gpu.io_binding)
+            for i, device in enumerate(slots) if i % shard.count == shard.index]
 
 
 def _cpu_specs(settings: Settings, models: dict[str, TaskModel], routes: dict[str, Route],
-               shard: Shard) -> list[WorkerSpec]:
-    tasks = [task for task, route in routes.items() if route.pool == "cpu"]
+               shard: Shard, cores: list[int]) -> list[WorkerSpec]:
+    tasks = [task for task, route in routes.items() if "cpu" in route.pools]
     if not tasks:
         return []
     pool = settings.cpu_pool
-    cores = pool.cores if pool.cores is not None else usable_cores()
     allowed = os.sched_getaffinity(0)
     if not set(cores) <= allowed:
         raise ConfigError(f"cpu_pool.cores {sorted(cores)} include cores this process may not use "
@@ -77,8 +183,7 @@ def _cpu_specs(settings: Settings, models: dict[str, TaskModel], routes: dict[st
         layout = cpu_layout(cores, pool.workers, pool.threads_per_worker)
     except ValueError as exc:
         raise ConfigError(f"cpu_pool: {exc}") from None
-    in_workers = settings.tokenize == "workers" and settings.limits.truncation != "chunk"
-    files = {task: _model_file(models[task], routes[task], in_workers) for task in tasks}
+    files = {task: _model_file(models[task], CPU_VARIANT, _in_workers(settings)) for task in tasks}
     if shard.count > len(layout):
         raise ConfigError(f"api_processes is {shard.count} but the cpu pool has {len(layout)} "
                           "workers; each API process needs at least one (lower api_processes)")
@@ -87,9 +192,9 @@ def _cpu_specs(settings: Settings, models: dict[str, TaskModel], routes: dict[st
             for i, group in enumerate(layout) if i % shard.count == shard.index]
 
 
-def _model_file(model: TaskModel, route: Route, tokenizer: bool) -> ModelFile:
+def _model_file(model: TaskModel, variant: str, tokenizer: bool) -> ModelFile:
     manifest = model.manifest
-    return ModelFile(str(model.files[route.variant]), tuple(manifest.model_inputs),
+    return ModelFile(str(model.files[variant]), tuple(manifest.model_inputs),
                      str(model.folder / manifest.tokenizer) if tokenizer else None,
                      manifest.max_length, manifest.pad_token_id, manifest.problem_type)
 
@@ -114,6 +219,14 @@ class _Loader:
         limits = self.settings.limits
         return limits.chunk_stride if limits.truncation == "chunk" else None
 
+    def _variants(self, route: Route) -> list[str]:
+        """Every variant the route's pools run, and cpu-int8 when a GPU pool that fails to
+        start falls back to the CPU pool."""
+        variants = [pool_variant(pool, self.settings) for pool in route.pools]
+        if route.pools != ("cpu",) and self.settings.gpu_fallback == "cpu":
+            variants.append(CPU_VARIANT)
+        return list(dict.fromkeys(variants))
+
     def manifests(self) -> dict[str, Path]:
         found: dict[str, Path] = {}
         for folder in artifact_folders(self.settings.model_repository):
@@ -131,16 +244,18 @@ class _Loader:
     def models(self, folders: dict[str, Path], routes: dict[str, Route]) -> dict[str, TaskModel]:
         loaded: dict[str, TaskModel] = {}
         for task, folder in folders.items():
+            variants = self._variants(routes[task])
             try:
-                loaded[task] = load_task_model(folder, [routes[task].variant], self._stride())
+                loaded[task] = load_task_model(folder, variants, self._stride())
             except ArtifactError as exc:
                 self.failed(task, exc)
                 continue
-            served = loaded[task].manifest.variants[routes[task].variant]
-            if served.batch_invariant is False:
-                log.warning("task %s: %s is not batch-invariant (%s quantization): a text's "
-                            "answer can change with what it is batched with; rebuild with "
-                            "--int8 static", task, routes[task].variant, served.quantization)
+            for variant in variants:
+                served = loaded[task].manifest.variants[variant]
+                if served.batch_invariant is False:
+                    log.warning("task %s: %s is not batch-invariant (%s quantization): a text's "
+                                "answer can change with what it is batched with; rebuild with "
+                                "--int8 static", task, variant, served.quantization)
         if not loaded:
             raise ArtifactError("no artifact could be loaded: " + "; ".join(
                 f"{name}: {why}" for name, why in self.unavailable.items()))
@@ -156,17 +271,15 @@ def prepare_service(settings: Settings, shard: Shard | None = None) -> Service:
         shard = Shard(0, api_process_count(settings))
     loader = _Loader(settings)
     folders = loader.manifests()
-    all_routes = plan_routes(sorted(folders), settings)
+    tasks = sorted(folders)
+    gpu_problem = gpu_unavailable_reason(settings) if wants_gpu(tasks, settings) else None
+    all_routes = plan_routes(tasks, settings, gpu_problem)
     models = loader.models(folders, all_routes)
     routes = {task: route for task, route in all_routes.items() if task in models}
-    specs: dict[PoolName, list[WorkerSpec]] = {"cpu": _cpu_specs(settings, models, routes, shard)}
     service = Service(settings=settings, models=models, routes=routes,
-                      specs={name: s for name, s in specs.items() if s},
-                      unavailable=loader.unavailable)
-    for route in routes.values():
-        if route.fallback_reason:
-            service.metrics.route_fallback.labels(route.task, route.requested_pool,
-                                                  route.pool).set(1)
+                      specs=lay_out(settings, models, routes, shard),
+                      unavailable=loader.unavailable, shard=shard)
+    service.count_fallbacks()
     return service
 
 
@@ -194,35 +307,57 @@ def worker_pool(name: str, specs: list[WorkerSpec], service: Service) -> Pool:
                       on_restart=service.metrics.count_restart)
 
 
+def _policy(batching: BatchPolicySettings) -> BatchPolicy:
+    return BatchPolicy(max_batch_size=batching.max_batch_size,
+                       max_batch_tokens=batching.max_batch_tokens,
+                       max_wait_ms=batching.max_wait_ms, max_queue_rows=batching.max_queue_rows,
+                       min_fill=batching.min_fill)
+
+
+async def _start_pool(service: Service, name: PoolName, make_pool: PoolFactory) -> None:
+    pool = make_pool(name, service.specs[name], service)
+    await pool.start()
+    service.pools[name] = pool
+
+
 async def start_service(service: Service, make_pool: PoolFactory = worker_pool) -> None:
-    """Start worker pools and their batchers; raises if a worker cannot load its models.
+    """Start worker pools (the GPU pool first: if it cannot start, gpu_fallback decides), their
+    batchers and the dispatcher; raises if a worker cannot load its models.
     `make_pool` builds each pool (tests pass one that runs no processes)."""
     settings = service.settings
-    policy = BatchPolicy(
-        max_batch_size=settings.batching.max_batch_size,
-        max_batch_tokens=settings.batching.max_batch_tokens,
-        max_wait_ms=settings.batching.max_wait_ms,
-        max_queue_rows=settings.batching.max_queue_rows,
-        min_fill=settings.batching.min_fill,
-    )
-    for name, specs in service.specs.items():
-        pool = make_pool(name, specs, service)
-        await pool.start()
-        service.pools[name] = pool
+    if "gpu" in service.specs:
+        try:
+            await _start_pool(service, "gpu", make_pool)
+        except Exception as exc:
+            if settings.gpu_fallback != "cpu":
+                raise
+            service.fall_back_to_cpu(f"its workers failed to start ({exc})")
+    if "cpu" in service.specs:
+        await _start_pool(service, "cpu", make_pool)
+    policies = {"cpu": _policy(settings.batching), "gpu": _policy(settings.gpu_pool.batching)}
+    for name, pool in service.pools.items():
         tasks = {
             task: TaskInputs(tuple(service.models[task].manifest.model_inputs),
                              service.models[task].manifest.pad_token_id)
-            for task, route in service.routes.items() if route.pool == name
+            for task, route in service.routes.items() if name in route.pools
         }
-        batcher = Batcher(pool, policy, tasks,
+        batcher = Batcher(pool, policies[name], tasks,
                           on_batch=functools.partial(service.metrics.observe_batch, name),
-                          on_drop=functools.partial(service.metrics.count_dropped, name))
+                          on_drop=functools.partial(service.metrics.count_dropped, name),
+                          name=name)
         batcher.start()
         service.batchers[name] = batcher
-        log.info("pool %s: %d workers serving %s", name, len(specs), sorted(tasks))
+        log.info("pool %s: %d workers serving %s", name, len(service.specs[name]),
+                 sorted(tasks))
+    service.dispatcher = Dispatcher(service.routes, service.batchers, service.pools,  # type: ignore[arg-type]
+                                    settings.gpu_pool.spill_queue_rows,
+                                    on_spill=service.metrics.count_spill)
+    service.dispatcher.start()
 
 
 async def stop_service(service: Service) -> None:
+    if service.dispatcher is not None:
+        await service.dispatcher.stop()
     for batcher in service.batchers.values():
         await batcher.stop()
     for pool in service.pools.values():

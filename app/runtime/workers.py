@@ -25,6 +25,7 @@ import numpy as np
 from app.runtime import frames
 from contract.encoding import TextInput, probabilities
 from contract.predictor import OnnxPredictor
+from contract.session import Provider, provider_name
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,8 @@ class WorkerSpec:
     cores: tuple[int, ...]
     threads: int
     models: dict[str, ModelFile]
-    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    providers: tuple[Provider, ...] = ("CPUExecutionProvider",)
+    io_binding: bool = False
     # After a batch, keep polling the socket this long before blocking: a worker that sleeps in
     # the kernel wakes slowly on these VMs (measured in docs/benchmarks.md); 0 = block at once.
     spin_s: float = 0.0
@@ -135,11 +137,12 @@ class _SocketReader:
 class _Model:
     """A worker's predictor for one task (the build's evaluation uses the same one)."""
 
-    def __init__(self, model: ModelFile, threads: int, providers: Sequence[str]) -> None:
+    def __init__(self, model: ModelFile, spec: WorkerSpec) -> None:
         self.file = model
         self.predictor = OnnxPredictor(model.path, None if model.tokenizer is None
                                        else Path(model.tokenizer), model.input_names,
-                                       model.max_length, model.pad_token_id, threads, providers)
+                                       model.max_length, model.pad_token_id, spec.threads,
+                                       spec.providers, spec.io_binding)
 
     def run(self, work: frames.Batch | frames.Texts) -> tuple[np.ndarray, np.ndarray | None]:
         if isinstance(work, frames.Batch):
@@ -155,7 +158,7 @@ def worker_main(spec: WorkerSpec, sock: socket.socket) -> None:
     """Entry point of a worker process: pin, load, then serve batches until the socket closes."""
     try:
         os.sched_setaffinity(0, spec.cores)
-        models = [_Model(m, spec.threads, spec.providers) for m in spec.models.values()]
+        models = [_Model(m, spec) for m in spec.models.values()]
     except Exception as exc:  # report any start-up failure to the parent instead of dying silently
         sock.sendall(frames.message_frame(frames.FAILED, f"{type(exc).__name__}: {exc}"))
         return
@@ -445,7 +448,7 @@ class WorkerPool:
     def describe(self) -> list[dict[str, Any]]:
         return [
             {"index": w.spec.index, "pid": w.pid, "cores": w.cores, "threads": w.spec.threads,
-             "alive": w.alive()}
+             "alive": w.alive(), "providers": [provider_name(p) for p in w.spec.providers]}
             for w in self.workers
         ]
 
