@@ -13,10 +13,12 @@ import random
 import time
 from collections.abc import Coroutine, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import numpy as np
+
+T = TypeVar("T")
 
 # Requests in flight above this are not sent but counted as client overload (keeps memory bounded).
 MAX_IN_FLIGHT = 20_000
@@ -139,8 +141,8 @@ def _summarise(rate: float, sent: int, tally: _Tally, window: float) -> StepResu
         duration_s=window)
 
 
-def run_blocking(step: Coroutine[Any, Any, StepResult]) -> StepResult:
-    """Run one step to completion on uvloop when it is installed (a cheaper event loop)."""
+def run_blocking(step: Coroutine[Any, Any, T]) -> T:
+    """Run a step (or any coroutine) to completion on uvloop when it is installed (cheaper)."""
     try:
         import uvloop
     except ImportError:

@@ -153,3 +153,36 @@ def test_without_cuda_and_gpu_fallback_fail_the_server_says_what_to_install(
     assert result.returncode == 2
     assert "no CUDAExecutionProvider" in result.stderr
     assert "pip install '.[serve,gpu]'" in result.stderr
+
+
+def _write_boolq(path: Path, rows: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sentence = "the river rises in the hills and runs to the sea past the old town"
+    lines = [json.dumps({"question": f"does the river reach the sea {i}", "title": "River",
+                         "passage": " ".join([sentence] * (1 + i % 4)), "answer": i % 2 == 0})
+             for i in range(rows)]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_the_gpu_check_runs_end_to_end_on_the_cpu_provider(
+        tiny_repo: TinyRepo, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    (data / "sst2").mkdir(parents=True)
+    (data / "sst2" / "dev.tsv").write_text((tiny_repo.data_dir / "sst2" / "dev.tsv").read_text())
+    _write_boolq(data / "boolq" / "val.jsonl", 40)
+    out = tmp_path / "out"
+    quick = (f"--data-dir {data} --seconds 0.3 --batches 4 --max-length 64 --dev-texts 32 "
+             "--max-rate 8 --slo-ms 500")
+    env = {**os.environ, "PROVIDER": "cpu", "OUT": str(out), "GPU_CHECK_ARGS": quick}
+    result = subprocess.run(["deploy/gpu-check.sh", str(tiny_repo.root / "sst2")], cwd=ROOT,
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = (out / "results.md").read_text()
+    assert "dry run on the CPU provider: not GPU figures" in report
+    figures = {r["layout"]: r for r in json.loads((out / "results.json").read_text())}
+    assert list(figures) == ["gpu-fp16", "gpu-fp32", "cpu-int8", "hybrid"]
+    for layout in ("gpu-fp16", "gpu-fp32", "cpu-int8"):
+        assert figures[layout]["kinds"]["boolq"]["batch1_per_s"] > 0
+        assert figures[layout]["accuracy"] is not None
+    assert figures["hybrid"]["capacity_steps"]
+    assert "gpu-fp16 serves the fp32 graph's label on" in report

@@ -48,3 +48,23 @@ def test_unknown_settings_are_refused(tmp_path: Path, monkeypatch: pytest.Monkey
     monkeypatch.setenv("FFS_CONFIG", str(config))
     with pytest.raises(ConfigError, match="batchng"):
         load_settings()
+
+
+def test_the_gpu_pool_has_its_own_batch_policy(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FFS_MODEL_REPOSITORY", str(tmp_path))
+    monkeypatch.setenv("FFS_GPU_POOL__BATCHING__MAX_BATCH_SIZE", "256")
+    settings = load_settings()
+    assert settings.gpu_pool.batching.max_batch_size == 256
+    assert settings.batching.max_batch_size == 32
+    assert settings.gpu_pool.batching.min_fill < settings.batching.min_fill
+
+
+def test_routing_accepts_hybrid_and_names_a_bad_route(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FFS_MODEL_REPOSITORY", str(tmp_path))
+    monkeypatch.setenv("FFS_ROUTING", '{"boolq": "hybrid"}')
+    assert load_settings().routing == {"boolq": "hybrid"}
+    monkeypatch.setenv("FFS_ROUTING", '{"boolq": "tpu"}')
+    with pytest.raises(ConfigError, match=r"routing\.boolq: .*'cpu', 'gpu' or 'hybrid'"):
+        load_settings()

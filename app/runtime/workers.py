@@ -313,6 +313,14 @@ class Worker:
                 self.process.join(timeout)
 
 
+def _device(spec: WorkerSpec) -> dict[str, int]:
+    """The GPU a worker runs on, when its first provider names one."""
+    first = spec.providers[0]
+    if isinstance(first, str) or "device_id" not in first[1]:
+        return {}
+    return {"device_id": int(first[1]["device_id"])}
+
+
 class WorkerPool:
     """A set of identical workers; a batch runs on whichever is idle. Restarts workers that die."""
 
@@ -448,7 +456,8 @@ class WorkerPool:
     def describe(self) -> list[dict[str, Any]]:
         return [
             {"index": w.spec.index, "pid": w.pid, "cores": w.cores, "threads": w.spec.threads,
-             "alive": w.alive(), "providers": [provider_name(p) for p in w.spec.providers]}
+             "alive": w.alive(), "providers": [provider_name(p) for p in w.spec.providers],
+             **_device(w.spec)}
             for w in self.workers
         ]
 
