@@ -67,6 +67,22 @@ class Metrics:
     def count_dropped(self, pool: str, rows: int) -> None:
         self.dropped_rows.labels(pool).inc(rows)
 
+    def start_series(self, pool: str, tasks: list[str], spills: dict[str, tuple[str, str]]) \
+            -> None:
+        """Create the counters a pool and its tasks may raise at 0, so that their series exist
+        (and dashboards show 0, not "no data") before the first event. `spills`: task ->
+        (from pool, to pool)."""
+        self.dropped_rows.labels(pool)
+        self.worker_restarts.labels(pool)
+        self.queue_depth.labels(pool).set(0)
+        self.pool_ready.labels(pool)
+        for task in tasks:
+            for reason in ("queue_full", "deadline"):
+                self.rejected.labels(task, reason)
+            if task in spills:
+                for reason in ("down", "saturated"):
+                    self.spilled_rows.labels(task, *spills[task], reason)
+
     def count_spill(self, task: str, source: str, target: str, reason: str, rows: int) -> None:
         self.spilled_rows.labels(task, source, target, reason).inc(rows)
 

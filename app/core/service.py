@@ -347,6 +347,9 @@ async def start_service(service: Service, make_pool: PoolFactory = worker_pool) 
                           name=name)
         batcher.start()
         service.batchers[name] = batcher
+        service.metrics.start_series(name, sorted(tasks), {
+            task: (name, route.spill_pool) for task, route in service.routes.items()
+            if route.spill_pool is not None and route.spill_pool != name and name in route.pools})
         log.info("pool %s: %d workers serving %s", name, len(service.specs[name]),
                  sorted(tasks))
     service.dispatcher = Dispatcher(service.routes, service.batchers, service.pools,  # type: ignore[arg-type]
