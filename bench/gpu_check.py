@@ -25,7 +25,6 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -101,12 +100,6 @@ def long_repository(artifact: Path, out: Path, max_length: int) -> Path:
     manifest["max_length"] = max(max_length, manifest["max_length"])
     (folder / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
     return repo
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def bodies(task: str, texts: list[str], per_request: int) -> list[Request]:
@@ -306,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     long = [" ".join(str(part) for part in t) for t in boolq.texts]
     mix = [text for i, text in enumerate(long[:200])
            for text in [text, *short[i * args.mix : (i + 1) * args.mix]]]
-    port = args.port or free_port()
+    port = args.port or serving.free_port()
     plan = Plan(url=f"http://127.0.0.1:{port}", task=manifest.task,
                 inputs={"sst2": short, "boolq": long},
                 rates={"sst2": args.rate_sst2, "boolq": args.rate_boolq},

@@ -24,7 +24,6 @@ import json
 import math
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -59,12 +58,6 @@ class Answer:
     @property
     def ok(self) -> bool:
         return self.finite > 0 and not self.missing and not self.absent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def check_config(promtool: str, path: Path) -> str:
@@ -184,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
              check_config(args.promtool, CONFIG)]
     version = subprocess.run([args.prometheus, "--version"], capture_output=True, text=True)
     lines.append((version.stdout or version.stderr).splitlines()[0])
-    service_port, prometheus_port = free_port(), free_port()
+    service_port, prometheus_port = serving.free_port(), serving.free_port()
     env = {"FFS_GPU_POOL__PROVIDERS": '["CPUExecutionProvider"]', "FFS_DEFAULT_POOL": "hybrid",
            "FFS_GPU_POOL__MIN_LENGTH": "16"}
     with tempfile.TemporaryDirectory(prefix="ffs-prometheus-") as scratch:
