@@ -17,7 +17,7 @@ PORT ?= 8000
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: serve test setup demo lint typecheck pytest bench compress mpnet table3 clean
+.PHONY: serve test setup demo lint typecheck pytest bench compress mpnet table3 clean wrk
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,7 +51,18 @@ pytest: $(STAMP)
 
 test: lint typecheck pytest
 
-bench: demo
+# The benchmarks load the server with wrk: installed when missing (apt-get, as root), or a message.
+wrk:
+	@command -v wrk > /dev/null || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get > /dev/null; then \
+			echo "installing wrk (apt-get install wrk)"; \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk > /dev/null; \
+		else \
+			echo "the benchmarks need wrk: install it as root (apt-get install wrk) and rerun"; \
+			exit 2; \
+		fi; }
+
+bench: demo wrk
 	$(BIN)/python -m bench.overhead --artifact models/$(DEMO_TASK) --data-dir "$(DATA_DIR)"
 
 # The FastFormers recipe on SST-2: MiniLM-L6 teacher -> 3-layer student -> pruning sweep -> INT8.
@@ -73,7 +84,7 @@ mpnet: $(MPNET_STAMP)
 # TABLE3_ARGS=--quick for the capped run (6 min 41 s measured on 2 cores).
 TABLE3_TASK ?= sst2
 TABLE3_ARGS ?=
-table3: $(MPNET_STAMP)
+table3: $(MPNET_STAMP) wrk
 	$(BIN)/python -m bench table3 --task $(TABLE3_TASK) --data-dir "$(DATA_DIR)" $(TABLE3_ARGS)
 
 clean:

@@ -177,6 +177,17 @@ class AuthSettings(BaseModel):
         return [key.strip().encode() for key in found if key.strip()]
 
 
+class TracingSettings(BaseModel):
+    enabled: bool = Field(default=False, description="export OpenTelemetry traces of classify "
+                                                     "requests (off: no tracing code runs)")
+    otlp_endpoint: str = Field(default="http://127.0.0.1:4318/v1/traces",
+                               description="OTLP/HTTP traces endpoint (a collector, Jaeger, ...)")
+    service_name: str = Field(default="fastformers-serve", description="service.name resource")
+    sample_ratio: float = Field(
+        default=1.0, ge=0, le=1, description="share of requests traced (a client's sampled "
+                                             "traceparent is always followed)")
+
+
 class Settings(BaseSettings):
     """Server settings. Env vars use the FFS_ prefix and `__` for nesting (FFS_CPU_POOL__WORKERS)."""
 
@@ -226,6 +237,7 @@ class Settings(BaseSettings):
     gpu_pool: GpuPoolSettings = Field(default_factory=GpuPoolSettings)
     batching: BatchingSettings = Field(default_factory=BatchingSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
     worker_start_timeout_s: float = Field(default=120.0, gt=0)
     drain_delay_s: float = Field(
         default=2.0, ge=0, description="on SIGTERM, how long to keep serving with readiness "

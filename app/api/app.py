@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp
@@ -106,6 +109,33 @@ def _add_middleware(app: FastAPI, settings: Settings) -> None:
     app.add_middleware(RequestId)
 
 
+DOCS_ASSETS = "/docs-assets"
+
+
+def _serve_docs_offline(app: FastAPI) -> None:
+    """/docs (Swagger UI) and /redoc with their scripts and styles served from this service, not
+    from a CDN: the pages work on hosts without internet access."""
+    import fastapi_offline
+
+    assets = Path(fastapi_offline.__file__).parent / "static"
+    app.mount(DOCS_ASSETS, StaticFiles(directory=assets), name="docs-assets")
+    title = f"{app.title} - API"
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url=app.openapi_url or "/openapi.json", title=title,
+                                   swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+                                   swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+                                   swagger_favicon_url=f"{DOCS_ASSETS}/favicon.png")
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc() -> HTMLResponse:
+        return get_redoc_html(openapi_url=app.openapi_url or "/openapi.json", title=title,
+                              redoc_js_url=f"{DOCS_ASSETS}/redoc.standalone.js",
+                              redoc_favicon_url=f"{DOCS_ASSETS}/favicon.png",
+                              with_google_fonts=False)
+
+
 def create_app(service: Service) -> ASGIApp:
     """The ASGI app for a prepared service: the hot classify routes in front of FastAPI, which
     serves the rest; workers start with the app (its lifespan) and stop with it."""
@@ -129,7 +159,9 @@ def _fastapi_app(service: Service) -> FastAPI:
             await stop_service(service)
 
     app = FastAPI(title="FastFormers Serve", version=VERSION, lifespan=lifespan,
-                  description="Native API under /v1; the Open Inference Protocol v2 under /v2.")
+                  description="Native API under /v1; the Open Inference Protocol v2 under /v2.",
+                  docs_url=None, redoc_url=None)
+    _serve_docs_offline(app)
     metrics = service.metrics
     app.include_router(oip.build_router(service, VERSION))
     _add_middleware(app, service.settings)

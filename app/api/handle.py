@@ -25,6 +25,7 @@ from app.api.observability import request_id, request_id_for
 from app.core.inference import record
 from app.core.inputs import ClientError
 from app.core.service import Service
+from app.core.tracing import RequestTrace, current_trace
 
 log = logging.getLogger(__name__)
 JSON = b"application/json"
@@ -105,6 +106,9 @@ async def handle(service: Service, wire: Wire, task: str, version: str | None, p
     started = time.perf_counter()
     if not auth.allows(path, headers):
         return Reply(401, JSON, wire.error(401, auth.MESSAGE), {"WWW-Authenticate": "Bearer"})
+    trace = None if service.tracing is None else \
+        service.tracing.begin(wire.name, task, path, headers, started, request_id.get())
+    token = None if trace is None else current_trace.set(trace)
     try:
         reply = await _answer(service, wire, task, version, headers, receive, started)
     except ClientError as exc:
@@ -116,7 +120,17 @@ async def handle(service: Service, wire: Wire, task: str, version: str | None, p
         reply = Reply(500, JSON, wire.error(500, f"internal error ({type(exc).__name__}); see "
                                                  "the server log"))
     record(service, task, reply.status, started)
+    if trace is not None:
+        _end_trace(trace, reply.status)
+        current_trace.reset(token)  # type: ignore[arg-type]
     return reply
+
+
+def _end_trace(trace: RequestTrace, status: int) -> None:
+    now = time.perf_counter()
+    if trace.answered is not None:
+        trace.child("respond", trace.answered, now, {})
+    trace.end(status, now)
 
 
 async def _answer(service: Service, wire: Wire, task: str, version: str | None,

@@ -13,6 +13,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.core.tracing import current_trace
+
 REQUEST_ID_HEADER = "x-request-id"
 request_id: ContextVar[str] = ContextVar("request_id", default="-")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -52,7 +54,8 @@ class RequestId:
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, request_id and any extras."""
 
-    RESERVED = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message"}
+    # "trace": the text format's field (RequestIdFilter); JSON has trace_id instead.
+    RESERVED = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "trace"}
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -63,6 +66,9 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
             "request_id": request_id.get(),
         }
+        trace = current_trace.get()
+        if trace is not None:
+            entry["trace_id"] = trace.trace_id
         entry.update({k: v for k, v in record.__dict__.items() if k not in self.RESERVED})
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
@@ -72,7 +78,7 @@ class JsonFormatter(logging.Formatter):
 def logging_config(level: str, log_format: str) -> dict[str, Any]:
     """dictConfig for the app and uvicorn's own loggers, in one format."""
     formatter = {"()": JsonFormatter} if log_format == "json" else {
-        "format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"}
+        "format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s%(trace)s] %(message)s"}
     handler = {"class": "logging.StreamHandler", "formatter": "default",
                "filters": ["request_id"]}
     return {
@@ -88,8 +94,11 @@ def logging_config(level: str, log_format: str) -> dict[str, Any]:
 
 
 class RequestIdFilter(logging.Filter):
-    """Adds `request_id` to every record, for the text format."""
+    """Adds `request_id` (and, for a traced request, its trace id) to every record, for the text
+    format."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = request_id.get()
+        trace = current_trace.get()
+        record.trace = "" if trace is None else f" trace={trace.trace_id}"
         return True

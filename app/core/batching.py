@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from app.core.tracing import BatchTiming
 from app.runtime.frames import Logits
 from app.runtime.workers import RetryableError
 from contract.encoding import EncodedText, TextInput, pad_batch
@@ -87,7 +88,7 @@ class Pending:
     disconnect) is dropped by failing this one future.
     """
 
-    __slots__ = ("future", "left", "pools", "results", "scores", "truncated")
+    __slots__ = ("batches", "future", "left", "pools", "results", "scores", "truncated")
 
     def __init__(self, future: asyncio.Future[Pending], rows: int) -> None:
         self.future = future
@@ -96,6 +97,7 @@ class Pending:
         self.truncated = [False] * rows  # as the worker's tokenizer reports (TextRow rows)
         self.pools = [""] * rows  # the pool that answered each row
         self.left = rows
+        self.batches: list[BatchTiming] | None = None  # a list only when the request is traced
 
     def done(self) -> bool:
         return self.future.done()
@@ -184,6 +186,7 @@ class Batcher:
         name: str = "",
     ) -> None:
         self.name = name  # the pool's name, recorded with each row it answers
+        self.traced = False  # tracing is on: write down batch times for traced requests
         self.runner = runner
         self.policy = policy
         self.tasks = tasks
@@ -202,12 +205,15 @@ class Batcher:
         """Whether `rows` more rows would pass the queue limit (checked before any parsing)."""
         return len(self._pending) + rows > self.policy.max_queue_rows
 
-    def submit(self, task: str, rows: Sequence[Row]) -> asyncio.Future[Pending]:
+    def submit(self, task: str, rows: Sequence[Row], traced: bool = False) \
+            -> asyncio.Future[Pending]:
         """Queue a request's rows; the future resolves with their logits in order (raises
         QueueFull when at capacity). Failing or cancelling the future drops rows not yet run."""
         if self.full(len(rows)):
             raise QueueFull(f"queue holds {len(self._pending)} of {self.policy.max_queue_rows} rows")
         request = Pending(asyncio.get_running_loop().create_future(), len(rows))
+        if traced:
+            request.batches = []
         now = time.perf_counter()
         self._pending.extend(_Row(task, row, request, i, now) for i, row in enumerate(rows))
         self._arrived.set()
@@ -339,6 +345,8 @@ class Batcher:
             return
         finally:
             self.runner.release(worker)
+        if self.traced:
+            self._note_batch(worker, batch, started, width)
         for row, logits, scores, truncated in zip(batch, result.logits, result.scores,
                                                   result.truncated, strict=True):
             row.request.deliver(row.index, logits, scores, bool(truncated), self.name)
@@ -346,6 +354,19 @@ class Batcher:
             waits = [started - row.enqueued for row in batch]
             self._on_batch(BatchStats(batch[0].task, len(batch), width, waits, result.seconds,
                                       len(self._pending)))
+
+    def _note_batch(self, worker: Any, batch: list[_Row], started: float, width: int) -> None:
+        """Record this batch on each traced request it ran rows of."""
+        finished = time.perf_counter()
+        seen: set[int] = set()
+        for row in batch:
+            request = row.request
+            if request.batches is None or id(request) in seen:
+                continue
+            seen.add(id(request))
+            request.batches.append(BatchTiming(
+                row.enqueued, started, finished, len(batch), width,
+                getattr(worker, "index", -1), self.name))
 
     def _work(self, batch: list[_Row]) -> tuple[dict[str, np.ndarray] | list[TextInput], int]:
         """Padded feeds (rows tokenized here) or texts (the worker tokenizes), and the padded

@@ -40,13 +40,13 @@ class Dispatcher:
     spilled: dict[tuple[str, str], int] = field(default_factory=dict)
     _watcher: asyncio.Task[None] | None = None
 
-    def submit(self, task: str, rows: Sequence[Row], groups: Sequence[int] | None = None) \
-            -> asyncio.Future[Pending]:
+    def submit(self, task: str, rows: Sequence[Row], groups: Sequence[int] | None = None,
+               traced: bool = False) -> asyncio.Future[Pending]:
         """Queue a request's rows; one future resolves with all their logits (QueueFull when a
         pool they need has no room). `groups`: rows per input (chunked inputs), else one each."""
         route = self.routes[task]
         if route.single_pool:
-            return self.batchers[route.pool].submit(task, rows)
+            return self.batchers[route.pool].submit(task, rows, traced)
         placed = self._place(route, rows, groups)
         for pool, indices in placed.items():
             if self.batchers[pool].full(len(indices)):
@@ -54,6 +54,8 @@ class Dispatcher:
                 raise QueueFull(f"the {pool} pool's queue holds {batcher.depth} of "
                                 f"{batcher.policy.max_queue_rows} rows")
         request = Pending(asyncio.get_running_loop().create_future(), len(rows))
+        if traced:
+            request.batches = []
         for pool, indices in placed.items():
             self.batchers[pool].enqueue(task, [rows[i] for i in indices], indices, request)
         return request.future

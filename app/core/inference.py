@@ -23,6 +23,7 @@ from app.core.inputs import ClientError, parse_inputs
 from app.core.repository import TaskModel
 from app.core.routing import pool_variant
 from app.core.service import Service
+from app.core.tracing import current_trace
 from app.runtime.workers import WorkerError
 from contract.artifact import ProblemType
 from contract.encoding import (
@@ -112,6 +113,8 @@ async def classify(service: Service, task: str, raw_inputs: list[Any],
     that have not started are dropped; the same happens when `gone` (the client's disconnect)
     completes first.
     """
+    trace = current_trace.get() if service.tracing is not None else None
+    began = time.perf_counter()
     model = task_model(service, task)
     manifest = model.manifest
     inputs = parse_inputs(raw_inputs, manifest.input_kind, task, service.settings.limits)
@@ -121,7 +124,14 @@ async def classify(service: Service, task: str, raw_inputs: list[Any],
     route = service.routes[task]
     if deadline is None:
         deadline = time.perf_counter() + service.settings.limits.request_timeout_s
-    scored = await _scored_rows(service, task, rows, counts, deadline, gone)
+    if trace is not None:
+        trace.child("validate", began, time.perf_counter(),
+                    {"ffs.inputs": len(inputs), "ffs.rows": len(rows)})
+    scored = await _scored_rows(service, task, rows, counts, deadline, gone, trace is not None)
+    if trace is not None:
+        trace.answered = time.perf_counter()
+        if scored.batches:
+            trace.batches(scored.batches)
     stacked = _stacked(scored.results)
     variant, variants = (route.variant, None) if route.single_pool else \
         _answered_by(service, scored.pools, counts)
@@ -155,7 +165,8 @@ def _answered_by(service: Service, pools: list[str], counts: list[int] | None) \
 
 
 async def _scored_rows(service: Service, task: str, rows: Sequence[Row], counts: list[int] | None,
-                       deadline: float, gone: asyncio.Future[None] | None) -> Pending:
+                       deadline: float, gone: asyncio.Future[None] | None,
+                       traced: bool = False) -> Pending:
     """The rows' logits from the pools' batchers, within the deadline and while the client
     stays."""
     remaining = deadline - time.perf_counter()
@@ -163,7 +174,7 @@ async def _scored_rows(service: Service, task: str, rows: Sequence[Row], counts:
         if remaining <= 0:
             raise DeadlinePassed
         assert service.dispatcher is not None, "the service was not started"
-        answer = service.dispatcher.submit(task, rows, counts)
+        answer = service.dispatcher.submit(task, rows, counts, traced)
         timer = asyncio.get_running_loop().call_later(remaining, _fail, answer, DeadlinePassed)
         if gone is not None:
             gone.add_done_callback(functools.partial(_client_left, answer))

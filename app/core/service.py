@@ -23,6 +23,7 @@ from app.core.routing import (
     pool_variant,
     wants_gpu,
 )
+from app.core.tracing import Tracing, tracing_from_settings
 from app.runtime.cpu_quota import usable_cores
 from app.runtime.workers import ModelFile, WorkerPool, WorkerSpec, cpu_layout
 from app.settings import BatchPolicySettings, ConfigError, GpuPoolSettings, PoolName, Settings
@@ -46,6 +47,7 @@ class Service:
     unavailable: dict[str, str] = field(default_factory=dict)
     shard: Shard = field(default_factory=lambda: Shard())
     dispatcher: Dispatcher | None = None
+    tracing: Tracing | None = None  # settings.tracing.enabled (tests put their own exporter)
 
     def ready(self) -> bool:
         """Serving: every pool is up, except a pool whose rows can spill to another."""
@@ -278,7 +280,8 @@ def prepare_service(settings: Settings, shard: Shard | None = None) -> Service:
     routes = {task: route for task, route in all_routes.items() if task in models}
     service = Service(settings=settings, models=models, routes=routes,
                       specs=lay_out(settings, models, routes, shard),
-                      unavailable=loader.unavailable, shard=shard)
+                      unavailable=loader.unavailable, shard=shard,
+                      tracing=tracing_from_settings(settings.tracing))
     service.count_fallbacks()
     return service
 
@@ -345,6 +348,7 @@ async def start_service(service: Service, make_pool: PoolFactory = worker_pool) 
                           on_batch=functools.partial(service.metrics.observe_batch, name),
                           on_drop=functools.partial(service.metrics.count_dropped, name),
                           name=name)
+        batcher.traced = service.tracing is not None
         batcher.start()
         service.batchers[name] = batcher
         service.metrics.start_series(name, sorted(tasks), {
@@ -365,3 +369,5 @@ async def stop_service(service: Service) -> None:
         await batcher.stop()
     for pool in service.pools.values():
         pool.stop()
+    if service.tracing is not None:
+        service.tracing.shutdown()  # exports what is still buffered

@@ -240,6 +240,10 @@ class Worker:
     _channel: _Channel | None = None
     _sock: socket.socket | None = None
 
+    @property
+    def index(self) -> int:
+        return self.spec.index
+
     def start(self) -> None:
         """Spawn the process; `wait_ready` then connects to it and waits for its models."""
         ctx = mp.get_context("spawn")  # fork is unsafe in a process that already runs threads
