@@ -11,8 +11,9 @@ Layouts, each a fresh server over the same artifact and inputs:
 For each of the first three: sentences/s at batch 1 (one text per request, one client) and at the
 best of --batches (requests of k texts, two clients), p99 at a fixed offered rate, on SST-2 dev
 sentences and on BoolQ questions + passages (one text, up to --max-length tokens); the labels each
-layout serves on SST-2 dev (accuracy, agreement with fp32). Then the capacity at --slo-ms of every
-layout on a mix of the two (one BoolQ-length input per --mix SST-2 ones).
+layout serves on SST-2 dev (accuracy, agreement with fp32, and whether a text sent alone gets the
+label it gets in a request of 32). Then the capacity at --slo-ms of every layout on a mix of the
+two (one BoolQ-length input per --mix SST-2 ones).
 
 With --provider cpu the GPU pool runs on ORT's CPU provider: a dry run of the whole check, whose
 "GPU" figures are CPU figures and say so.
@@ -42,6 +43,7 @@ from loadtest.openloop import Request, run_blocking, run_step
 PROVIDERS = {"cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
 GPU_LAYOUTS = ("gpu-fp16", "gpu-fp32")
 PATH = "/v1/classify/{task}"
+BATCH1_TEXTS = 256  # dev texts also sent one per request
 
 
 @dataclass
@@ -61,7 +63,11 @@ class LayoutFigures:
     layout: str
     kinds: dict[str, KindFigures] = field(default_factory=dict)
     accuracy: float | None = None
-    labels: list[str] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)  # served in requests of 32 texts
+    # Of the first texts, how many got the same label sent one per request (batch 1) as in
+    # requests of 32 (batched): whether an answer depends on what it is batched with.
+    batch1_same: int = 0
+    batch1_texts: int = 0
     capacity_rps: float | None = None
     capacity_bounded: bool = True
     capacity_steps: list[tuple[float, float, int]] = field(default_factory=list)  # rate, p99, failed
@@ -192,6 +198,9 @@ def measure_layout(plan: Plan, layout: str) -> LayoutFigures:
         figures.labels = run_blocking(served_labels(plan.url, plan.task, texts))
         figures.accuracy = sum(a == b for a, b in zip(figures.labels, gold, strict=True)) / \
             len(gold)
+        alone = run_blocking(served_labels(plan.url, plan.task, texts[:BATCH1_TEXTS], 1))
+        figures.batch1_texts = len(alone)
+        figures.batch1_same = sum(a == b for a, b in zip(alone, figures.labels, strict=False))
 
     def step(rate: float) -> Any:
         return run_blocking(run_step(plan.url, plan.mix, rate, plan.seconds, timeout_s=120))
@@ -238,11 +247,12 @@ def table(results: list[LayoutFigures], kinds: list[str], slo_ms: float) -> list
 
 
 def agreement_lines(results: list[LayoutFigures]) -> list[str]:
+    lines = [f"- {r.layout}: {r.batch1_same}/{r.batch1_texts} SST-2 dev texts get the same label "
+             "sent alone as in requests of 32" for r in results if r.batch1_texts]
     by_name = {r.layout: r.labels for r in results if r.labels}
     reference = by_name.get("gpu-fp32")
     if reference is None:
-        return []
-    lines = []
+        return lines
     for name, labels in by_name.items():
         if name != "gpu-fp32":
             same = sum(a == b for a, b in zip(labels, reference, strict=True))

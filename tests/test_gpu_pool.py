@@ -186,3 +186,5 @@ def test_the_gpu_check_runs_end_to_end_on_the_cpu_provider(
         assert figures[layout]["accuracy"] is not None
     assert figures["hybrid"]["capacity_steps"]
     assert "gpu-fp16 serves the fp32 graph's label on" in report
+    assert figures["gpu-fp16"]["batch1_texts"] == 32  # --dev-texts 32, each also sent alone
+    assert "get the same label sent alone as in requests of 32" in report
