@@ -1,4 +1,5 @@
-"""`python -m bench table3 --task sst2 [--quick]`: the FastFormers Table 3 ablation.
+"""`python -m bench table3 --task sst2 [--quick]`: the FastFormers Table 3 ablation
+(and `python -m bench levers --task sst2 [--quick]`: the accuracy levers side by side, bench/levers.py).
 
 Builds (or reuses) the stages of `recipes/table3-<task>.yaml` - base-size teacher, distilled
 student, two pruning levels, the servable artifact - then times every row of the ablation side by
@@ -22,6 +23,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from compress.__main__ import add_device_args
+
 if TYPE_CHECKING:
     from compress.recipe import Recipe
 
@@ -36,6 +39,9 @@ class QuickCaps:
     importance_examples: int
     dev_examples: int
     speed_examples: int
+    # The levers: the intermediate stage runs the teacher live on every row it trains on.
+    intermediate_examples: int = 1000
+    augment_sources: int = 1000
 
 
 # Long inputs (BoolQ: question + passage, up to 512 tokens) cost ~10x a SST-2 sentence.
@@ -65,11 +71,20 @@ def quick_recipe(recipe: Recipe) -> Recipe:
                                                                  caps.prune_examples))})
     evaluate = recipe.evaluate.model_copy(update={
         "max_dev_examples": _cap(recipe.evaluate.max_dev_examples, caps.dev_examples)})
+    student, augment = recipe.student, recipe.augment
+    if student.intermediate is not None:
+        student = student.model_copy(update={"intermediate": replace(
+            student.intermediate, max_examples=_cap(student.intermediate.max_examples,
+                                                    caps.intermediate_examples))})
+    if augment is not None:
+        augment = augment.model_copy(update={
+            "max_sources": _cap(augment.max_sources, caps.augment_sources)})
     output = recipe.output
     quick_out = output.with_name(output.name + "-quick")
     return recipe.model_copy(update={
-        "name": recipe.name + "-quick", "teacher": teacher, "distil": distil, "prune": prune,
-        "evaluate": evaluate, "out_dir": quick_out,
+        "name": recipe.name + "-quick", "teacher": teacher, "student": student,
+        "augment": augment, "distil": distil, "prune": prune, "evaluate": evaluate,
+        "out_dir": quick_out,
         "artifact_dir": quick_out / "artifact" if recipe.artifact_dir is None
         else recipe.artifact_dir.with_name(recipe.artifact_dir.name + "-quick")})
 
@@ -92,10 +107,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--build-only", action="store_true",
                    help="build or reuse the stages and stop (time them later on a quiet machine)")
     p.add_argument("--data-dir", type=Path, default=default_data_dir())
+    add_device_args(p)
     p.add_argument("--port", type=int, default=8797, help="loopback port for row 7")
     p.add_argument("--http-seconds", type=float, default=5.0, help="load per HTTP round")
     p.add_argument("--http-connections", type=int, default=32,
                    help="wrk connections (or concurrent httpx requests) for row 7")
+    p = sub.add_parser("levers", help="each accuracy lever of distillation side by side: logits "
+                                      "only, + augmentation, + intermediate layers, + both")
+    p.add_argument("--task", required=True, help="task of the recipe (sst2, ...)")
+    p.add_argument("--recipe", type=Path,
+                   help="recipe to vary (default: recipes/table3-<task>.yaml)")
+    p.add_argument("--quick", action="store_true", help="capped example counts: minutes, not hours")
+    p.add_argument("--data-dir", type=Path, default=default_data_dir())
+    add_device_args(p)
     return parser
 
 
@@ -113,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         if args.quick:
             recipe = quick_recipe(recipe)
-        return _table3(recipe, args)
+        return _levers(recipe, args) if args.bench == "levers" else _table3(recipe, args)
     except CompressError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -123,12 +147,26 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def _levers(recipe: Recipe, args: argparse.Namespace) -> int:
+    from bench import levers
+    from compress.device import choose_runtime
+
+    runtime = choose_runtime(args.device, args.precision)
+    rows = levers.measure(recipe, args.data_dir, runtime)
+    dev = len(levers.task_splits(recipe, args.data_dir)[1])
+    path = levers.write(rows, recipe.output / "levers", dev)
+    print(levers.markdown(rows, dev))
+    print(f"written: {path} (training on {runtime.describe()})")
+    return 0
+
+
 def _table3(recipe: Recipe, args: argparse.Namespace) -> int:
     from bench import table3
+    from compress.device import choose_runtime
     from compress.pipeline import build_stages, data_source, recipe_spec
     from compress.tasks import load_split
 
-    built = build_stages(recipe, args.data_dir)
+    built = build_stages(recipe, args.data_dir, choose_runtime(args.device, args.precision))
     if args.build_only:
         print(f"stages built under {recipe.output}; artifact: {recipe.artifact}")
         return 0

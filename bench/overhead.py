@@ -29,12 +29,12 @@ from pathlib import Path
 
 import httpx
 
-from app.runtime.cpu_quota import usable_cores
 from bench import serving
 from bench.instances import GraphSpec, InstancePool, Layout
 from compress.speed import interleaved
 from compress.tasks import get_task, load_split
 from contract.artifact import read_manifest, verified_variant_path
+from contract.cpu_quota import usable_cores
 from contract.encoding import TextInput
 from loadtest import wrk
 

@@ -7,6 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
+from compress.device import DEVICES, PRECISIONS
 from compress.tasks import TaskDataError, TaskSpec, builtin_tasks, default_data_dir
 from contract.artifact import CompressError, Manifest
 
@@ -52,12 +53,19 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, help="artifact folder (default: models/<task>)")
     p.add_argument("--work-dir", type=Path, help="checkpoints (default: runs/<task>)")
     p.add_argument("--max-dev-examples", type=int, default=None)
+    _add_int8_args(p)
+    _add_baseline_arg(p)
+    _add_finetune_args(p)
+
+
+def _add_int8_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--int8", choices=("static", "dynamic"), default="static",
                    help="static (default): activation scales calibrated on train texts (else the "
                    "check texts), so an answer does not depend on its batch; dynamic: ORT's "
                    "per-call scales (a text's logits move with what it is batched with)")
-    _add_baseline_arg(p)
-    _add_finetune_args(p)
+    p.add_argument("--int8-keep-fp32", type=int, default=0, metavar="N",
+                   help="static INT8: keep the N nodes whose quantization moves the logits most "
+                   "(a per-node sweep against fp32, logged) in fp32")
 
 
 def _add_baseline_arg(p: argparse.ArgumentParser) -> None:
@@ -150,10 +158,7 @@ def _add_package(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path)
     p.add_argument("--work-dir", type=Path)
     p.add_argument("--max-dev-examples", type=int, default=None)
-    p.add_argument("--int8", choices=("static", "dynamic"), default="static",
-                   help="static (default): activation scales calibrated on train texts (else the "
-                   "check texts), so an answer does not depend on its batch; dynamic: ORT's "
-                   "per-call scales (a text's logits move with what it is batched with)")
+    _add_int8_args(p)
     _add_baseline_arg(p)
 
 
@@ -234,6 +239,17 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", type=Path, default=default_data_dir(),
                    help="task data when the recipe names none (default: $DATA_DIR or "
                         "../shared/data)")
+    add_device_args(p)
+
+
+def add_device_args(p: argparse.ArgumentParser) -> None:
+    """--device and --precision of the training stages (default: what the machine has)."""
+    p.add_argument("--device", choices=DEVICES, default=None,
+                   help="train on: auto (CUDA when torch sees a GPU, else the CPU), cpu or cuda "
+                        "(default: $FFS_TRAIN_DEVICE or auto)")
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="autocast: auto (bf16 on a GPU or on a CPU with AVX512-BF16/AMX, else "
+                        "fp32), fp32 or bf16 (default: $FFS_TRAIN_PRECISION or auto)")
 
 
 def _add_inspect(sub: argparse._SubParsersAction) -> None:
@@ -244,14 +260,17 @@ def _add_inspect(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_recipe(args: argparse.Namespace) -> int:
+    from compress.device import choose_runtime
     from compress.pipeline import run_recipe
     from compress.recipe import load_recipe
     from compress.report import table
     from compress.stages import stage_summary
 
     recipe = load_recipe(args.recipe)
+    runtime = choose_runtime(args.device, args.precision)
+    print(f"training on {runtime.describe()}; stages in {recipe.output}", file=sys.stderr)
     try:
-        report = run_recipe(recipe, args.data_dir)
+        report = run_recipe(recipe, args.data_dir, runtime)
     except KeyboardInterrupt:
         done = ", ".join(stage_summary(recipe.output)) or "none"
         print(f"\ninterrupted; finished stages kept in {recipe.output}: {done}. "
@@ -321,7 +340,8 @@ def _build(args: argparse.Namespace) -> int:
                             max_examples=args.max_train_examples, seed=args.seed)
     plan = BuildPlan(spec=spec, base_model=args.model, out_dir=out, work_dir=work,
                      data_dir=data_dir, hub=args.hub, finetune=config,
-                     max_dev_examples=args.max_dev_examples, int8=args.int8)
+                     max_dev_examples=args.max_dev_examples, int8=args.int8,
+                     int8_keep_fp32=args.int8_keep_fp32)
     return _report(build_artifact(plan), out, args.accept_below_baseline)
 
 
@@ -346,7 +366,7 @@ def _package(args: argparse.Namespace) -> int:
     work = args.work_dir or Path("runs") / spec.name / "package"
     plan = BuildPlan(spec=spec, base_model=str(args.checkpoint), out_dir=out, work_dir=work,
                      data_dir=data_dir, hub=args.hub, max_dev_examples=args.max_dev_examples,
-                     int8=args.int8)
+                     int8=args.int8, int8_keep_fp32=args.int8_keep_fp32)
     texts = check_texts_file(args.check_texts, spec.input_kind) if args.check_texts else None
     calibration = None
     if task is not None and (args.hub or task.data.train is not None):

@@ -18,6 +18,7 @@ from compress.evaluate import agreement, batch_invariance, is_batch_invariant
 from compress.export import OPSET, ExportResult, export_onnx
 from compress.finetune import FinetuneConfig, finetune, hf_tokenize
 from compress.fp16 import convert_fp16
+from compress.int8_sensitivity import most_sensitive, sensitivity
 from compress.metrics import score, tune_thresholds
 from compress.optimize import FusionReport, operator_counts, optimize
 from compress.pretrained import resolve_model
@@ -41,6 +42,7 @@ from contract.artifact import (
     write_manifest,
 )
 from contract.encoding import encode, load_tokenizer, probabilities
+from contract.golden import record_golden
 from contract.predictor import OnnxPredictor
 
 log = logging.getLogger(__name__)
@@ -59,6 +61,7 @@ class BuildPlan:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     max_dev_examples: int | None = None
     int8: Quantization = "static"
+    int8_keep_fp32: int = 0  # the most sensitive nodes kept in fp32 (static INT8)
 
 
 def _versions() -> dict[str, str]:
@@ -102,6 +105,7 @@ class Variants:
     fp16: Path
     quantization: Quantization = "dynamic"
     calibration: str | None = None
+    fp32_nodes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -116,6 +120,8 @@ CALIBRATION_TEXTS = 500
 MIN_CALIBRATION_TEXTS = 100
 # Dev texts each checked alone and in mixed batches (one run per text per variant).
 INVARIANCE_TEXTS = 256
+# Calibration texts the INT8 sensitivity sweep scores each node on.
+SENSITIVITY_TEXTS = 200
 
 
 def calibration_texts(texts: Sequence[TextInput], source: str,
@@ -127,10 +133,11 @@ def calibration_texts(texts: Sequence[TextInput], source: str,
 
 def make_variants(checkpoint: Path, folder: Path, check_texts: Sequence[TextInput],
                   calibration: Calibration | None = None, max_length: int = 512,
-                  int8: Quantization = "static") -> Variants:
+                  int8: Quantization = "static", keep_fp32: int = 0) -> Variants:
     """Export (logit-checked), fuse, quantize to INT8 and convert to FP16 into `folder`.
 
-    Static INT8 is calibrated on `calibration` (the check texts when none are given)."""
+    Static INT8 is calibrated on `calibration` (the check texts when none are given); with
+    `keep_fp32`, that many of its most sensitive nodes (a per-node sweep) stay fp32."""
     _stage("export")
     exported = export_onnx(checkpoint, folder / "fp32.onnx", list(check_texts))
     log.info("export: inputs %s, max |logit diff| vs PyTorch = %.2e", exported.input_names,
@@ -145,6 +152,7 @@ def make_variants(checkpoint: Path, folder: Path, check_texts: Sequence[TextInpu
     log.info("fusions applied: %s", fusion.applied)
     _stage(f"quantize ({int8})")
     source = None
+    fp32_nodes: list[str] = []
     if int8 == "static":
         calibration = calibration or Calibration(list(check_texts), f"{len(check_texts)} check texts")
         source = f"{calibration.source}, percentile {CALIBRATION_PERCENTILE:g} of per-text ranges"
@@ -152,14 +160,23 @@ def make_variants(checkpoint: Path, folder: Path, check_texts: Sequence[TextInpu
             log.warning("static INT8 calibrated on only %d texts: activation ranges may not cover "
                         "real inputs; give train data or more --check-texts (%d+)",
                         len(calibration.texts), MIN_CALIBRATION_TEXTS)
-        quantize_static_int8(folder / "fused.onnx", folder / "int8.onnx", calibration_batches(
-            checkpoint / "tokenizer.json", calibration.texts, exported.input_names, max_length))
+        batches = list(calibration_batches(checkpoint / "tokenizer.json", calibration.texts,
+                                           exported.input_names, max_length))
+        if keep_fp32:
+            scores = sensitivity(folder / "fused.onnx", lambda: batches[:SENSITIVITY_TEXTS])
+            fp32_nodes = most_sensitive(scores, keep_fp32)
+            log.info("INT8 sensitivity (logit MSE against fp32, label flips of %d texts): %s; "
+                     "kept in fp32: %s", min(len(batches), SENSITIVITY_TEXTS),
+                     ", ".join(f"{s.node} {s.mse:.2e} {s.label_flips}" for s in scores[:8]),
+                     ", ".join(fp32_nodes))
+        quantize_static_int8(folder / "fused.onnx", folder / "int8.onnx", batches,
+                             keep_fp32=fp32_nodes)
     else:
         quantize_int8(folder / "fused.onnx", folder / "int8.onnx")
     _stage("fp16")
     convert_fp16(folder / "fused.onnx", folder / "fp16.onnx")
     return Variants(exported, fusion, exported.path, folder / "fused.onnx", folder / "int8.onnx",
-                    folder / "fp16.onnx", int8, source)
+                    folder / "fp16.onnx", int8, source, tuple(fp32_nodes))
 
 
 def package_artifact(spec: TaskSpec, checkpoint: Path, dev: Examples | None, plan: BuildPlan,
@@ -171,7 +188,7 @@ def package_artifact(spec: TaskSpec, checkpoint: Path, dev: Examples | None, pla
     texts = check_texts_for(checkpoint, spec, dev, check_texts)
     calibration = calibration or calibration_texts(texts, "check")
     variants = make_variants(checkpoint, plan.work_dir / "onnx", texts[:8], calibration,
-                             served_max_length(spec, checkpoint), plan.int8)
+                             served_max_length(spec, checkpoint), plan.int8, plan.int8_keep_fp32)
     recipe: dict[str, object] = {
         "stages": ["finetune", "export", "optimize", "quantize", "fp16", "evaluate"],
         "data": "hub" if plan.hub else str(plan.data_dir or spec.source or ""),
@@ -255,7 +272,8 @@ def _variant_entries(staging: Path, made: Variants) -> dict[str, Variant]:
                                      fusions=fusion.applied, fusions_missing=fusion.missing,
                                      fusions_unsupported=fusion.unsupported,
                                      quantization=made.quantization,
-                                     calibration=made.calibration),
+                                     calibration=made.calibration,
+                                     fp32_nodes=list(made.fp32_nodes)),
         "gpu-fp16": describe_variant(staging, "gpu-fp16/model.onnx", "fp16",
                                      "CUDAExecutionProvider", OPSET,
                                      operators=operator_counts(made.fp16),
@@ -353,6 +371,7 @@ def assemble_artifact(spec: TaskSpec, checkpoint: Path, made: Variants, dev: Exa
             "recipe": recipe, "versions": _versions(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}),
     )
+    manifest.golden = record_golden(staging, manifest, list(texts))
     write_manifest(staging, manifest)
     shutil.rmtree(out_dir, ignore_errors=True)
     staging.rename(out_dir)

@@ -8,6 +8,7 @@ tokenizers: logits are per example, so each side encodes the text its own way.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -19,13 +20,20 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from compress.checkpoint import encoder_layers, layer_stack, load_classifier, save_classifier
+from compress.device import TrainRuntime, choose_runtime, on_device
 from compress.finetune import hf_tokenize, load_pretrained_classifier
-from compress.tasks import Examples, TaskSpec
-from compress.training import TrainingConfig, adamw_with_warmup, run_steps, sample_indices
+from compress.tasks import Examples, Label, TaskSpec
+from compress.teacher_engine import choose_engine, weights_digest
+from compress.training import (
+    Resume,
+    TrainingConfig,
+    adamw_with_warmup,
+    run_steps,
+    sample_indices,
+)
 from contract.artifact import CompressError
 
 Texts = list[str | tuple[str, str]]
@@ -43,10 +51,22 @@ class DistilConfig(TrainingConfig):
     alpha: float = 1.0
     hidden_weight: float = 0.0
     attention_weight: float = 0.0
+    # Weight of the prediction-layer loss (soft + hard): 0 in TinyBERT's first stage, which
+    # trains the intermediate layers alone.
+    logit_weight: float = 1.0
+    # The teacher layer (1-based) each student layer learns from; None spreads them evenly.
+    layer_map: tuple[int, ...] | None = None
+    # A cap on optimizer steps (e.g. the same step budget with and without augmented data).
+    max_steps: int | None = None
 
     @property
     def needs_online_teacher(self) -> bool:
         return self.hidden_weight > 0 or self.attention_weight > 0
+
+    def steps_for(self, examples: int) -> int:
+        """Optimizer steps over `examples` rows: `epochs` passes, capped by `max_steps`."""
+        steps = max(1, int(math.ceil(examples / self.batch_size) * self.epochs))
+        return min(steps, self.max_steps) if self.max_steps else steps
 
 
 def select_layers(total: int, keep: list[int] | int | str | None) -> list[int]:
@@ -96,36 +116,24 @@ def _has_task_head(folder: Path, spec: TaskSpec) -> bool:
 
 
 def _fingerprint(teacher_dir: Path, texts: Texts, max_length: int) -> str:
-    digest = hashlib.sha256()
-    for name in ("model.safetensors", "config.json"):
-        path = teacher_dir / name
-        if path.is_file():
-            with path.open("rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(block)
+    digest = hashlib.sha256(weights_digest(teacher_dir).encode("ascii"))
     digest.update(repr((max_length, texts)).encode("utf-8"))
     return digest.hexdigest()[:16]
 
 
 def teacher_logits(
     teacher_dir: Path, texts: Texts, max_length: int, cache_dir: Path | None = None,
-    batch_size: int = 64,
+    engine_dir: Path | None = None,
 ) -> np.ndarray:
-    """The teacher's logits for every text, computed once and cached by weights + texts."""
+    """The teacher's logits for every text; with `cache_dir`, computed once and cached by weights
+    + texts. A large job runs on the teacher's fused ONNX graph, kept in `engine_dir`, when it is
+    faithful (compress/teacher_engine.py)."""
     cache = None
     if cache_dir is not None:
         cache = cache_dir / f"teacher-logits-{_fingerprint(teacher_dir, texts, max_length)}.npy"
         if cache.is_file():
             return np.load(cache)
-    teacher, tokenizer = load_classifier(teacher_dir)
-    encoded = hf_tokenize(tokenizer, texts, max_length)
-    order = sorted(range(len(texts)), key=lambda i: len(encoded["input_ids"][i]))
-    logits = np.zeros((len(texts), len(teacher.config.id2label or {})), dtype=np.float32)
-    with torch.no_grad():
-        for start in tqdm(range(0, len(order), batch_size), desc="teacher logits", unit="batch"):
-            picked = order[start : start + batch_size]
-            batch = _pad(tokenizer, encoded, picked)
-            logits[picked] = teacher(**batch).logits.numpy()
+    logits = choose_engine(teacher_dir, texts, max_length, engine_dir or cache_dir)(texts)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         partial = cache.with_name(cache.name + ".partial.npy")
@@ -156,7 +164,8 @@ def teacher_logits_of(teacher_dir: Path, train: Examples, picked: list[int], max
             logits, done = saved["logits"], saved["done"]
     missing = sorted({i for i in picked if not done[i]})
     if missing:
-        computed = teacher_logits(teacher_dir, train.pick(missing).texts, max_length)
+        computed = teacher_logits(teacher_dir, train.pick(missing).texts, max_length,
+                                  engine_dir=cache_dir)
         if logits is None:
             logits = np.zeros((len(train), computed.shape[1]), dtype=np.float32)
         logits[missing], done[missing] = computed, True
@@ -167,6 +176,22 @@ def teacher_logits_of(teacher_dir: Path, train: Examples, picked: list[int], max
     assert logits is not None
     result: np.ndarray = logits[picked]
     return result
+
+
+def _distillation_rows(teacher_dir: Path, train: Examples, augmented: Examples, picked: list[int],
+                       max_length: int, cache_dir: Path | None) -> tuple[Examples, np.ndarray]:
+    """The picked rows of train + augmented with their teacher logits; each part keeps its own
+    per-row logit cache (adding variants does not recompute the training split's logits)."""
+    own = [i for i in picked if i < len(train)]
+    varied = [i - len(train) for i in picked if i >= len(train)]
+    logits = teacher_logits_of(teacher_dir, train, own, max_length, cache_dir)
+    data = train.pick(own)
+    if varied:
+        extra = teacher_logits_of(teacher_dir, augmented, varied, max_length, cache_dir)
+        labels: list[Label] = [int(i) for i in extra.argmax(axis=-1)]
+        data = Examples(data.texts + augmented.pick(varied).texts, data.labels + labels)
+        logits = np.concatenate([logits, extra])
+    return data, logits
 
 
 def _pad(tokenizer: PreTrainedTokenizerBase, encoded: dict[str, Any], picked: list[int]) -> \
@@ -203,9 +228,17 @@ def attention_loss(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Ten
     return (kl * rows).sum() / rows.sum().clamp(min=1.0)
 
 
-def layer_map(student_layers: int, teacher_layers: int) -> list[tuple[int, int]]:
-    """(student, teacher) hidden-state indices, 1-based like `hidden_states` (0 = embeddings)."""
-    return [(s, round(s * teacher_layers / student_layers)) for s in range(1, student_layers + 1)]
+def layer_map(student_layers: int, teacher_layers: int,
+              chosen: tuple[int, ...] | None = None) -> list[tuple[int, int]]:
+    """(student, teacher) hidden-state indices, 1-based like `hidden_states` (0 = embeddings):
+    `chosen[i]` is the teacher layer of student layer i + 1; by default spread evenly."""
+    if chosen is None:
+        return [(s, round(s * teacher_layers / student_layers))
+                for s in range(1, student_layers + 1)]
+    if len(chosen) != student_layers or any(not 1 <= t <= teacher_layers for t in chosen):
+        raise DistilError(f"layer_map {list(chosen)}: expected {student_layers} teacher layers "
+                          f"(one per student layer), each in 1..{teacher_layers}")
+    return [(s, t) for s, t in enumerate(chosen, start=1)]
 
 
 @dataclass
@@ -240,33 +273,46 @@ def distil(
     config: DistilConfig,
     out_dir: Path,
     cache_dir: Path | None = None,
+    runtime: TrainRuntime | None = None,
+    resume: Resume | None = None,
+    augmented: Examples | None = None,
 ) -> Path:
-    """Train `student` toward the teacher on `train`; save it with its tokenizer to `out_dir`."""
+    """Train `student` toward the teacher on `train` and the `augmented` rows (at most
+    `max_examples` of them together, drawn without replacement); an augmented row's hard label
+    is the teacher's. Save the student with its tokenizer to `out_dir`."""
+    runtime = runtime or choose_runtime()
+    runtime.apply()
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
-    picked = sample_indices(len(train), config.max_examples, rng)
-    data = train.pick(picked)
-    logits = teacher_logits_of(teacher_dir, train, picked, config.max_length, cache_dir)
+    extra = augmented if augmented is not None else Examples([], [])
+    picked = sample_indices(len(train) + len(extra), config.max_examples, rng)
+    data, logits = _distillation_rows(teacher_dir, train, extra, picked, config.max_length,
+                                      cache_dir)
     encoded = hf_tokenize(tokenizer, data.texts, config.max_length)
     teacher = _Teacher(logits=logits)
     if config.needs_online_teacher:
         teacher = _online_teacher(teacher_dir, data.texts, encoded, config.max_length, logits)
     projection = _projection(student, teacher, config)
-
-    params = list(student.named_parameters())
+    modules: dict[str, torch.nn.Module] = {"model": student}
     if projection is not None:
-        params += [(f"projection.{n}", p) for n, p in projection.named_parameters()]
-    total_steps = max(1, int(math.ceil(len(data) / config.batch_size) * config.epochs))
+        modules["projection"] = projection
+    params = [(f"{name}.{n}", p) for name, module in modules.items()
+              for n, p in module.named_parameters()]
+    total_steps = config.steps_for(len(data))
     schedule = adamw_with_warmup(params, config.learning_rate, config.weight_decay, total_steps,
                                  config.warmup_ratio)
     lengths = [len(ids) for ids in encoded["input_ids"]]
 
     def step_loss(batch_ids: list[int]) -> torch.Tensor:
-        return _step_loss(student, tokenizer, encoded, batch_ids, data, teacher, projection, config)
+        return _step_loss(student, tokenizer, encoded, batch_ids, data, teacher, projection, config,
+                          runtime)
 
-    student.train()
-    run_steps(step_loss, [p for _, p in params], lengths, config.batch_size, total_steps, schedule,
-              rng, f"distil {out_dir.name}")
+    with contextlib.ExitStack() as placed:
+        for module in [*modules.values(), *([teacher.model] if teacher.model else [])]:
+            placed.enter_context(on_device(module, runtime))
+        student.train()
+        run_steps(step_loss, modules, lengths, config.batch_size, total_steps, schedule, rng,
+                  f"distil {out_dir.name}", runtime, resume)
     student.eval()
     return save_classifier(student, tokenizer, out_dir)
 
@@ -290,40 +336,48 @@ def _step_loss(
     teacher: _Teacher,
     projection: torch.nn.Linear | None,
     config: DistilConfig,
+    runtime: TrainRuntime,
 ) -> torch.Tensor:
-    batch = _pad(tokenizer, encoded, batch_ids)
+    batch = runtime.move(_pad(tokenizer, encoded, batch_ids))
     layered = config.needs_online_teacher
     out = student(**batch, output_hidden_states=config.hidden_weight > 0,
                   output_attentions=config.attention_weight > 0) if layered else student(**batch)
-    target = torch.from_numpy(teacher.logits[batch_ids])
-    loss = config.alpha * soft_loss(out.logits, target, config.temperature)
-    if config.alpha < 1.0:
-        labels = torch.tensor([data.labels[i] for i in batch_ids])
-        loss = loss + (1.0 - config.alpha) * F.cross_entropy(out.logits, labels)
+    loss = out.logits.new_zeros((), dtype=torch.float32)
+    if config.logit_weight > 0:
+        logits = out.logits.float()
+        target = torch.from_numpy(teacher.logits[batch_ids]).to(logits.device)
+        prediction = config.alpha * soft_loss(logits, target, config.temperature)
+        if config.alpha < 1.0:
+            labels = torch.tensor([data.labels[i] for i in batch_ids], device=logits.device)
+            prediction = prediction + (1.0 - config.alpha) * F.cross_entropy(logits, labels)
+        loss = loss + config.logit_weight * prediction
     if layered:
-        loss = loss + _layer_loss(out, batch, batch_ids, teacher, projection, config)
+        loss = loss + _layer_loss(out, batch, batch_ids, teacher, projection, config, runtime)
     return loss
 
 
 def _layer_loss(out: Any, batch: dict[str, torch.Tensor], batch_ids: list[int], teacher: _Teacher,
-                projection: torch.nn.Linear | None, config: DistilConfig) -> torch.Tensor:
+                projection: torch.nn.Linear | None, config: DistilConfig,
+                runtime: TrainRuntime) -> torch.Tensor:
     assert teacher.model is not None and teacher.tokenizer is not None and teacher.encoded
-    teacher_batch = _pad(teacher.tokenizer, teacher.encoded, batch_ids)
+    teacher_batch = runtime.move(_pad(teacher.tokenizer, teacher.encoded, batch_ids))
     with torch.no_grad():
         reference = teacher.model(**teacher_batch, output_hidden_states=config.hidden_weight > 0,
                                   output_attentions=config.attention_weight > 0)
     mask = batch["attention_mask"]
     student_layers = len(out.hidden_states) - 1 if out.hidden_states else len(out.attentions)
-    pairs = layer_map(student_layers, int(teacher.model.config.num_hidden_layers))
-    loss = out.logits.new_zeros(())
+    pairs = layer_map(student_layers, int(teacher.model.config.num_hidden_layers),
+                      config.layer_map)
+    loss = out.logits.new_zeros((), dtype=torch.float32)
     for s, t in pairs:
         if config.hidden_weight > 0:
             hidden = out.hidden_states[s]
             if projection is not None:
                 hidden = projection(hidden)
-            loss = loss + config.hidden_weight * hidden_loss(hidden, reference.hidden_states[t],
-                                                             mask) / len(pairs)
+            loss = loss + config.hidden_weight * hidden_loss(
+                hidden.float(), reference.hidden_states[t].float(), mask) / len(pairs)
         if config.attention_weight > 0:
             loss = loss + config.attention_weight * attention_loss(
-                out.attentions[s - 1], reference.attentions[t - 1], mask) / len(pairs)
+                out.attentions[s - 1].float(), reference.attentions[t - 1].float(),
+                mask) / len(pairs)
     return loss

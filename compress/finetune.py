@@ -18,10 +18,12 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from compress.augment import MASK
 from compress.checkpoint import save_classifier
+from compress.device import TrainRuntime, choose_runtime, on_device
 from compress.metrics import multi_hot
 from compress.tasks import Examples, Label, TaskSpec
-from compress.training import TrainingConfig, adamw_with_warmup, run_steps, subsample
+from compress.training import Resume, TrainingConfig, adamw_with_warmup, run_steps, subsample
 from contract.artifact import ProblemType
 
 # transformers' names: the loss (cross-entropy or a sigmoid per label) follows from them.
@@ -64,13 +66,28 @@ def load_pretrained_classifier(
     return classifier, tokenizer
 
 
+def with_mask_token(texts: list[str | tuple[str, str]],
+                    tokenizer: PreTrainedTokenizerBase) -> list[str | tuple[str, str]]:
+    """`texts` with the augmentation mask ([MASK]) written as `tokenizer`'s mask token."""
+    token = getattr(tokenizer, "mask_token", None)
+    if not token or token == MASK:
+        return texts
+
+    def swap(text: str) -> str:
+        return text.replace(MASK, token) if MASK in text else text
+
+    return [(swap(t[0]), swap(t[1])) if isinstance(t, tuple) else swap(t) for t in texts]
+
+
 def hf_tokenize(
     tokenizer: PreTrainedTokenizerBase,
     texts: list[str | tuple[str, str]],
     max_length: int,
     **options: object,
 ) -> dict[str, Any]:
-    """Tokenize single texts or (text, text) pairs with an HF tokenizer, truncating."""
+    """Tokenize single texts or (text, text) pairs with an HF tokenizer, truncating; the mask of
+    augmented texts becomes this tokenizer's own mask token."""
+    texts = with_mask_token(texts, tokenizer)
     if texts and isinstance(texts[0], tuple):
         first = [t[0] for t in texts]
         second = [t[1] for t in texts]
@@ -79,11 +96,12 @@ def hf_tokenize(
 
 
 def finetune(
-    model: str, spec: TaskSpec, train: Examples, config: FinetuneConfig, out_dir: Path
+    model: str, spec: TaskSpec, train: Examples, config: FinetuneConfig, out_dir: Path,
+    runtime: TrainRuntime | None = None, resume: Resume | None = None,
 ) -> Path:
     """Train `model` on `train`, save model + tokenizer (with label names) to `out_dir`."""
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    runtime = runtime or choose_runtime(threads=config.threads)
+    runtime.apply()
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
     data = subsample(train, config.max_examples, rng)
@@ -96,14 +114,15 @@ def finetune(
 
     def step_loss(batch_ids: list[int]) -> torch.Tensor:
         features = [{k: encoded[k][i] for k in encoded} for i in batch_ids]
-        batch = tokenizer.pad(features, return_tensors="pt")
+        batch = dict(tokenizer.pad(features, return_tensors="pt"))
         batch["labels"] = label_tensor([data.labels[i] for i in batch_ids],
                                        len(spec.label_names), spec.problem_type)
-        loss: torch.Tensor = classifier(**batch).loss
+        loss: torch.Tensor = classifier(**runtime.move(batch)).loss
         return loss
 
-    classifier.train()
-    run_steps(step_loss, list(classifier.parameters()), lengths, config.batch_size, total_steps,
-              schedule, rng, f"finetune {spec.name}")
+    with on_device(classifier, runtime):
+        classifier.train()
+        run_steps(step_loss, {"model": classifier}, lengths, config.batch_size, total_steps,
+                  schedule, rng, f"finetune {spec.name}", runtime, resume)
     classifier.eval()
     return save_classifier(classifier, tokenizer, out_dir)

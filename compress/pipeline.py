@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel
 
+from compress.augment import augment
+from compress.augment import sources as augment_sources
 from compress.build import (
     Variants,
     assemble_artifact,
@@ -25,6 +27,7 @@ from compress.build import (
     served_max_length,
 )
 from compress.checkpoint import load_classifier
+from compress.device import TrainRuntime, choose_runtime
 from compress.distill import DistilConfig, distil, init_student, soft_loss, teacher_logits_of
 from compress.export import ExportResult
 from compress.finetune import finetune, hf_tokenize
@@ -33,7 +36,7 @@ from compress.optimize import FusionReport
 from compress.pretrained import resolve_model
 from compress.prune import Importance, PruneLevel, importance_scores, model_shape, prune_model
 from compress.quantize import quantize_int8
-from compress.recipe import PruneLevelSpec, Recipe, RecipeError
+from compress.recipe import AugmentStage, PruneLevelSpec, Recipe, RecipeError
 from compress.report import Candidate, Report, Row, write_report
 from compress.speed import (
     Predictor,
@@ -46,17 +49,20 @@ from compress.stages import (
     Stage,
     examples_digest,
     read_record,
+    resume_of,
     run_stage,
     stage_key,
     stage_seconds,
 )
 from compress.tasks import Examples, TaskSpec, ensure_labels, load_split
+from compress.training import Resume
 from contract.artifact import Architecture, Provenance
 from contract.predictor import OnnxPredictor
 
 log = logging.getLogger(__name__)
 Texts = list[str | tuple[str, str]]
 UNFUSED_INT8 = "int8-unfused.onnx"
+VARIANTS_FILE = "variants.jsonl"
 
 
 @dataclass
@@ -66,15 +72,30 @@ class _Run:
     train: Examples
     dev: Examples
     out: Path
+    runtime: TrainRuntime
+    augmented: Examples | None = None
 
     @property
     def cache(self) -> Path:
-        return self.out / "cache"
+        return self.recipe.cache
+
+    def variants_for(self, stage: AugmentStage) -> Examples | None:
+        """The augmented rows a distillation stage trains on, if the recipe gives it any."""
+        section = self.recipe.augment
+        return self.augmented if section is not None and stage in section.stages else None
+
+    def training_key(self, stage: AugmentStage) -> dict[str, Any]:
+        """What a training stage's key adds: its augmentation and a non-fp32 precision."""
+        section = self.recipe.augment
+        augment = section.model_dump(mode="json") if self.variants_for(stage) is not None \
+            and section is not None else None
+        return {"augment": augment, **self.runtime.key_part()}
 
 
-def run_recipe(recipe: Recipe, data_dir: Path | None) -> Report:
+def run_recipe(recipe: Recipe, data_dir: Path | None,
+               runtime: TrainRuntime | None = None) -> Report:
     """Run every stage of `recipe` (reusing finished ones) and write the report and artifact."""
-    built = build_stages(recipe, data_dir)
+    built = build_stages(recipe, data_dir, runtime)
     report = _measure(built.run, built.teacher, built.student, built.chosen, built.candidates)
     report.budget_reference_accuracy = built.reference_accuracy
     write_report(report, built.run.out)
@@ -132,12 +153,16 @@ def recipe_spec(recipe: Recipe, data_dir: Path | None) -> TaskSpec:
     return ensure_labels(recipe.task_spec(), data_source(recipe, data_dir), recipe.hub)
 
 
-def build_stages(recipe: Recipe, data_dir: Path | None) -> Built:
+def build_stages(recipe: Recipe, data_dir: Path | None,
+                 runtime: TrainRuntime | None = None) -> Built:
     """Teacher, student, pruning sweep and the servable artifact of `recipe` (no report)."""
     spec = recipe_spec(recipe, data_dir)
     train, dev = task_splits(recipe, data_dir)
-    run = _Run(recipe, spec, train, dev, recipe.output)
+    runtime = runtime or choose_runtime()
+    log.info("training on %s", runtime.describe())
+    run = _Run(recipe, spec, train, dev, recipe.output, runtime)
     run.out.mkdir(parents=True, exist_ok=True)
+    run.augmented = _augment_stage(run)
     teacher = _teacher_stage(run)
     student = _student_stage(run, teacher)
     made, full = _sweep(run, teacher, student)
@@ -146,6 +171,16 @@ def build_stages(recipe: Recipe, data_dir: Path | None) -> Built:
     built = Built(run, teacher, student, candidates, chosen, reference)
     assemble_level(built, chosen, recipe.artifact)
     return built
+
+
+def build_teacher(recipe: Recipe, data_dir: Path | None,
+                  runtime: TrainRuntime | None = None) -> Path:
+    """The recipe's teacher alone (built or reused): a shared starting point for variants of the
+    recipe (bench levers)."""
+    spec = recipe_spec(recipe, data_dir)
+    train, dev = task_splits(recipe, data_dir)
+    run = _Run(recipe, spec, train, dev, recipe.output, runtime or choose_runtime())
+    return _teacher_stage(run).folder
 
 
 def _choice_stage(run: _Run, made: list[_Level], full: PruneLevel, teacher: Stage,
@@ -198,25 +233,79 @@ def _teacher_stage(run: _Run) -> Stage:
                                                stat.st_mtime if stat else 0]), {})
 
     def build(folder: Path) -> dict[str, Any]:
-        finetune(resolve_model(section.model), run.spec, run.train, section.finetune, folder)
-        return {}
+        finetune(resolve_model(section.model), run.spec, run.train, section.finetune, folder,
+                 run.runtime, resume_of(folder))
+        return _trained_on(run.runtime)
 
     payload = {"model": section.model, "finetune": asdict(section.finetune), "task": run.spec.name,
-               "train": examples_digest(run.train)}
+               "train": examples_digest(run.train), **run.runtime.key_part()}
     return run_stage(run.out / "teacher", payload, build)
 
 
-def _student_stage(run: _Run, teacher: Stage) -> Stage:
+def _trained_on(runtime: TrainRuntime) -> dict[str, Any]:
+    return {"device": runtime.device, "precision": runtime.precision, "threads": runtime.threads}
+
+
+def _augment_stage(run: _Run) -> Examples | None:
+    """The augmented rows (labels still the source rows'), made once and kept as JSON lines."""
+    section = run.recipe.augment
+    if section is None:
+        return None
+
+    def build(folder: Path) -> dict[str, Any]:
+        made = augment(run.train, section.config())
+        with (folder / VARIANTS_FILE).open("w", encoding="utf-8") as out:
+            for text, label in zip(made.texts, made.labels, strict=True):
+                out.write(json.dumps({"text": text, "label": label}) + "\n")
+        return {"variants": len(made), "sources": len(augment_sources(run.train,
+                                                                      section.config()))}
+
+    payload = {"train": examples_digest(run.train), "augment": section.config().__dict__}
+    stage = run_stage(run.out / "augment", payload, build)
+    rows = [json.loads(line) for line in
+            (stage.folder / VARIANTS_FILE).read_text(encoding="utf-8").splitlines()]
+    log.info("augmentation: %d variants of %d texts", len(rows), stage.record.get("sources", 0))
+    return Examples([tuple(r["text"]) if isinstance(r["text"], list) else r["text"] for r in rows],
+                    [r["label"] for r in rows])
+
+
+def _intermediate_stage(run: _Run, teacher: Stage, config: DistilConfig) -> Stage:
+    """TinyBERT's first step: the student's layers learn the teacher's hidden states and
+    attention maps (the teacher runs live, for this stage only)."""
     section = run.recipe.student
     init = str(teacher.folder) if section.init == "teacher" else resolve_model(section.init)
 
     def build(folder: Path) -> dict[str, Any]:
         model, tokenizer = init_student(init, run.spec, section.layers)
-        distil(model, tokenizer, teacher.folder, run.train, run.recipe.distil, folder, run.cache)
-        return {}
+        distil(model, tokenizer, teacher.folder, run.train, config, folder, run.cache,
+               run.runtime, resume_of(folder), run.variants_for("intermediate"))
+        return _trained_on(run.runtime)
 
     payload = {"teacher": teacher.key, "init": section.init, "layers": section.layers,
-               "distil": asdict(run.recipe.distil)}
+               "distil": asdict(config), **run.training_key("intermediate")}
+    return run_stage(run.out / "student-intermediate", payload, build)
+
+
+def _student_stage(run: _Run, teacher: Stage) -> Stage:
+    section = run.recipe.student
+    init = str(teacher.folder) if section.init == "teacher" else resolve_model(section.init)
+    first = None
+    if section.intermediate is not None:
+        first = _intermediate_stage(run, teacher, section.intermediate)
+
+    def build(folder: Path) -> dict[str, Any]:
+        if first is not None:
+            model, tokenizer = load_classifier(first.folder)
+        else:
+            model, tokenizer = init_student(init, run.spec, section.layers)
+        distil(model, tokenizer, teacher.folder, run.train, run.recipe.distil, folder, run.cache,
+               run.runtime, resume_of(folder), run.variants_for("student"))
+        return _trained_on(run.runtime)
+
+    payload = {"teacher": teacher.key, "init": section.init, "layers": section.layers,
+               "distil": asdict(run.recipe.distil), **run.training_key("student")}
+    if first is not None:
+        payload["intermediate"] = first.key
     return run_stage(run.out / "student", payload, build)
 
 
@@ -259,7 +348,9 @@ def score_heads_and_neurons(checkpoint: Path, teacher_dir: Path, train: Examples
 
 def prune_checkpoint(checkpoint: Path, teacher_dir: Path, train: Examples, level: PruneLevel,
                      importance_examples: int, config: DistilConfig, out: Path,
-                     cache_dir: Path | None = None, importance: Importance | None = None) -> Path:
+                     cache_dir: Path | None = None, importance: Importance | None = None,
+                     runtime: TrainRuntime | None = None, resume: Resume | None = None,
+                     augmented: Examples | None = None) -> Path:
     """Score, cut to `level`, then distil again from the unpruned teacher (pruning alone loses
     accuracy); the pruned checkpoint is written to `out`."""
     if importance is None:
@@ -267,7 +358,8 @@ def prune_checkpoint(checkpoint: Path, teacher_dir: Path, train: Examples, level
                                              config.max_length, config.temperature, cache_dir)
     model, tokenizer = load_classifier(checkpoint)
     prune_model(model, importance, level)
-    return distil(model, tokenizer, teacher_dir, train, config, out, cache_dir)
+    return distil(model, tokenizer, teacher_dir, train, config, out, cache_dir, runtime, resume,
+                  augmented)
 
 
 def _importance_stage(run: _Run, teacher: Stage, student: Stage) -> tuple[Importance, str]:
@@ -318,11 +410,12 @@ def _pruned_stage(run: _Run, teacher: Stage, student: Stage, scored: tuple[Impor
     def build(folder: Path) -> dict[str, Any]:
         prune_checkpoint(student.folder, teacher.folder, run.train, level,
                          section.importance_examples, section.distil, folder, run.cache,
-                         importance)
-        return {}
+                         importance, run.runtime, resume_of(folder), run.variants_for("prune"))
+        return _trained_on(run.runtime)
 
     payload = {"student": student.key, "teacher": teacher.key, "level": asdict(level),
-               "importance": importance_key, "distil": asdict(section.distil)}
+               "importance": importance_key, "distil": asdict(section.distil),
+               **run.training_key("prune")}
     return run_stage(run.out / "prune" / level.name, payload, build)
 
 
@@ -331,16 +424,20 @@ def _variants_stage(run: _Run, checkpoint: Stage, name: str) -> Stage:
 
     def build(folder: Path) -> dict[str, Any]:
         made = make_variants(checkpoint.folder, folder, run.dev.texts[:8], calibration,
-                             served_max_length(run.spec, checkpoint.folder), run.recipe.int8)
+                             served_max_length(run.spec, checkpoint.folder), run.recipe.int8,
+                             run.recipe.int8_keep_fp32)
         # A control for the report: INT8 of the plain export, without ORT's offline fusion.
         quantize_int8(made.fp32, folder / UNFUSED_INT8)
         return {"input_names": made.exported.input_names,
                 "max_abs_diff": made.exported.max_abs_diff,
                 "architecture": made.exported.architecture.model_dump(),
                 "fusions": made.fusion.applied, "fusions_missing": made.fusion.missing,
-                "quantization": made.quantization, "calibration": made.calibration}
+                "quantization": made.quantization, "calibration": made.calibration,
+                "fp32_nodes": list(made.fp32_nodes)}
 
-    payload = {"checkpoint": checkpoint.key, "int8": run.recipe.int8,
+    # The node count enters the key only when set: earlier stages keep their keys.
+    keep = {"int8_keep_fp32": run.recipe.int8_keep_fp32} if run.recipe.int8_keep_fp32 else {}
+    payload = {"checkpoint": checkpoint.key, "int8": run.recipe.int8, **keep,
                "calibration": examples_digest(Examples(calibration.texts,
                                                        [0] * len(calibration.texts)))}
     return run_stage(run.out / "onnx" / name, payload, build)
@@ -413,7 +510,8 @@ def _variants_of(candidate: Candidate) -> Variants:
     fusion = FusionReport(applied=record["fusions"], missing=record["fusions_missing"])
     return Variants(exported, fusion, folder / "fp32.onnx", folder / "fused.onnx",
                     folder / "int8.onnx", folder / "fp16.onnx",
-                    record.get("quantization", "dynamic"), record.get("calibration"))
+                    record.get("quantization", "dynamic"), record.get("calibration"),
+                    tuple(record.get("fp32_nodes", ())))
 
 
 def _measure(run: _Run, teacher: Stage, student: Stage, chosen: Candidate,

@@ -16,6 +16,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from compress.stages import cache_root
 from contract.artifact import ArtifactError, sha256_file
 
 PACKAGED_PREFIX = "packaged:"
@@ -69,9 +70,9 @@ SPLIT: dict[str, SplitZipModel] = {
 
 
 def model_cache_dir() -> Path:
-    """Where assembled models are kept: $FFS_MODEL_CACHE, else ~/.cache/fastformers-serve."""
+    """Where assembled models are kept: $FFS_MODEL_CACHE, else the stage cache's root."""
     env = os.environ.get("FFS_MODEL_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "fastformers-serve"
+    return Path(env) if env else cache_root()
 
 
 def resolve_model(model: str) -> str:

@@ -32,8 +32,10 @@ Feeds = dict[str, np.ndarray]
 CALIBRATION_PERCENTILE = 99.0
 
 
-def quantize_int8(in_path: Path, out_path: Path) -> None:
-    """Quantize a fused fp32 graph to dynamic INT8 for the CPU pool.
+def quantize_int8(in_path: Path, out_path: Path, keep_fp32: Sequence[str] = (),
+                  only: Sequence[str] | None = None) -> None:
+    """Quantize a fused fp32 graph to dynamic INT8 for the CPU pool; the nodes named in
+    `keep_fp32` stay fp32 (or, with `only`, just those nodes are quantized).
 
     QInt8 (signed) weights run ~30% faster than QUInt8 on VNNI CPUs; DefaultTensorType works around
     ORT failing to type the weights of fused nodes ("Unable to find data type for weight_name").
@@ -44,6 +46,8 @@ def quantize_int8(in_path: Path, out_path: Path) -> None:
         str(out_path),
         per_channel=True,
         weight_type=QuantType.QInt8,
+        nodes_to_exclude=list(keep_fp32) or None,
+        nodes_to_quantize=list(only) if only is not None else None,
         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
     )
 
@@ -87,6 +91,8 @@ def activation_ranges(dynamic_graph: Path, batches: Iterable[Feeds],
     """
     model = onnx.load(str(dynamic_graph))
     watched = [n.input[0] for n in _dynamic_nodes(model)]
+    if not watched:  # weight-only quantization (a Gather, say): no activation to calibrate
+        return {}
     known = {o.name for o in model.graph.output}
     for name in watched:
         if name not in known:
@@ -136,11 +142,13 @@ def freeze_activation_scales(dynamic_graph: Path, ranges: dict[str, ActivationRa
 
 
 def quantize_static_int8(in_path: Path, out_path: Path, calibration: Iterable[Feeds],
-                         percentile: float = CALIBRATION_PERCENTILE) -> None:
+                         percentile: float = CALIBRATION_PERCENTILE,
+                         keep_fp32: Sequence[str] = (), only: Sequence[str] | None = None) -> None:
     """Quantize a fused fp32 graph to batch-invariant INT8: dynamic INT8, then calibrated scales
-    (`calibration`: one text per batch, see `activation_ranges`)."""
+    (`calibration`: one text per batch, see `activation_ranges`). Nodes in `keep_fp32` stay fp32
+    (still batch-invariant: a float node computes each row on its own)."""
     dynamic = out_path.with_name(out_path.stem + ".dynamic.onnx")
-    quantize_int8(in_path, dynamic)
+    quantize_int8(in_path, dynamic, keep_fp32, only)
     try:
         ranges = activation_ranges(dynamic, calibration, percentile)
         freeze_activation_scales(dynamic, ranges, out_path)

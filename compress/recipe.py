@@ -12,8 +12,10 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from compress.augment import AugmentConfig
 from compress.distill import DistilConfig
 from compress.finetune import FinetuneConfig
+from compress.stages import cache_root
 from compress.tasks import TaskSpec, builtin_tasks, get_task, load_task_file
 from contract.artifact import CompressError
 
@@ -42,6 +44,47 @@ class StudentSection(_Section):
     layers: list[int] | int | Literal["every_other"] | None = Field(
         default=None, description="encoder layers to keep: indices, a count or 'every_other'"
     )
+    intermediate: DistilConfig | None = Field(
+        default=None,
+        description="a first distillation stage on the teacher's hidden states and attention "
+        "maps (TinyBERT's order: intermediate layers, then the prediction layer); its "
+        "logit_weight is usually 0, layer_map names the teacher layer of each student layer",
+    )
+
+    @field_validator("intermediate")
+    @classmethod
+    def _transfers_layers(cls, config: DistilConfig | None) -> DistilConfig | None:
+        if config is not None and not config.needs_online_teacher:
+            raise ValueError("intermediate: set hidden_weight and/or attention_weight above 0 "
+                             "(else it is plain logit distillation: use distil)")
+        return config
+
+
+AugmentStage = Literal["intermediate", "student", "prune"]
+
+
+def _default_augmented_stages() -> list[AugmentStage]:
+    # Not the intermediate stage by default: it runs the teacher live on every row it trains on.
+    return ["student", "prune"]
+
+
+class AugmentSection(_Section):
+    """Teacher-labelled variants of the training texts (compress/augment.py)."""
+
+    variants: int = Field(default=10, ge=1, description="variants made of each chosen text")
+    min_words: int = Field(default=0, ge=0, description="vary only texts of this many words")
+    max_sources: int | None = Field(default=None, gt=0, description="vary at most this many")
+    mask_prob: float = Field(default=0.1, ge=0, le=1)
+    replace_prob: float = Field(default=0.1, ge=0, le=1)
+    ngram_prob: float = Field(default=0.25, ge=0, le=1)
+    max_ngram: int = Field(default=5, ge=1)
+    seed: int = 0
+    stages: list[AugmentStage] = Field(
+        default_factory=_default_augmented_stages,
+        description="distillation stages that train on the variants besides the training split")
+
+    def config(self) -> AugmentConfig:
+        return AugmentConfig(**self.model_dump(exclude={"stages"}))
 
 
 class PruneLevelSpec(_Section):
@@ -100,19 +143,28 @@ class Recipe(_Section):
         "for tasks whose train split is not available offline (BoolQ)",
     )
     out_dir: Path | None = Field(
-        default=None, description="stage checkpoints and report; default runs/<name>"
+        default=None,
+        description="stage checkpoints and report; default $FFS_CACHE_DIR/runs/<name>",
     )
     artifact_dir: Path | None = Field(
         default=None, description="the servable artifact; default <out_dir>/artifact"
     )
+    cache_dir: Path | None = Field(
+        default=None, description="teacher logits (per row) and the teacher's graph; default "
+        "<out_dir>/cache (runs that share a teacher may share it)")
     teacher: TeacherSection = Field(default_factory=TeacherSection)
     student: StudentSection = Field(default_factory=StudentSection)
     distil: DistilConfig = Field(default_factory=DistilConfig)
+    augment: AugmentSection | None = Field(
+        default=None, description="teacher-labelled variants of the training texts (off if absent)")
     prune: PruneSection = Field(default_factory=PruneSection)
     evaluate: EvaluateSection = Field(default_factory=EvaluateSection)
     int8: Literal["static", "dynamic"] = Field(
         default="static", description="static: activation scales calibrated on train texts "
         "(a row's answer does not depend on its batch); dynamic: ORT's per-call scales")
+    int8_keep_fp32: int = Field(
+        default=0, ge=0, description="static INT8: keep this many of the most sensitive nodes "
+        "(a per-node sweep against fp32) in fp32")
 
     @field_validator("task")
     @classmethod
@@ -135,7 +187,11 @@ class Recipe(_Section):
 
     @property
     def output(self) -> Path:
-        return self.out_dir or Path("runs") / self.name
+        return self.out_dir or cache_root() / "runs" / self.name
+
+    @property
+    def cache(self) -> Path:
+        return self.cache_dir or self.output / "cache"
 
     @property
     def artifact(self) -> Path:

@@ -1,18 +1,26 @@
-"""What every training stage shares: length-bucketed batches, AdamW with warm-up, progress."""
+"""What every training stage shares: length-bucketed batches, AdamW with warm-up, progress, and
+mid-stage checkpoints to resume from."""
 
 from __future__ import annotations
 
+import logging
+import os
 import random
+import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
 from transformers import get_linear_schedule_with_warmup
 
+from compress.device import TrainRuntime
 from compress.tasks import Examples
 
+log = logging.getLogger(__name__)
 NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight")
+STATE_FILE = "training-state.pt"
 
 
 @dataclass(frozen=True)
@@ -80,30 +88,108 @@ def subsample(data: Examples, max_examples: int | None, rng: random.Random) -> E
     return data.pick(sample_indices(len(data), max_examples, rng))
 
 
+@dataclass(frozen=True)
+class Resume:
+    """Where a training stage keeps its mid-stage checkpoint, and how often it writes it.
+
+    The checkpoint holds everything the next step depends on: the modules' weights, optimizer and
+    scheduler state, the epoch's batch order and position, and the Python and torch RNG states,
+    so a stopped stage resumes with the weights an uninterrupted run would have had."""
+
+    folder: Path
+    every_s: float = 300.0
+
+    @property
+    def file(self) -> Path:
+        return self.folder / STATE_FILE
+
+
+@dataclass
+class _Progress:
+    step: int = 0
+    batches: list[list[int]] = field(default_factory=list)
+    position: int = 0
+
+
+def checkpoint_seconds() -> float:
+    """FFS_CHECKPOINT_SECONDS (default 300): how often a training stage writes its checkpoint."""
+    raw = os.environ.get("FFS_CHECKPOINT_SECONDS", "300")
+    try:
+        return max(0.0, float(raw))
+    except ValueError as exc:
+        raise ValueError(f"FFS_CHECKPOINT_SECONDS={raw!r} is not a number of seconds") from exc
+
+
+def _save(resume: Resume, modules: dict[str, torch.nn.Module], progress: _Progress,
+          optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
+          rng: random.Random) -> None:
+    state = {"modules": {name: m.state_dict() for name, m in modules.items()},
+             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+             "step": progress.step, "batches": progress.batches, "position": progress.position,
+             "rng": rng.getstate(), "torch_rng": torch.get_rng_state(),
+             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+    resume.folder.mkdir(parents=True, exist_ok=True)
+    partial = resume.file.with_name(STATE_FILE + ".partial")
+    torch.save(state, partial)
+    partial.replace(resume.file)
+
+
+def _restore(resume: Resume, modules: dict[str, torch.nn.Module],
+             optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
+             rng: random.Random, desc: str) -> _Progress:
+    if not resume.file.is_file():
+        return _Progress()
+    # weights_only=False: the file is this stage's own (RNG states are not plain tensors).
+    state = torch.load(resume.file, map_location="cpu", weights_only=False)
+    for name, module in modules.items():
+        module.load_state_dict(state["modules"][name])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    rng.setstate(state["rng"])
+    torch.set_rng_state(state["torch_rng"])
+    if state.get("cuda_rng") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    log.info("%s: resumed at step %d from %s", desc, state["step"], resume.file)
+    return _Progress(int(state["step"]), state["batches"], int(state["position"]))
+
+
 def run_steps(
     step_loss: Callable[[list[int]], torch.Tensor],
-    parameters: list[torch.nn.Parameter],
+    modules: dict[str, torch.nn.Module],
     lengths: list[int],
     batch_size: int,
     total_steps: int,
     schedule: tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler],
     rng: random.Random,
     desc: str,
+    runtime: TrainRuntime,
+    resume: Resume | None = None,
 ) -> None:
-    """`total_steps` optimizer steps over length-bucketed batches, epoch after epoch."""
+    """`total_steps` optimizer steps over length-bucketed batches, epoch after epoch, the forward
+    pass under the runtime's autocast; with `resume`, a checkpoint every `resume.every_s` seconds,
+    and a start from the last one."""
     optimizer, scheduler = schedule
-    step = 0
-    with tqdm(total=total_steps, desc=desc, unit="step") as progress:
-        while step < total_steps:
-            for batch_ids in length_bucketed_batches(lengths, batch_size, rng):
-                if step >= total_steps:
-                    break
-                loss = step_loss(batch_ids)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(parameters, 1.0)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                progress.update(1)
-                progress.set_postfix(loss=f"{loss.item():.3f}")
+    parameters = [p for m in modules.values() for p in m.parameters()]
+    progress = _restore(resume, modules, optimizer, scheduler, rng, desc) if resume \
+        else _Progress()
+    saved_at = time.monotonic()
+    with tqdm(total=total_steps, initial=progress.step, desc=desc, unit="step") as bar:
+        while progress.step < total_steps:
+            if progress.position >= len(progress.batches):
+                progress.batches = length_bucketed_batches(lengths, batch_size, rng)
+                progress.position = 0
+            with runtime.autocast():
+                loss = step_loss(progress.batches[progress.position])
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            progress.step += 1
+            progress.position += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+            if resume is not None and time.monotonic() - saved_at >= resume.every_s \
+                    and progress.step < total_steps:
+                _save(resume, modules, progress, optimizer, scheduler, rng)
+                saved_at = time.monotonic()

@@ -66,6 +66,9 @@ class Variant(BaseModel):
     batch_invariant: bool | None = Field(
         default=None, description="measured at build: every check text has the same label and "
         "logits (within 1e-4) alone as in random mixed-length batches; see `checks`")
+    fp32_nodes: list[str] = Field(
+        default_factory=list, description="int8: nodes kept in fp32, the most sensitive of the "
+        "build's per-node sweep (compress/int8_sensitivity.py)")
 
 
 class Architecture(BaseModel):
@@ -107,6 +110,19 @@ class AgreementCheck(BaseModel):
     max_abs_logit_diff: float
 
 
+class Golden(BaseModel):
+    """What the build's CPU answered on a few check texts with each CPU variant; a server
+    compares its own answers at load (contract/golden.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    int8_kernels: str = Field(description="integer-kernel family of the build CPU: amx-int8, "
+                              "avx512-vnni, avx-vnni, avx512bw, avx2, arm-dotprod, ...")
+    texts: list[str | tuple[str, str]]
+    logits: dict[str, list[list[float]]] = Field(
+        default_factory=dict, description="variant -> one row of logits per text")
+
+
 class Provenance(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -139,6 +155,8 @@ class Manifest(BaseModel):
     evaluated: bool = Field(
         default=True, description="false: no labelled dev data was given, so no metric was measured")
     checks: list[AgreementCheck] = Field(default_factory=list)
+    golden: Golden | None = Field(
+        default=None, description="the build CPU's answers, checked again at load")
     provenance: Provenance
 
     @model_validator(mode="after")
@@ -196,6 +214,7 @@ def describe_variant(
     fusions_unsupported: dict[str, str] | None = None,
     quantization: Literal["static", "dynamic"] | None = None,
     calibration: str | None = None,
+    fp32_nodes: list[str] | None = None,
 ) -> Variant:
     """Build a Variant entry for a file already written inside the artifact folder."""
     path = folder / relative_file
@@ -212,6 +231,7 @@ def describe_variant(
         size_bytes=path.stat().st_size,
         quantization=quantization,
         calibration=calibration,
+        fp32_nodes=fp32_nodes or [],
     )
 
 

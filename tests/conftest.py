@@ -17,6 +17,18 @@ from bench import serving
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
+
+@pytest.fixture(scope="session", autouse=True)
+def _own_stage_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Recipe runs without an out_dir write under $FFS_CACHE_DIR: the suite's own folder, never
+    the user's stage cache. Assembled packaged models stay where they are (minutes to rebuild)."""
+    from compress.pretrained import model_cache_dir
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FFS_MODEL_CACHE", str(model_cache_dir()))
+        patch.setenv("FFS_CACHE_DIR", str(tmp_path_factory.mktemp("stage-cache")))
+        yield
+
 POSITIVE = ["good", "great", "wonderful", "superb", "lovely", "brilliant", "moving", "fun"]
 NEGATIVE = ["bad", "awful", "boring", "dull", "terrible", "weak", "clumsy", "tedious"]
 FILLER = ["the", "movie", "film", "plot", "acting", "was", "very", "quite", "story", "a", "and",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from app.runtime.cpu_quota import cgroup_cpu_limit, usable_cores
+from contract.cpu_quota import cgroup_cpu_limit, usable_cores
 
 
 def _write(path: Path, text: str) -> None:

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from compress import distill as distill_module
+from compress import teacher_engine
 from compress.checkpoint import load_classifier
 from compress.distill import (
     DistilConfig,
@@ -116,7 +117,7 @@ def test_teacher_logits_are_cached_and_reused(tiny_repo: TinyRepo, tmp_path: Pat
     def no_teacher(*_: object) -> None:
         raise AssertionError("the teacher was run again")
 
-    monkeypatch.setattr(distill_module, "load_classifier", no_teacher)
+    monkeypatch.setattr(teacher_engine, "load_classifier", no_teacher)
     np.testing.assert_array_equal(teacher_logits(tiny_repo.sst2_teacher, texts, 64, tmp_path),
                                   first)
     with pytest.raises(AssertionError, match="run again"):  # other texts miss the cache
@@ -202,9 +203,10 @@ def test_teacher_logits_are_computed_once_per_row_across_stages(tiny_repo: TinyR
     asked: list[int] = []
     real = distill_module.teacher_logits
 
-    def counting(teacher_dir: Path, texts: list[str], max_length: int) -> np.ndarray:
+    def counting(teacher_dir: Path, texts: list[str], max_length: int,
+                 **options: Path | None) -> np.ndarray:
         asked.append(len(texts))
-        return real(teacher_dir, texts, max_length)
+        return real(teacher_dir, texts, max_length, **options)
 
     monkeypatch.setattr(distill_module, "teacher_logits", counting)
     first = teacher_logits_of(tiny_repo.sst2_teacher, train, list(range(0, 20)), 64, tmp_path)

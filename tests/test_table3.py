@@ -16,6 +16,7 @@ import yaml
 from bench.__main__ import quick_recipe
 from bench.instances import Layout, layouts_for
 from compress.recipe import Recipe
+from compress.stages import cache_root
 from tests.conftest import ROOT, TinyRepo, free_port
 
 ROWS = ["1", "2", "3", "4", "5", "6a", "6b", "7"]
@@ -115,7 +116,18 @@ def test_quick_caps_every_example_count() -> None:
     assert quick.teacher.finetune.max_examples == 1500
     assert quick.distil.max_examples == 6000
     assert quick.evaluate.max_dev_examples == 400
-    assert quick.output == Path("runs/t3-quick") and quick.artifact == Path("runs/t3-quick/artifact")
+    runs = cache_root() / "runs"
+    assert quick.output == runs / "t3-quick" and quick.artifact == runs / "t3-quick" / "artifact"
+
+
+def test_quick_caps_the_levers_too() -> None:
+    recipe = Recipe.model_validate({
+        "name": "t3", "task": "sst2", "augment": {"variants": 4},
+        "student": {"intermediate": {"hidden_weight": 1.0, "logit_weight": 0.0}}})
+    quick = quick_recipe(recipe)
+    assert quick.student.intermediate is not None
+    assert quick.student.intermediate.max_examples == 1000
+    assert quick.augment is not None and quick.augment.max_sources == 1000
 
 
 def test_layouts_split_the_cores_into_disjoint_sets() -> None:

@@ -70,6 +70,7 @@ def _model_card(service: Service, task: str) -> dict[str, Any]:
         "metrics": [m.model_dump() for m in manifest.metrics],
         "evaluated": manifest.evaluated,
         "checks": [c.model_dump() for c in manifest.checks],
+        "golden": [result.as_dict() for result in model.golden.values()],
         "fusions": {"applied": served.fusions, "missing": served.fusions_missing,
                     "unsupported": served.fusions_unsupported},
     }

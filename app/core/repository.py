@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tokenizers import Tokenizer
@@ -16,6 +16,7 @@ from contract.artifact import (
     verified_variant_path,
 )
 from contract.encoding import load_tokenizer
+from contract.golden import GoldenResult, check_golden
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,8 @@ class TaskModel:
     files: dict[str, Path]  # variant -> verified path
     # truncation: chunk only: the same tokenizer cutting long texts into overlapping windows.
     window_tokenizer: Tokenizer | None = None
+    # variant -> this CPU's answers on the manifest's golden texts against the build's.
+    golden: dict[str, GoldenResult] = field(default_factory=dict)
 
     @property
     def task(self) -> str:
@@ -61,8 +64,9 @@ def check_outputs(path: Path, labels: list[str]) -> None:
 
 
 def load_task_model(folder: Path, variants: list[str], stride: int | None = None) -> TaskModel:
-    """Read an artifact and verify the sha256 of each variant the server will load; with
-    `stride`, also prepare the windowing tokenizer of truncation: chunk."""
+    """Read an artifact, verify the sha256 of each variant the server will load, and run the
+    golden check of each CPU variant (do this CPU's answers match the build's?); with `stride`,
+    also prepare the windowing tokenizer of truncation: chunk."""
     manifest = read_manifest(folder)
     files = {name: verified_variant_path(folder, manifest, name) for name in variants}
     for path in files.values():
@@ -78,5 +82,7 @@ def load_task_model(folder: Path, variants: list[str], stride: int | None = None
                               f"{manifest.task}'s max_length ({manifest.max_length})")
         windows = load_tokenizer(tokenizer_path, manifest.max_length, stride,
                                  pairs=manifest.input_kind == "pair")
+    golden = {name: result for name, path in files.items()
+              if (result := check_golden(folder, manifest, name, path)) is not None}
     return TaskModel(folder=folder, manifest=manifest, tokenizer=tokenizer, files=files,
-                     window_tokenizer=windows)
+                     window_tokenizer=windows, golden=golden)

@@ -24,10 +24,10 @@ from app.core.routing import (
     wants_gpu,
 )
 from app.core.tracing import Tracing, tracing_from_settings
-from app.runtime.cpu_quota import usable_cores
 from app.runtime.workers import ModelFile, WorkerPool, WorkerSpec, cpu_layout
 from app.settings import BatchPolicySettings, ConfigError, GpuPoolSettings, PoolName, Settings
 from contract.artifact import ArtifactError, read_manifest
+from contract.cpu_quota import usable_cores
 from contract.session import Provider
 
 log = logging.getLogger(__name__)
@@ -252,6 +252,15 @@ class _Loader:
             except ArtifactError as exc:
                 self.failed(task, exc)
                 continue
+            for result in loaded[task].golden.values():
+                if not result.matches:
+                    log.warning(
+                        "task %s: %s answers differently on this CPU (%s integer kernels) than "
+                        "on the build's (%s): labels agree on %.0f%% of %d golden texts, logits "
+                        "differ by up to %.3g; the served accuracy may differ from the "
+                        "manifest's: rebuild the artifact on this CPU family", task,
+                        result.variant, result.here_kernels, result.build_kernels,
+                        100 * result.label_agreement, result.texts, result.max_abs_logit_diff)
             for variant in variants:
                 served = loaded[task].manifest.variants[variant]
                 if served.batch_invariant is False:

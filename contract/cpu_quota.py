@@ -1,4 +1,5 @@
-"""How many cores this process may really use: affinity, capped by a cgroup CPU quota.
+"""How many cores this process may really use: affinity, capped by a cgroup CPU quota (the
+serving pool sizes its workers by it, training sets its threads by it).
 
 `docker run --cpus=2` (or a Kubernetes CPU limit) does not change the affinity mask: a container
 on a 16-core host sees 16 cores but gets the time of 2. Sizing the worker pool from the mask would

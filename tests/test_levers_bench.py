@@ -1,0 +1,70 @@
+"""`python -m bench levers`: the accuracy levers side by side on the tiny task, with one teacher,
+one logit cache and one step budget."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench import levers
+from compress.device import TrainRuntime
+from compress.recipe import Recipe
+from compress.tasks import get_task, load_split
+from tests.conftest import TinyRepo
+from tests.test_recipe_run import _recipe
+
+INTERMEDIATE = {"epochs": 1, "batch_size": 16, "learning_rate": 2e-3, "max_length": 64,
+                "hidden_weight": 1.0, "attention_weight": 1.0, "logit_weight": 0.0}
+
+
+@pytest.fixture(scope="module")
+def measured(tiny_repo: TinyRepo, tmp_path_factory: pytest.TempPathFactory) -> \
+        tuple[Recipe, list[levers.LeverRow]]:
+    base = _recipe(tiny_repo, tmp_path_factory.mktemp("levers") / "run",
+                   augment={"variants": 2, "min_words": 4, "max_sources": 150},
+                   student__intermediate=INTERMEDIATE)
+    return base, levers.measure(base, None, TrainRuntime("cpu", "fp32", 1), log=lambda _: None)
+
+
+def test_every_lever_gets_a_scored_row_in_order(
+        measured: tuple[Recipe, list[levers.LeverRow]]) -> None:
+    _, rows = measured
+    assert [row.lever for row in rows] == list(levers.LEVERS)
+    for row in rows:
+        assert 0.5 <= row.fp32_accuracy <= 1.0 and 0.5 <= row.int8_accuracy <= 1.0
+
+
+def test_every_row_trains_its_prediction_layer_for_the_same_number_of_steps(
+        tiny_repo: TinyRepo, measured: tuple[Recipe, list[levers.LeverRow]]) -> None:
+    base, rows = measured
+    train = load_split(get_task("sst2"), "train", tiny_repo.data_dir)
+    assert {row.steps for row in rows} == {base.distil.steps_for(len(train))}
+
+
+def test_only_the_rows_with_a_lever_pay_for_its_stage(
+        measured: tuple[Recipe, list[levers.LeverRow]]) -> None:
+    _, rows = measured
+    built = [set(row.seconds) for row in rows]
+    assert built == [{"student"}, {"augment", "student"}, {"student-intermediate", "student"},
+                     {"augment", "student-intermediate", "student"}]
+    assert all(row.cpu_seconds["student"] > 0 for row in rows)
+
+
+def test_the_variants_share_one_teacher_and_one_logit_cache(
+        measured: tuple[Recipe, list[levers.LeverRow]]) -> None:
+    base, _ = measured
+    variants = [p for p in (base.output / "levers").iterdir() if p.is_dir()]
+    assert len(variants) == 4
+    assert not any((v / "teacher").exists() or (v / "cache").exists() for v in variants)
+    assert (base.output / "teacher" / "stage.json").is_file()
+
+
+def test_the_table_reads_against_the_logits_only_row(
+        measured: tuple[Recipe, list[levers.LeverRow]], tmp_path: Path) -> None:
+    _, rows = measured
+    path = levers.write(rows, tmp_path, 120)
+    text = path.read_text()
+    assert text.count("\n| ") == 1 + len(rows) and "| logits only |" in text
+    assert "| +0.00 |" in text
+    assert (tmp_path / "levers.json").is_file()
