@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +100,9 @@ def finetune(
     runtime: TrainRuntime | None = None, resume: Resume | None = None,
 ) -> Path:
     """Train `model` on `train`, save model + tokenizer (with label names) to `out_dir`."""
-    runtime = runtime or choose_runtime(threads=config.threads)
+    runtime = runtime or choose_runtime()
+    if config.threads:  # the config's own thread count wins over the command's default
+        runtime = replace(runtime, threads=config.threads)
     runtime.apply()
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)

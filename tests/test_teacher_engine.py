@@ -54,3 +54,13 @@ def test_a_small_job_or_no_cache_folder_stays_on_pytorch(
     for folder in (None, tmp_path):
         choose_engine(tiny_repo.sst2_teacher, texts, 64, folder)
     assert not list(tmp_path.iterdir())
+
+
+def test_the_engine_benchmark_prints_both_rates_their_ratio_and_the_logit_difference(
+        tiny_repo: TinyRepo, capsys: pytest.CaptureFixture[str]) -> None:
+    from bench.teacher_engine import main
+
+    assert main(["--teacher", str(tiny_repo.sst2_teacher), "--texts", "60", "--rounds", "1",
+                 "--max-length", "64", "--data-dir", str(tiny_repo.data_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "pytorch" in out and "ONNX / PyTorch" in out and "max |logit diff|" in out

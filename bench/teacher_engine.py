@@ -1,0 +1,59 @@
+"""`python -m bench.teacher_engine --teacher DIR`: the teacher's logits on PyTorch and on its fused
+fp32 ONNX graph, side by side on the same texts (interleaved rounds), with their largest logit
+difference: what `compress/teacher_engine.py` chooses between for large labelling jobs."""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from compress.speed import interleaved
+from compress.tasks import default_data_dir, get_task, load_split
+from compress.teacher_engine import Engine, onnx_engine, torch_engine
+
+
+def _rate(engine: Engine, texts: list[str | tuple[str, str]]) -> Callable[[], float]:
+    def run() -> float:
+        started = time.perf_counter()
+        engine(texts)
+        return len(texts) / (time.perf_counter() - started)
+
+    return run
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--teacher", type=Path, required=True, help="a classifier checkpoint")
+    parser.add_argument("--task", default="sst2")
+    parser.add_argument("--texts", type=int, default=512, help="train texts labelled per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--data-dir", type=Path, default=default_data_dir())
+    args = parser.parse_args(argv)
+    train = load_split(get_task(args.task), "train", args.data_dir)
+    texts = random.Random(0).sample(list(train.texts), min(args.texts, len(train)))
+    with tempfile.TemporaryDirectory() as scratch:
+        engines = {"pytorch": torch_engine(args.teacher, args.max_length),
+                   "onnx fused fp32": onnx_engine(args.teacher, Path(scratch), args.max_length)}
+        diff = float(np.abs(engines["pytorch"](texts[:64]) -
+                            engines["onnx fused fp32"](texts[:64])).max())
+        rates = interleaved({name: _rate(engine, texts) for name, engine in engines.items()},
+                            args.rounds, lambda r: print(", ".join(f"{k} {v:.1f}/s"
+                                                                  for k, v in r.items())))
+    medians = {name: statistics.median(values) for name, values in rates.items()}
+    print(f"{len(texts)} {args.task} train texts, {args.rounds} rounds, medians: "
+          + ", ".join(f"{k} {v:.1f} texts/s" for k, v in medians.items())
+          + f"; ONNX / PyTorch {medians['onnx fused fp32'] / medians['pytorch']:.2f}x; "
+          f"max |logit diff| {diff:.1e}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
