@@ -66,6 +66,42 @@ class Table3Row:
         return 1000.0 / self.sentences_per_s
 
 
+# Row 7 against its in-process pool: at least this many alternated rounds, and the ratio stands
+# only if the pool ran beside the server within its own round-to-round spread plus this share of
+# its rate alone (a reference slowed by the server's presence would flatter the server).
+PAIRED_MIN_ROUNDS = 4
+REFERENCE_TOLERANCE = 0.10
+
+
+@dataclass(frozen=True)
+class RatioCheck:
+    """HTTP / in-process, and whether its reference held still while the server was up."""
+
+    ratio: float  # median of the per-round ratios
+    low: float
+    high: float
+    reference_alone: float  # the pool's median sentences/s in its own rounds (row 6)
+    reference_paired: float  # ... in the rounds alternated with the server
+    allowed: float  # how far the reference may move: its own spread + REFERENCE_TOLERANCE
+
+    @property
+    def moved(self) -> float:
+        return self.reference_paired / self.reference_alone - 1.0
+
+    @property
+    def stands(self) -> bool:
+        return abs(self.moved) <= self.allowed
+
+
+def check_ratio(http: list[float], paired: list[float], alone: list[float]) -> RatioCheck:
+    """The side-by-side ratio of row 7, its spread, and the drift of its reference."""
+    ratios = [h / p for h, p in zip(http, paired, strict=True)]
+    own = statistics.median(alone)
+    spread = (max(alone) - min(alone)) / own if own > 0 else 0.0
+    return RatioCheck(statistics.median(ratios), min(ratios), max(ratios), own,
+                      statistics.median(paired), spread + REFERENCE_TOLERANCE)
+
+
 @dataclass
 class Table3:
     task: str
@@ -79,7 +115,7 @@ class Table3:
     rows: list[Table3Row]
     layouts: dict[str, dict[str, float]]  # graph -> layout -> median sentences/s
     http_client: str
-    http_overhead: float  # row 7 / the row 6 level it serves
+    http_overhead: float | None  # row 7 / the row 6 level it serves; None: refused (see check)
     price: dict[str, object]
     fixed_length: int
     mean_tokens: float
@@ -87,6 +123,7 @@ class Table3:
     # Row 7's server CPU per sentence (medians over rounds): "api" and "workers" ms; row 7's
     # cost is priced from their sum (the API tier counted), not from its rate x cores.
     http_cpu_ms: dict[str, float] = field(default_factory=dict)
+    http_check: RatioCheck | None = None
 
 
 @dataclass(frozen=True)
@@ -191,7 +228,7 @@ def measure(built: Built, options: Table3Options, log: Callable[[str], None] = p
                   _Timed("6 again", timed_pools[final_level, served_layout.name].run)]
         paired[0].run()  # warm-up: connections, first batches
         log(f"row 7: {http.client} against the server, alternating with its in-process pool")
-        _rounds(paired, options.rounds, log)
+        _rounds(paired, max(options.rounds, PAIRED_MIN_ROUNDS), log)
         http_accuracy = http.accuracy(built)
     finally:
         for pool in pools.values():
@@ -371,14 +408,15 @@ def _assemble(built: Built, options: Table3Options, in_process: list[_Timed],
                           _shape(Path(by_level[final_level].checkpoint)), http_accuracy,
                           paired[0].median, paired[0].rates, served_layout.name))
     projection = _fill_speedups(rows, cores, served_row)
-    overhead = statistics.median(h / p for h, p in zip(paired[0].rates, paired[1].rates,
-                                                         strict=True))
-    rows[-1].per_row_speedup = overhead  # the side-by-side ratio, not one across two phases
+    check = check_ratio(paired[0].rates, paired[1].rates,
+                        timed_pools[final_level, served_layout.name].rates)
+    rows[-1].per_row_speedup = check.ratio  # the side-by-side ratio, not one across two phases
     return Table3(task=spec.name, machine=_machine(), cores=cores,
                   speed_examples=len(options.speed_texts), dev_examples=len(dev),
                   train_examples=len(built.train), rounds=options.rounds,
                   recipe=built.run.recipe.model_dump(mode="json"), rows=rows, layouts=layouts,
-                  http_client=http_client, http_overhead=overhead,
+                  http_client=http_client,
+                  http_overhead=check.ratio if check.stands else None, http_check=check,
                   price={"vm": VM, "usd_per_hour": projection.usd_per_hour,
                          "vcpus": projection.vm_vcpus, "date": projection.price_date,
                          "watts_per_vcpu": None if projection.watts is None
@@ -471,8 +509,7 @@ def markdown(table: Table3) -> str:
     lines += ["", "Multi-instance layouts (median sentences/s): " + "; ".join(
         f"{level}: " + ", ".join(f"{name} {rate:.1f}" for name, rate in sorted(rates.items()))
         for level, rates in table.layouts.items()),
-        f"HTTP (row 7) / the in-process pool it serves, timed alternately in the same rounds: "
-        f"{table.http_overhead:.2f} (median of per-round ratios).",
+        ratio_line(table),
         *([f"Row 7's server CPU per sentence (/proc): API {table.http_cpu_ms['api']:.3f} ms + "
            f"workers {table.http_cpu_ms['workers']:.3f} ms; its cost is {table.price['vcpus']} "
            "vCPUs x 1000 / their sum (the API tier counted), not its rate x cores."]
@@ -480,6 +517,23 @@ def markdown(table: Table3) -> str:
         "Rows 1 and 2 are one model (padding is masked), as are rows 4 and 5; rows 6a and 6b each "
         "compare with row 5."]
     return "\n".join(lines) + "\n"
+
+
+def ratio_line(table: Table3) -> str:
+    """What the table says of row 7 against its in-process pool (or why it says no ratio)."""
+    check = table.http_check
+    if check is None:
+        return ""
+    reference = (f"its reference ran {check.reference_paired:.1f}/s beside the server against "
+                 f"{check.reference_alone:.1f}/s in its own rounds ({100 * check.moved:+.0f}%, "
+                 f"allowed {100 * check.allowed:.0f}%)")
+    if not check.stands:
+        return (f"HTTP (row 7) / the in-process pool it serves: **refused**: {reference}; the "
+                f"per-round ratios ({check.low:.2f}-{check.high:.2f}) compare with a slowed "
+                "reference. Row 7's own rate stands.")
+    return (f"HTTP (row 7) / the in-process pool it serves, timed alternately in the same rounds: "
+            f"{check.ratio:.2f} (median of per-round ratios, {check.low:.2f}-{check.high:.2f}); "
+            f"{reference}.")
 
 
 def _energy(value: float | None, spec: str) -> str:

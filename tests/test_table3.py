@@ -15,6 +15,7 @@ import yaml
 
 from bench.__main__ import quick_recipe
 from bench.instances import Layout, layouts_for
+from bench.table3 import PAIRED_MIN_ROUNDS, Table3, check_ratio, ratio_line
 from compress.recipe import Recipe
 from compress.stages import cache_root
 from tests.conftest import ROOT, TinyRepo, free_port
@@ -56,7 +57,8 @@ def test_every_row_is_measured_in_every_round(table: tuple[Path, dict]) -> None:
     _, data = table
     assert [row["row"] for row in data["rows"]] == ROWS
     for row in data["rows"]:
-        assert len(row["rounds"]) == 2 and all(rate > 0 for rate in row["rounds"])
+        rounds = PAIRED_MIN_ROUNDS if row["row"] == "7" else 2
+        assert len(row["rounds"]) == rounds and all(rate > 0 for rate in row["rounds"])
         assert row["sentences_per_s"] > 0 and row["usd_per_100m"] > 0
 
 
@@ -73,8 +75,29 @@ def test_cumulative_speedup_is_relative_to_the_padded_teacher(table: tuple[Path,
 def test_http_row_reports_its_overhead_against_the_pool_it_serves(
         table: tuple[Path, dict]) -> None:
     _, data = table
-    assert data["rows"][-1]["per_row_speedup"] == pytest.approx(data["http_overhead"])
+    check = data["http_check"]
+    assert data["rows"][-1]["per_row_speedup"] == pytest.approx(check["ratio"])
+    assert check["low"] <= check["ratio"] <= check["high"]
+    assert check["reference_alone"] > 0 and check["reference_paired"] > 0
+    # The ratio is published only when its reference held still beside the server.
+    assert data["http_overhead"] in (None, pytest.approx(check["ratio"]))
     assert data["rows"][-1]["layout"] in data["layouts"][_served_level(data)]
+
+
+def test_a_ratio_whose_reference_slowed_beside_the_server_is_refused() -> None:
+    alone = [1000.0, 1050.0, 1100.0]  # its own rounds: a 10% spread
+    steady = check_ratio([900.0, 950.0], [1040.0, 1060.0], alone)
+    assert steady.stands and steady.ratio == pytest.approx((900 / 1040 + 950 / 1060) / 2)
+    slowed = check_ratio([700.0, 720.0], [500.0, 620.0], alone)
+    assert not slowed.stands and slowed.moved == pytest.approx(560 / 1050 - 1)
+
+
+def test_a_refused_ratio_is_said_so_in_the_table() -> None:
+    check = check_ratio([700.0, 720.0], [500.0, 620.0], [1000.0, 1050.0, 1100.0])
+    table = Table3("sst2", "m", 2, 1, 1, 1, 2, {}, [], {}, "wrk", None, {}, 128, 10.0,
+                   http_check=check)
+    line = ratio_line(table)
+    assert "**refused**" in line and "-47%" in line
 
 
 def _served_level(data: dict) -> str:
