@@ -40,13 +40,13 @@ class QuickCaps:
     dev_examples: int
     speed_examples: int
     # The levers: the intermediate stage runs the teacher live on every row it trains on.
-    intermediate_examples: int = 1000
-    augment_sources: int = 1000
+    intermediate_examples: int = 400
+    augment_sources: int = 500
 
 
 # Long inputs (BoolQ: question + passage, up to 512 tokens) cost ~10x a SST-2 sentence.
 QUICK: dict[str, QuickCaps] = {
-    "sst2": QuickCaps(1500, 6000, 3000, 500, 400, 100),
+    "sst2": QuickCaps(1500, 4800, 3000, 500, 400, 100),
     "boolq": QuickCaps(300, 600, 300, 200, 200, 30),
 }
 DEFAULT_QUICK = QuickCaps(300, 1000, 500, 200, 200, 50)

@@ -68,7 +68,8 @@ class Table3Row:
 
 # Row 7 against its in-process pool: at least this many alternated rounds, and the ratio stands
 # only if the pool ran beside the server within its own round-to-round spread plus this share of
-# its rate alone (a reference slowed by the server's presence would flatter the server).
+# its rate alone (a reference slowed, or sped up, while the server is up says nothing of the
+# server).
 PAIRED_MIN_ROUNDS = 4
 REFERENCE_TOLERANCE = 0.10
 
@@ -529,8 +530,8 @@ def ratio_line(table: Table3) -> str:
                  f"allowed {100 * check.allowed:.0f}%)")
     if not check.stands:
         return (f"HTTP (row 7) / the in-process pool it serves: **refused**: {reference}; the "
-                f"per-round ratios ({check.low:.2f}-{check.high:.2f}) compare with a slowed "
-                "reference. Row 7's own rate stands.")
+                f"per-round ratios ({check.low:.2f}-{check.high:.2f}) would compare with a "
+                "reference that moved. Row 7's own rate stands.")
     return (f"HTTP (row 7) / the in-process pool it serves, timed alternately in the same rounds: "
             f"{check.ratio:.2f} (median of per-round ratios, {check.low:.2f}-{check.high:.2f}); "
             f"{reference}.")

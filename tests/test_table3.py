@@ -137,7 +137,7 @@ def test_quick_caps_every_example_count() -> None:
                                     "distil": {"max_examples": None}})
     quick = quick_recipe(recipe)
     assert quick.teacher.finetune.max_examples == 1500
-    assert quick.distil.max_examples == 6000
+    assert quick.distil.max_examples == 4800
     assert quick.evaluate.max_dev_examples == 400
     runs = cache_root() / "runs"
     assert quick.output == runs / "t3-quick" and quick.artifact == runs / "t3-quick" / "artifact"
@@ -149,8 +149,8 @@ def test_quick_caps_the_levers_too() -> None:
         "student": {"intermediate": {"hidden_weight": 1.0, "logit_weight": 0.0}}})
     quick = quick_recipe(recipe)
     assert quick.student.intermediate is not None
-    assert quick.student.intermediate.max_examples == 1000
-    assert quick.augment is not None and quick.augment.max_sources == 1000
+    assert quick.student.intermediate.max_examples == 400
+    assert quick.augment is not None and quick.augment.max_sources == 500
 
 
 def test_layouts_split_the_cores_into_disjoint_sets() -> None:
