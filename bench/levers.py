@@ -14,6 +14,7 @@ of every stage it built (the teacher's logits of the variants included in the st
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -77,8 +78,11 @@ def measure(base: Recipe, data_dir: Path | None, runtime: TrainRuntime,
     teacher = build_teacher(base, data_dir, runtime)
     train, _ = task_splits(base, data_dir)
     rows = []
+    finished: list[Path] = []
     for lever, recipe in lever_recipes(base, teacher, len(train)).items():
+        _share_finished_stages(finished, recipe)
         built = build_stages(recipe, data_dir, runtime)
+        finished.append(recipe.output)
         student = built.student.folder
         row = LeverRow(lever=lever,
                        fp32_accuracy=accuracy(TorchPredictor(student, built.run.spec.max_length),
@@ -92,6 +96,22 @@ def measure(base: Recipe, data_dir: Path | None, runtime: TrainRuntime,
         rows.append(row)
         log(f"{lever}: fp32 {row.fp32_accuracy:.4f}, int8 {row.int8_accuracy:.4f}")
     return rows
+
+
+def _share_finished_stages(finished: list[Path], recipe: Recipe) -> None:
+    """Copy into `recipe`'s run a stage another variant already built (the intermediate stage of
+    `+ intermediate` is the one `+ both` needs): the stage cache reuses it only if its key
+    matches, so a copy whose settings differ is rebuilt as usual. A row still reports what the
+    stage took to build."""
+    wanted = [name for name, used in (("augment", recipe.augment is not None),
+                                      ("student-intermediate",
+                                       recipe.student.intermediate is not None)) if used]
+    for stage in wanted:
+        target = recipe.output / stage
+        source = next((f / stage for f in finished if read_record(f / stage) is not None), None)
+        if source is not None and read_record(target) is None:
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(source, target)
 
 
 def markdown(rows: list[LeverRow], dev_examples: int) -> str:

@@ -10,6 +10,7 @@ import pytest
 from bench import levers
 from compress.device import TrainRuntime
 from compress.recipe import Recipe
+from compress.stages import read_record
 from compress.tasks import get_task, load_split
 from tests.conftest import TinyRepo
 from tests.test_recipe_run import _recipe
@@ -68,3 +69,11 @@ def test_the_table_reads_against_the_logits_only_row(
     assert text.count("\n| ") == 1 + len(rows) and "| logits only |" in text
     assert "| +0.00 |" in text
     assert (tmp_path / "levers.json").is_file()
+
+
+def test_both_levers_reuse_the_intermediate_stage_the_intermediate_row_built(
+        measured: tuple[Recipe, list[levers.LeverRow]]) -> None:
+    base, _ = measured
+    built = read_record(base.output / "levers" / "intermediate" / "student-intermediate")
+    assert built is not None
+    assert read_record(base.output / "levers" / "both" / "student-intermediate") == built

@@ -229,6 +229,14 @@ def test_the_table3_recipes_are_valid(name: str) -> None:
     assert recipe.teacher.model == "packaged:mpnet-base" and len(recipe.prune.levels) == 3
 
 
+def test_the_shipped_recipes_with_levers_are_valid() -> None:
+    sst2 = load_recipe(ROOT / "recipes" / "table3-sst2.yaml")
+    assert sst2.augment is not None and sst2.student.intermediate is not None
+    mrpc = load_recipe(ROOT / "recipes" / "mrpc-levers.yaml")
+    assert mrpc.augment is not None and mrpc.student.intermediate is not None
+    assert mrpc.student.intermediate.layer_map == (2, 4, 6)
+
+
 def test_train_from_dev_splits_dev_into_disjoint_train_and_evaluation(tiny_repo: TinyRepo,
                                                                       tmp_path: Path) -> None:
     recipe = _recipe(tiny_repo, tmp_path / "run").model_copy(update={"train_from_dev": 80})
