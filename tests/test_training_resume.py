@@ -125,3 +125,24 @@ def test_a_stage_with_a_changed_key_does_not_resume_from_another_settings_checkp
         run_stage(tmp_path / "other", {"lr": 1}, interrupted)
     run_stage(tmp_path / "other", {"lr": 1}, record)
     assert seen == [False, True]
+
+
+def test_a_bf16_runtime_trains_under_autocast_and_saves_fp32_weights(
+        tiny_repo: TinyRepo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[torch.dtype] = []
+    real = torch.nn.functional.linear
+
+    def recording(*args: object, **kwargs: object) -> torch.Tensor:
+        out = real(*args, **kwargs)  # type: ignore[arg-type]
+        seen.append(out.dtype)
+        return out
+
+    monkeypatch.setattr(torch.nn.functional, "linear", recording)
+    train = load_split(SST2, "train", tiny_repo.data_dir).head(64)
+    student, tokenizer = init_student(str(tiny_repo.sst2_teacher), SST2, 1)
+    config = DistilConfig(epochs=1, batch_size=16, max_length=64)
+    out = distil(student, tokenizer, tiny_repo.sst2_teacher, train, config, tmp_path / "s", None,
+                 TrainRuntime("cpu", "bf16", 1))
+    assert torch.bfloat16 in seen  # the forward passes ran in bf16
+    assert all(t.dtype == torch.float32 for t in load_file(str(out / "model.safetensors")).values()
+               if t.is_floating_point())
