@@ -162,6 +162,13 @@ class AuthSettings(BaseModel):
     )
     protect_health: bool = Field(default=False, description="require a key for health probes")
     protect_metrics: bool = Field(default=False, description="require a key for /metrics")
+    admin_api_keys: list[SecretStr] = Field(
+        default_factory=list, description="Bearer keys for the model repository calls "
+        "(/v2/repository/...); set: only these keys may load or unload models")
+
+    def admin_keys(self) -> list[bytes]:
+        return [k.get_secret_value().strip().encode() for k in self.admin_api_keys
+                if k.get_secret_value().strip()]
 
     @field_validator("api_keys_file")
     @classmethod
@@ -175,6 +182,19 @@ class AuthSettings(BaseModel):
         if self.api_keys_file is not None:
             found += self.api_keys_file.read_text(encoding="utf-8").splitlines()
         return [key.strip().encode() for key in found if key.strip()]
+
+
+class RepositorySettings(BaseModel):
+    """The model repository at run time (load and unload calls)."""
+
+    memory_budget_mb: int | None = Field(
+        default=None, ge=1, description="refuse a load whose estimate (this server's resident "
+        "memory now + the new version's model files x the workers that load it) exceeds this, "
+        "instead of being killed by the kernel; unset: no check")
+    poll_s: float | None = Field(
+        default=None, gt=0, description="every this many seconds, load what changed in the "
+        "repository (new, changed or removed versions, config.yaml) as a load call would; "
+        "unset: only load calls change what is served")
 
 
 class TracingSettings(BaseModel):
@@ -204,6 +224,7 @@ class Settings(BaseSettings):
     log_payloads: bool = Field(default=False, description="log input texts at debug level; off: "
                                                           "logs never contain input text")
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    repository: RepositorySettings = Field(default_factory=RepositorySettings)
     cors_allow_origins: list[str] = Field(
         default_factory=list, description="browser origins allowed by CORS (none: CORS off)"
     )

@@ -53,9 +53,26 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, help="artifact folder (default: models/<task>)")
     p.add_argument("--work-dir", type=Path, help="checkpoints (default: runs/<task>)")
     p.add_argument("--max-dev-examples", type=int, default=None)
+    _add_name_arg(p)
     _add_int8_args(p)
     _add_baseline_arg(p)
     _add_finetune_args(p)
+
+
+def _add_name_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--name", help="the name it is served under (default: the task's); two "
+                   "models of one task need two names to share a model repository")
+
+
+def _named(manifest: Manifest, out: Path, name: str | None) -> Manifest:
+    """Write the served name into an assembled artifact's manifest (nothing else changes)."""
+    if name is None or name == manifest.served_name:
+        return manifest
+    from contract.artifact import write_manifest
+
+    named = Manifest.model_validate({**manifest.model_dump(), "name": name})  # its pattern
+    write_manifest(out, named)
+    return named
 
 
 def _add_int8_args(p: argparse.ArgumentParser) -> None:
@@ -147,7 +164,8 @@ def _add_package(sub: argparse._SubParsersAction) -> None:
                                        "fine-tuned HF classifier folder (no training)")
     p.add_argument("--checkpoint", type=Path, required=True, help="fine-tuned HF folder")
     _add_task_args(p, required=False)
-    p.add_argument("--name", help="served model name without a task (default: the folder's name)")
+    p.add_argument("--name", help="the name it is served under (default: the task's; without a "
+                   "task: the folder's name)")
     p.add_argument("--input-kind", choices=("single", "pair"), default="single",
                    help="without a task: single texts or (text, text) pairs")
     p.add_argument("--max-length", type=int, default=None,
@@ -333,7 +351,7 @@ def _build(args: argparse.Namespace) -> int:
     from compress.finetune import FinetuneConfig
 
     spec, data_dir = _task_of(args)
-    out = args.out or Path("models") / spec.name
+    out = args.out or Path("models") / (args.name or spec.name)
     work = args.work_dir or Path("runs") / spec.name
     config = FinetuneConfig(epochs=args.epochs, batch_size=args.batch_size,
                             learning_rate=args.learning_rate,
@@ -342,7 +360,8 @@ def _build(args: argparse.Namespace) -> int:
                      data_dir=data_dir, hub=args.hub, finetune=config,
                      max_dev_examples=args.max_dev_examples, int8=args.int8,
                      int8_keep_fp32=args.int8_keep_fp32)
-    return _report(build_artifact(plan), out, args.accept_below_baseline)
+    manifest = _named(build_artifact(plan), out, args.name)
+    return _report(manifest, out, args.accept_below_baseline)
 
 
 def _package(args: argparse.Namespace) -> int:
@@ -362,7 +381,7 @@ def _package(args: argparse.Namespace) -> int:
         if has_dev else None
     if dev is None:
         print("no dev data: the artifact is checked against fp32, but no accuracy is measured")
-    out = args.out or Path("models") / spec.name
+    out = args.out or Path("models") / (args.name or spec.name)
     work = args.work_dir or Path("runs") / spec.name / "package"
     plan = BuildPlan(spec=spec, base_model=str(args.checkpoint), out_dir=out, work_dir=work,
                      data_dir=data_dir, hub=args.hub, max_dev_examples=args.max_dev_examples,
@@ -372,7 +391,8 @@ def _package(args: argparse.Namespace) -> int:
     if task is not None and (args.hub or task.data.train is not None):
         calibration = calibration_texts(load_split(spec, "train", data_dir, args.hub).texts,
                                         "train")
-    manifest = package_artifact(spec, args.checkpoint, dev, plan, texts, calibration)
+    manifest = _named(package_artifact(spec, args.checkpoint, dev, plan, texts, calibration),
+                      out, args.name)
     return _report(manifest, out, args.accept_below_baseline)
 
 

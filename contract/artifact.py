@@ -140,6 +140,10 @@ class Manifest(BaseModel):
 
     format: Literal[1] = 1
     task: str
+    name: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9_.-]+$",
+        description="the name it is served under (default: the task's); a model repository "
+                    "may hold several models of one task under different names")
     labels: list[str] = Field(min_length=2, description="label names in logit order")
     problem_type: ProblemType = "single_label"
     thresholds: list[float] | None = Field(
@@ -158,6 +162,11 @@ class Manifest(BaseModel):
     golden: Golden | None = Field(
         default=None, description="the build CPU's answers, checked again at load")
     provenance: Provenance
+
+    @property
+    def served_name(self) -> str:
+        """The name clients ask for: `name`, else the task's."""
+        return self.name or self.task
 
     @model_validator(mode="after")
     def _thresholds_fit(self) -> Manifest:

@@ -38,6 +38,7 @@ class FakePool:
         self.batches: list[list[TextInput] | dict[str, np.ndarray]] = []
         self.fail_next: Exception | None = None
         self.up = True  # what ready() answers (a test takes the pool "down")
+        self.loaded: dict[str, Any] = {}  # keys loaded at run time
         self._idle: asyncio.Queue[FakeWorker] = asyncio.Queue()
         self._workers = [FakeWorker(i) for i in range(workers)]
 
@@ -82,6 +83,12 @@ class FakePool:
     def describe(self) -> list[dict[str, Any]]:
         return [{"index": w.index, "pid": None, "cores": [], "threads": 1, "alive": True}
                 for w in self._workers]
+
+    async def load(self, key: str, model: Any) -> None:
+        self.loaded[key] = model
+
+    async def unload(self, key: str) -> None:
+        self.loaded.pop(key, None)
 
     def stop(self) -> None:
         pass

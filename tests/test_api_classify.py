@@ -102,6 +102,6 @@ def test_health_and_readiness_report_ok(client: httpx.Client) -> None:
 def test_metrics_count_requests_by_task_and_status(client: httpx.Client) -> None:
     client.post("/v1/classify/sst2", json={"inputs": ["good"]})
     text = client.get("/metrics").text
-    assert 'ffs_requests_total{status="200",task="sst2"}' in text
+    assert 'ffs_requests_total{status="200",task="sst2",version="1"}' in text
     assert "ffs_request_latency_seconds_bucket" in text
     assert "ffs_queue_wait_seconds_bucket" in text

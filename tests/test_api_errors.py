@@ -51,7 +51,7 @@ def test_blank_text_is_422(client: httpx.Client) -> None:
 def test_unknown_task_is_404_and_lists_known_tasks(client: httpx.Client) -> None:
     response = client.post("/v1/classify/mnli", json={"inputs": ["x"]})
     assert response.status_code == 404
-    assert "unknown task 'mnli'" in _error(response)
+    assert "unknown model 'mnli'" in _error(response)
     assert "rte, sst2" in _error(response)
 
 

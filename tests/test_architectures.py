@@ -5,6 +5,7 @@ served answers are those of the same INT8 graph run in-process."""
 from __future__ import annotations
 
 import random
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ import pytest
 from compress.build import BuildPlan, package_artifact
 from compress.packaging import spec_for_checkpoint
 from compress.tiny_models import ARCHITECTURES, build_tiny_classifier
-from contract.artifact import Manifest, read_manifest
+from contract.artifact import Manifest, read_manifest, write_manifest
 from contract.encoding import encode, load_tokenizer, pad_batch, softmax
 from contract.predictor import OnnxPredictor
 from tests.conftest import (
@@ -241,3 +242,33 @@ def test_package_command_without_data_says_no_accuracy_was_measured(zoo: Zoo,
     assert [(c.variant, c.reference, c.texts) for c in manifest.checks] == [
         ("cpu-int8", "fp32", 2), ("gpu-fp16", "fp32", 2),
         ("fp32", "batch 1", 2), ("cpu-int8", "batch 1", 2)]
+
+
+def test_models_of_one_task_from_every_architecture_are_served_side_by_side(
+        zoo: Zoo, tmp_path: Path) -> None:
+    """The zoo's single-text artifacts as one task (`sentiment`), each under its own name: one
+    repository serves them all, each answering as its own graph does."""
+    repo = tmp_path / "models"
+    singles = [arch for arch in ARCHITECTURES if arch not in PAIR_TASKS]
+    for arch in singles:
+        folder = repo / arch
+        shutil.copytree(zoo.repo / f"tiny-{arch}", folder)
+        manifest = read_manifest(folder)
+        write_manifest(folder, manifest.model_copy(update={"task": "sentiment", "name": arch}))
+    server = start_server(repo, tmp_path / "server.log", FFS_CPU_POOL__WORKERS="1")
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            cards = client.get("/v1/models").json()["models"]
+            assert sorted((c["name"], c["task"]) for c in cards) == \
+                sorted((arch, "sentiment") for arch in singles)
+            text = texts_of("bert", 1)[0]
+            for arch in singles:
+                answer = client.post(f"/v1/classify/{arch}",
+                                     json={"inputs": [text], "return_all_scores": True})
+                assert answer.status_code == 200, answer.text
+                manifest = read_manifest(repo / arch)
+                expected = in_process_scores(repo / arch, manifest, [text])[0]
+                served = [answer.json()["results"][0]["scores"][n] for n in manifest.labels]
+                np.testing.assert_allclose(served, expected, atol=1e-5)
+    finally:
+        stop_server(server)

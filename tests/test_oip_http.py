@@ -54,19 +54,19 @@ def test_model_metadata_describes_inputs_and_outputs(client: httpx.Client) -> No
     assert [i["name"] for i in pair["inputs"]] == ["text", "text_pair"]
 
 
-def test_versioned_paths_serve_version_1_only(client: httpx.Client) -> None:
+def test_a_flat_artifact_is_version_1_and_other_versions_are_404(client: httpx.Client) -> None:
     assert client.get("/v2/models/sst2/versions/1").status_code == 200
     assert client.get("/v2/models/sst2/versions/1/ready").status_code == 200
     missing = client.get("/v2/models/sst2/versions/7")
     assert missing.status_code == 404
-    assert "version '7' does not exist" in missing.json()["error"]
+    assert "has no version '7' loaded; it serves version(s) 1" in missing.json()["error"]
 
 
 def test_model_readiness_is_200_for_known_and_404_for_unknown_models(client: httpx.Client) -> None:
     assert client.get("/v2/models/sst2/ready").status_code == 200
     unknown = client.get("/v2/models/nope/ready")
     assert unknown.status_code == 404
-    assert "unknown task 'nope'" in unknown.json()["error"]
+    assert "unknown model 'nope'" in unknown.json()["error"]
 
 
 def test_infer_labels_match_the_native_api_and_echo_the_id(client: httpx.Client) -> None:
@@ -131,7 +131,7 @@ def test_v2_requests_are_counted_in_the_shared_metrics(client: httpx.Client) -> 
 
 
 @pytest.mark.parametrize(("task", "body", "status", "message"), [
-    ("nope", {"inputs": [_text("text", ["x"])]}, 404, "unknown task 'nope'"),
+    ("nope", {"inputs": [_text("text", ["x"])]}, 404, "unknown model 'nope'"),
     ("sst2", {"inputs": []}, 400, "inputs: List should have at least 1 item"),
     ("sst2", {"inputs": [_text("sentence", ["x"])]}, 400, "unknown input 'sentence'"),
     ("sst2", {"inputs": [_text("text_pair", ["x"])]}, 400, "input 'text' is required"),

@@ -81,7 +81,7 @@ def test_tritonclient_classifies_pairs(triton: httpclient.InferenceServerClient,
 
 def test_tritonclient_gets_the_servers_error_message(
         triton: httpclient.InferenceServerClient) -> None:
-    with pytest.raises(InferenceServerException, match="unknown task 'nope'"):
+    with pytest.raises(InferenceServerException, match="unknown model 'nope'"):
         triton.infer("nope", [_texts("text", ["x"])])
     with pytest.raises(InferenceServerException, match="send inputs 'text' and 'text_pair'"):
         triton.infer("rte", [_texts("text", ["x"])])

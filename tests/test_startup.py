@@ -54,10 +54,10 @@ def test_a_missing_repository_is_a_configuration_error(tmp_path: Path) -> None:
 def test_a_gpu_routed_task_falls_back_to_cpu_and_says_why(tiny_repo: TinyRepo) -> None:
     settings = load_settings(model_repository=tiny_repo.root, routing={"rte": "gpu"})
     service = prepare_service(settings)
-    route = service.routes["rte"]
+    route = service.routes["rte:1"]
     assert (route.requested_pool, route.pool, route.variant) == ("gpu", "cpu", "cpu-int8")
     assert route.fallback_reason and "no CUDAExecutionProvider" in route.fallback_reason
-    assert service.routes["sst2"].fallback_reason is None
+    assert service.routes["sst2:1"].fallback_reason is None
 
 
 def test_gpu_fallback_fail_refuses_to_start_a_gpu_route(tiny_repo: TinyRepo) -> None:
@@ -69,7 +69,7 @@ def test_gpu_fallback_fail_refuses_to_start_a_gpu_route(tiny_repo: TinyRepo) -> 
 
 def test_routing_an_unknown_task_is_a_configuration_error(tiny_repo: TinyRepo) -> None:
     settings = load_settings(model_repository=tiny_repo.root, routing={"mnli": "cpu"})
-    with pytest.raises(ConfigError, match=r"routing names task\(s\) \['mnli'\]"):
+    with pytest.raises(ConfigError, match=r"routing names model\(s\) \['mnli'\]"):
         prepare_service(settings)
 
 
@@ -124,7 +124,7 @@ def test_two_artifacts_for_one_task_refuse_to_start(tiny_repo: TinyRepo, tmp_pat
     shutil.copytree(repo / "sst2", repo / "sst2-copy")
     result = _run_app(repo)
     assert result.returncode == 2
-    assert "task 'sst2' is in both" in result.stderr
+    assert "model 'sst2' is in both" in result.stderr
 
 
 def test_a_missing_model_file_refuses_to_start(tiny_repo: TinyRepo, tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -22,11 +23,14 @@ from app.api import v2 as oip
 from app.api.guards import ApiKeyAuth, BodyLimit
 from app.api.handle import HotRoutes, handle_request
 from app.api.observability import RequestId
+from app.api.repository import build_router as repository_routes
 from app.api.schemas import ClassifyRequest, ClassifyResponse, ErrorResponse, error_payload
 from app.api.v1 import V1, validation_message
 from app.api.v2 import V2
+from app.core.catalog import Choice
 from app.core.inference import TIMEOUT_HEADER
 from app.core.inputs import ClientError
+from app.core.reload import Repository
 from app.core.routing import pool_variant
 from app.core.service import Service, start_service, stop_service
 from app.settings import Settings
@@ -42,13 +46,18 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
                         headers=headers)
 
 
-def _model_card(service: Service, task: str) -> dict[str, Any]:
-    model = service.models[task]
+def _model_card(service: Service, key: str) -> dict[str, Any]:
+    model = service.models[key]
     manifest = model.manifest
-    route = service.routes[task]
+    route = service.routes[key]
     served = manifest.variants[route.variant]
+    choice = service.catalog.get(model.served_name)
     return {
-        "task": task,
+        "name": model.served_name,
+        "version": str(model.version),
+        "default": choice is not None and choice.default == key,
+        "canary_weight": _canary_weight(choice, key),
+        "task": manifest.task,
         "labels": manifest.labels,
         "input_kind": manifest.input_kind,
         "problem_type": manifest.problem_type,
@@ -74,6 +83,15 @@ def _model_card(service: Service, task: str) -> dict[str, Any]:
         "fusions": {"applied": served.fusions, "missing": served.fusions_missing,
                     "unsupported": served.fusions_unsupported},
     }
+
+
+def _canary_weight(choice: Choice | None, key: str) -> float | None:
+    """The share of requests naming no version that this version answers (canary only)."""
+    if choice is None or key not in choice.split_keys:
+        return None
+    index = choice.split_keys.index(key)
+    low = choice.split_edges[index - 1] if index else 0.0
+    return round(choice.split_edges[index] - low, 6)
 
 
 _CLASSIFY_SCHEMA = ClassifyRequest.model_json_schema(
@@ -104,9 +122,10 @@ def _add_middleware(app: FastAPI, settings: Settings) -> None:
     wraps the whole app in create_app)."""
     app.add_middleware(BodyLimit, max_bytes=settings.limits.max_body_bytes)
     keys = settings.auth.keys()
-    if keys:
+    admin = settings.auth.admin_keys()
+    if keys or admin:
         app.add_middleware(ApiKeyAuth, keys=keys, protect_health=settings.auth.protect_health,
-                           protect_metrics=settings.auth.protect_metrics)
+                           protect_metrics=settings.auth.protect_metrics, admin_keys=admin)
     app.add_middleware(RequestId)
 
 
@@ -151,12 +170,18 @@ def create_app(service: Service) -> ASGIApp:
 
 def _fastapi_app(service: Service) -> FastAPI:
 
+    repository = Repository(service)
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await start_service(service)
+        poll_s = service.settings.repository.poll_s
+        poller = None if poll_s is None else asyncio.create_task(repository.poll(poll_s))
         try:
             yield
         finally:
+            if poller is not None:
+                poller.cancel()
             await stop_service(service)
 
     app = FastAPI(title="FastFormers Serve", version=VERSION, lifespan=lifespan,
@@ -165,6 +190,7 @@ def _fastapi_app(service: Service) -> FastAPI:
     _serve_docs_offline(app)
     metrics = service.metrics
     app.include_router(oip.build_router(service, VERSION))
+    app.include_router(repository_routes(repository))
     _add_middleware(app, service.settings)
     _document_request_bodies(app)
 
@@ -185,7 +211,8 @@ def _fastapi_app(service: Service) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         task = request.path_params.get("task", "")
-        metrics.requests.labels(task if task in service.models else "_unknown", "422").inc()
+        metrics.requests.labels(task if task in service.catalog else "_unknown", "",
+                                "422").inc()
         return _error(422, validation_message(exc.errors()))
 
     @app.post("/v1/classify/{task}", response_model=ClassifyResponse,
@@ -201,8 +228,10 @@ def _fastapi_app(service: Service) -> FastAPI:
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        """Every task this server has, with its route, labels, architecture and metrics."""
-        return {"models": [_model_card(service, task) for task in sorted(service.models)],
+        """Every model version this server serves, with its route, labels, architecture and
+        metrics."""
+        keys = [key for versions in service.serving.values() for key in versions.values()]
+        return {"models": [_model_card(service, key) for key in sorted(keys)],
                 "unavailable": [{"task": name, "error": why}
                                 for name, why in sorted(service.unavailable.items())]}
 

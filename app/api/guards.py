@@ -13,6 +13,7 @@ from app.core.inputs import ClientError
 
 HEALTH_PATHS = ("/healthz", "/readyz", "/v2/health/live", "/v2/health/ready")
 METRICS_PATHS = ("/metrics",)
+ADMIN_PREFIX = "/v2/repository/"  # loads and unloads models: admin keys when configured
 
 
 class AuthPolicy:
@@ -25,28 +26,36 @@ class AuthPolicy:
 
     MESSAGE = "missing or invalid API key: send 'Authorization: Bearer <key>'"
 
-    def __init__(self, keys: list[bytes], protect_health: bool, protect_metrics: bool) -> None:
+    def __init__(self, keys: list[bytes], protect_health: bool, protect_metrics: bool,
+                 admin_keys: list[bytes] | None = None) -> None:
         self.keys = keys
+        self.admin_keys = admin_keys or []
         self.open_paths = (() if protect_health else HEALTH_PATHS) + \
             (() if protect_metrics else METRICS_PATHS)
 
     def allows(self, path: str, headers: dict[bytes, bytes]) -> bool:
+        if self.admin_keys and path.startswith(ADMIN_PREFIX):  # admin keys only
+            return _carries(headers, self.admin_keys)
         if not self.keys or path in self.open_paths:
             return True
-        scheme, _, token = headers.get(b"authorization", b"").partition(b" ")
-        matched = False
-        for key in self.keys:
-            matched |= hmac.compare_digest(token.strip(), key)
-        return matched and scheme.lower() == b"bearer"
+        return _carries(headers, self.keys)
+
+
+def _carries(headers: dict[bytes, bytes], keys: list[bytes]) -> bool:
+    scheme, _, token = headers.get(b"authorization", b"").partition(b" ")
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(token.strip(), key)
+    return matched and scheme.lower() == b"bearer"
 
 
 class ApiKeyAuth:
     """AuthPolicy as middleware for the cold endpoints (the hot routes check it inline)."""
 
     def __init__(self, app: ASGIApp, keys: list[bytes], protect_health: bool,
-                 protect_metrics: bool) -> None:
+                 protect_metrics: bool, admin_keys: list[bytes] | None = None) -> None:
         self.app = app
-        self.policy = AuthPolicy(keys, protect_health, protect_metrics)
+        self.policy = AuthPolicy(keys, protect_health, protect_metrics, admin_keys)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or \

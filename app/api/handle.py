@@ -18,7 +18,7 @@ from typing import Protocol
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.guards import AuthPolicy, body_too_big
 from app.api.observability import request_id, request_id_for
@@ -29,6 +29,7 @@ from app.core.tracing import RequestTrace, current_trace
 
 log = logging.getLogger(__name__)
 JSON = b"application/json"
+VERSION_HEADER = "X-Model-Version"  # on every answer: the version of the model that answered
 
 
 class Wire(Protocol):
@@ -93,7 +94,8 @@ async def _hold_refusal(service: Service) -> None:
 
 
 def _queue_full(service: Service, task: str) -> bool:
-    route = service.routes.get(task)
+    choice = service.catalog.get(task)  # every version of a model takes the same route
+    route = None if choice is None else service.routes.get(choice.default)
     if route is None or not route.single_pool:  # the dispatcher decides (it may spill)
         return False
     batcher = service.batchers.get(route.pool)
@@ -119,7 +121,7 @@ async def handle(service: Service, wire: Wire, task: str, version: str | None, p
         log.exception("classify %s failed", task)
         reply = Reply(500, JSON, wire.error(500, f"internal error ({type(exc).__name__}); see "
                                                  "the server log"))
-    record(service, task, reply.status, started)
+    record(service, task, reply.status, started, reply.headers.get(VERSION_HEADER, ""))
     if trace is not None:
         _end_trace(trace, reply.status)
         current_trace.reset(token)  # type: ignore[arg-type]
@@ -168,11 +170,15 @@ class HotRoutes:
                                settings.auth.protect_metrics)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.service.draining and scope["type"] == "http":
+            send = _closing(send)
         if scope["type"] == "http" and scope["method"] == "POST":
             path = scope["path"]
             for wire in self.wires:
                 found = wire.task_of(path)
                 if found is not None:
+                    if found[1] is None and scope["query_string"]:
+                        found = (found[0], query_version(scope["query_string"]))
                     await self._serve(wire, found, path, scope, receive, send)
                     return
         await self.app(scope, receive, send)
@@ -190,12 +196,36 @@ class HotRoutes:
             request_id.reset(token)
 
 
+def _closing(send: Send) -> Send:
+    """`send` that adds `Connection: close` to the response (the server is draining: the client
+    should not send its next request on this connection)."""
+
+    async def closing(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []),
+                                               (b"connection", b"close")]}
+        await send(message)
+
+    return closing
+
+
+def query_version(query: bytes) -> str | None:
+    """`version` from a query string (/v1/classify/{name}?version=2)."""
+    for part in query.split(b"&"):
+        name, _, value = part.partition(b"=")
+        if name == b"version" and value:
+            return value.decode("latin-1")
+    return None
+
+
 async def handle_request(service: Service, wire: Wire, task: str, version: str | None,
                          request: Request) -> Response:
     """The same handler behind a FastAPI route (the OpenAPI document's classify operations)."""
     settings = service.settings
     auth = AuthPolicy(settings.auth.keys(), settings.auth.protect_health,
                       settings.auth.protect_metrics)
+    if version is None:
+        version = query_version(request.scope["query_string"])
     reply = await handle(service, wire, task, version, request.url.path,
                          dict(request.scope["headers"]), request.receive, auth)
     return Response(reply.body, reply.status, reply.headers, reply.content_type.decode())

@@ -44,7 +44,9 @@ class Prediction(BaseModel):
 
 
 class ClassifyResponse(BaseModel):
-    task: str
+    task: str = Field(description="the model's name")
+    version: str = Field(description="the version of the model that answered (also in the "
+                         "X-Model-Version header)")
     variant: str = Field(description="the artifact variant that answered (cpu-int8, gpu-fp16, "
                          "...), or `mixed` when inputs ran on different pools (a hybrid task's "
                          "short and long inputs, or rows spilled from a busy or down GPU pool); "

@@ -14,9 +14,10 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
+from app.api.handle import VERSION_HEADER
 from app.api.schemas import ClassifyRequest, error_payload
 from app.core.answers import ScoreOptions, predicted, ranked, score_options
-from app.core.inference import Classified, classify, deadline_for, task_model
+from app.core.inference import Classified, classify, deadline_for, resolve
 from app.core.inputs import ClientError
 from app.core.service import Service
 
@@ -95,12 +96,12 @@ class V1:
         deadline = deadline_for(service, started, None if timeout is None
                                 else timeout.decode("latin-1"))
         request = parse_body(body, headers.get(b"content-type"))
-        options = score_options(task_model(service, task).manifest, request.threshold,
-                                request.top_k)
-        result = await classify(service, task, request.inputs, deadline, gone)
-        answer = {"task": task, "variant": result.variant,
+        model = resolve(service, task, version)
+        options = score_options(model.manifest, request.threshold, request.top_k)
+        result = await classify(service, model, request.inputs, deadline, gone)
+        answer = {"task": task, "version": str(result.version), "variant": result.variant,
                   "results": predictions(result, options, request.return_all_scores)}
-        return JSON, orjson.dumps(answer), {}
+        return JSON, orjson.dumps(answer), {VERSION_HEADER: str(result.version)}
 
     @staticmethod
     def error(status: int, message: str) -> bytes:

@@ -21,15 +21,14 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field, ValidationError
 
-from app.api.handle import handle_request
+from app.api.handle import VERSION_HEADER, handle_request
 from app.core.answers import ScoreOptions, ranked, score_options
-from app.core.inference import TIMEOUT_HEADER, Classified, classify, deadline_for, task_model
+from app.core.inference import TIMEOUT_HEADER, Classified, classify, deadline_for, resolve
 from app.core.inputs import ClientError
 from app.core.service import Service
 from contract.artifact import Manifest
 
 SERVER_NAME = "fastformers-serve"
-MODEL_VERSION = "1"
 HEADER_LENGTH = "Inference-Header-Content-Length"
 INPUT_NAMES = ("text", "text_pair")
 OUTPUT_NAMES = ("label", "score", "probabilities", "logits")
@@ -309,25 +308,28 @@ def _encode_response(task: str, request: InferenceRequest, result: Classified,
         else:
             entry["data"] = _json_values(datatype, values)
         outputs.append(entry)
-    body: dict[str, Any] = {"model_name": task, "model_version": MODEL_VERSION, "outputs": outputs}
+    version = str(result.version)
+    body: dict[str, Any] = {"model_name": task, "model_version": version, "outputs": outputs}
     if request.id is not None:
         body["id"] = request.id
     header = orjson.dumps(body)
     if not tail:
-        return b"application/json", header, {}
-    return b"application/octet-stream", header + b"".join(tail), {HEADER_LENGTH: str(len(header))}
+        return b"application/json", header, {VERSION_HEADER: version}
+    return b"application/octet-stream", header + b"".join(tail), \
+        {HEADER_LENGTH: str(len(header)), VERSION_HEADER: version}
 
 
 # -- routes -----------------------------------------------------------------------------------
 
-def _model_metadata(service: Service, task: str) -> ModelMetadata:
-    manifest = task_model(service, task).manifest
+def _model_metadata(service: Service, task: str, version: str | None) -> ModelMetadata:
+    manifest = resolve(service, task, version or None).manifest
     labels = len(manifest.labels)
     inputs = [TensorMetadata(name="text", datatype="BYTES", shape=[-1])]
     if manifest.input_kind == "pair":
         inputs.append(TensorMetadata(name="text_pair", datatype="BYTES", shape=[-1]))
     return ModelMetadata(
-        name=task, versions=[MODEL_VERSION], platform="onnxruntime_onnx", inputs=inputs,
+        name=task, versions=list(service.catalog[task].keys), platform="onnxruntime_onnx",
+        inputs=inputs,
         outputs=[TensorMetadata(name="label", datatype="BYTES", shape=[-1]),
                  TensorMetadata(name="score", datatype="FP32", shape=[-1]),
                  TensorMetadata(name="probabilities", datatype="FP32", shape=[-1, labels]),
@@ -345,12 +347,6 @@ def _optional_outputs(service: Service, manifest: Manifest) -> list[TensorMetada
     if service.settings.limits.truncation == "chunk":
         extra.append(TensorMetadata(name=CHUNKS_OUTPUT, datatype="INT32", shape=[-1]))
     return extra
-
-
-def _check_version(version: str | None) -> None:
-    if version not in (None, "", MODEL_VERSION):
-        raise ClientError(404, f"model version {version!r} does not exist; the only version is "
-                               f"{MODEL_VERSION!r}")
 
 
 _REQUEST_SCHEMA = InferenceRequest.model_json_schema(ref_template="#/components/schemas/{model}")
@@ -404,8 +400,8 @@ def _header(headers: dict[bytes, bytes], name: str) -> str | None:
 async def _infer(service: Service, task: str, model_version: str | None, body: bytes,
                  headers: dict[bytes, bytes], started: float,
                  gone: asyncio.Future[None] | None) -> tuple[bytes, bytes, dict[str, str]]:
-    _check_version(model_version)
-    manifest = task_model(service, task).manifest
+    model = resolve(service, task, model_version or None)
+    manifest = model.manifest
     header, tail = _split_body(body, _header(headers, HEADER_LENGTH))
     parsed = _parse_request(header)
     options = _score_options(manifest, parsed)
@@ -414,7 +410,7 @@ async def _infer(service: Service, task: str, model_version: str | None, body: b
     wanted = _requested(parsed, available_outputs(manifest, chunking, options.top_k is not None))
     deadline = deadline_for(service, started, _header(headers, TIMEOUT_HEADER),
                             _protocol_timeout(parsed))
-    result = await classify(service, task, _raw_inputs(parsed, tail, manifest.input_kind),
+    result = await classify(service, model, _raw_inputs(parsed, tail, manifest.input_kind),
                             deadline, gone)
     return _encode_response(task, parsed, result, options, wanted)
 
@@ -452,18 +448,16 @@ def build_router(service: Service, version: str) -> APIRouter:
 
     async def metadata(task: str, model_version: str | None = None) -> ModelMetadata | JSONResponse:
         try:
-            _check_version(model_version)
-            return _model_metadata(service, task)
+            return _model_metadata(service, task, model_version)
         except ClientError as exc:
             return _error(exc.status, exc.message)
 
     async def model_ready(task: str, model_version: str | None = None) -> JSONResponse:
         try:
-            _check_version(model_version)
-            name = task_model(service, task).task
+            key = resolve(service, task, model_version or None).key
         except ClientError as exc:
             return _error(exc.status, exc.message)
-        if service.task_ready(name):
+        if service.task_ready(key):
             return JSONResponse({"name": task, "ready": True})
         return _error(503, f"model {task!r} is not ready")
 

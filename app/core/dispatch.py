@@ -78,7 +78,8 @@ class Dispatcher:
             if reason is not None:
                 moved = placed.pop(pool)
                 placed.setdefault(route.spill_pool, []).extend(moved)
-                self._count(route.task, pool, route.spill_pool, reason, len(moved))
+                self._count(route.name or route.task, pool, route.spill_pool, reason,
+                            len(moved))
         return placed
 
     def _trouble(self, pool: PoolName, rows: int) -> str | None:
@@ -109,7 +110,7 @@ class Dispatcher:
                     log.warning("pool %s is down: %d waiting %s rows move to the %s pool", pool,
                                 len(rows), task, route.spill_pool)
                     self.batchers[route.spill_pool].adopt(rows)
-                    self._count(task, pool, route.spill_pool, "down", len(rows))
+                    self._count(route.name or task, pool, route.spill_pool, "down", len(rows))
 
     def start(self, interval: float = 0.05) -> None:
         """Watch for pools going down (a crashed GPU worker) while rows wait for them."""

@@ -74,7 +74,8 @@ class DeadlinePassed(Exception):
 class Classified:
     """Scores of a request's inputs, in input order (a chunked input's windows folded)."""
 
-    task: str
+    task: str  # the model's name
+    version: int  # the version that answered
     variant: str  # the variant that answered every input, or MIXED
     labels: list[str]
     problem_type: ProblemType
@@ -91,22 +92,31 @@ class Classified:
                 for n, i in enumerate(indices)]
 
 
-def task_model(service: Service, task: str) -> TaskModel:
-    """The task's model, or a 404 naming the tasks this server has."""
-    model = service.models.get(task)
-    if model is None and task in service.unavailable:
-        raise ClientError(503, f"task {task!r} is unavailable: its artifact failed to load "
-                               f"({service.unavailable[task]})")
-    if model is None:
-        raise ClientError(404, f"unknown task {task!r}; this server has: "
-                               f"{', '.join(sorted(service.models))}")
-    return model
+def resolve(service: Service, name: str, version: str | None = None) -> TaskModel:
+    """The version of model `name` that answers this request (the one named, else the default
+    or a canary draw), or a 404 / 503 saying why none can."""
+    choice = service.catalog.get(name)
+    if choice is None:
+        if name in service.unavailable:
+            raise ClientError(503, f"model {name!r} is unavailable: its artifact failed to load "
+                                   f"({service.unavailable[name]})")
+        if name in service.states:
+            raise ClientError(503, f"model {name!r} has no version loaded; load one with POST "
+                                   f"/v2/repository/models/{name}/load")
+        raise ClientError(404, f"unknown model {name!r}; this server has: "
+                               f"{', '.join(sorted(service.catalog))}")
+    key = choice.pick(version)
+    if key is None:
+        raise ClientError(404, f"model {name!r} has no version {version!r} loaded; it serves "
+                               f"version(s) {', '.join(choice.keys)}")
+    return service.models[key]
 
 
-async def classify(service: Service, task: str, raw_inputs: list[Any],
+async def classify(service: Service, model: TaskModel, raw_inputs: list[Any],
                    deadline: float | None = None,
                    gone: asyncio.Future[None] | None = None) -> Classified:
-    """Validate and classify texts or [text, text] pairs; raises ClientError with the status.
+    """Validate and classify texts or [text, text] pairs with one version of a model (see
+    `resolve`); raises ClientError with the status.
 
     One timer per request: at `deadline` (perf_counter time, default: now +
     limits.request_timeout_s) the request's future fails, even while its batch runs, and its rows
@@ -115,19 +125,26 @@ async def classify(service: Service, task: str, raw_inputs: list[Any],
     """
     trace = current_trace.get() if service.tracing is not None else None
     began = time.perf_counter()
-    model = task_model(service, task)
+    task = model.served_name
+    key = model.key
     manifest = model.manifest
     inputs = parse_inputs(raw_inputs, manifest.input_kind, task, service.settings.limits)
     if service.settings.log_payloads:
         log.debug("payload for %s", task, extra={"task": task, "inputs": inputs})
     rows, counts = _rows(service, model, inputs)
-    route = service.routes[task]
+    route = service.routes[key]
     if deadline is None:
         deadline = time.perf_counter() + service.settings.limits.request_timeout_s
     if trace is not None:
         trace.child("validate", began, time.perf_counter(),
                     {"ffs.inputs": len(inputs), "ffs.rows": len(rows)})
-    scored = await _scored_rows(service, task, rows, counts, deadline, gone, trace is not None)
+    # Counted from here: an unload of this version waits until its requests are answered.
+    service.in_flight[key] = service.in_flight.get(key, 0) + 1
+    try:
+        scored = await _scored_rows(service, key, task, rows, counts, deadline, gone,
+                                    trace is not None)
+    finally:
+        service.in_flight[key] -= 1
     if trace is not None:
         trace.answered = time.perf_counter()
         if scored.batches:
@@ -138,13 +155,15 @@ async def classify(service: Service, task: str, raw_inputs: list[Any],
     if counts is None:
         truncated = [row.truncated or cut for row, cut in zip(rows, scored.truncated, strict=True)]
         _refuse_truncated(service, model, truncated)
-        return Classified(task=task, variant=variant, labels=manifest.labels,
+        return Classified(task=task, version=model.version, variant=variant,
+                          labels=manifest.labels,
                           problem_type=manifest.problem_type, truncated=truncated, chunks=None,
                           logits=stacked, probabilities=_stacked(scored.scores),
                           variants=variants)
     how = aggregation_for(manifest.problem_type, service.settings.limits.chunk_aggregation)
     folded, scores = fold_windows(stacked, counts, manifest.problem_type, how)
-    return Classified(task=task, variant=variant, labels=manifest.labels,
+    return Classified(task=task, version=model.version, variant=variant,
+                      labels=manifest.labels,
                       problem_type=manifest.problem_type, truncated=[False] * len(counts),
                       chunks=counts, logits=folded, probabilities=scores, variants=variants)
 
@@ -164,9 +183,9 @@ def _answered_by(service: Service, pools: list[str], counts: list[int] | None) \
     return MIXED, ["+".join(names[p] for p in dict.fromkeys(group)) for group in groups]
 
 
-async def _scored_rows(service: Service, task: str, rows: Sequence[Row], counts: list[int] | None,
-                       deadline: float, gone: asyncio.Future[None] | None,
-                       traced: bool = False) -> Pending:
+async def _scored_rows(service: Service, key: str, task: str, rows: Sequence[Row],
+                       counts: list[int] | None, deadline: float,
+                       gone: asyncio.Future[None] | None, traced: bool = False) -> Pending:
     """The rows' logits from the pools' batchers, within the deadline and while the client
     stays."""
     remaining = deadline - time.perf_counter()
@@ -174,7 +193,7 @@ async def _scored_rows(service: Service, task: str, rows: Sequence[Row], counts:
         if remaining <= 0:
             raise DeadlinePassed
         assert service.dispatcher is not None, "the service was not started"
-        answer = service.dispatcher.submit(task, rows, counts, traced)
+        answer = service.dispatcher.submit(key, rows, counts, traced)
         timer = asyncio.get_running_loop().call_later(remaining, _fail, answer, DeadlinePassed)
         if gone is not None:
             gone.add_done_callback(functools.partial(_client_left, answer))
@@ -257,9 +276,10 @@ def _refuse_truncated(service: Service, model: TaskModel, truncated: list[bool])
                                "does not truncate)")
 
 
-def record(service: Service, task: str, status: int, started: float) -> None:
-    """Count a classify request by task and final status, time the successful ones, log it."""
-    known = task if task in service.models else "_unknown"
+def record(service: Service, task: str, status: int, started: float, version: str = "") -> None:
+    """Count a classify request by model, version (when one answered) and final status, time
+    the successful ones, log it."""
+    known = task if task in service.catalog or task in service.states else "_unknown"
     seconds = time.perf_counter() - started
     # Counts and ids only: the input text never reaches the logs (see log_payloads). Refusals
     # (4xx) at debug: under overload they come by the thousand, and logging each one would spend
@@ -267,7 +287,8 @@ def record(service: Service, task: str, status: int, started: float) -> None:
     level = logging.DEBUG if status < 500 else logging.WARNING
     if log.isEnabledFor(level):
         log.log(level, "classify %s -> %d", known, status,
-                extra={"task": known, "status": status, "latency_ms": round(1000 * seconds, 2)})
+                extra={"task": known, "version": version, "status": status,
+                       "latency_ms": round(1000 * seconds, 2)})
     if status == CLIENT_GONE:
         service.metrics.disconnects.labels(known).inc()
-    service.metrics.observe_request(known, status, seconds)
+    service.metrics.observe_request(known, version, status, seconds)

@@ -25,10 +25,11 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("ffs_requests_total", "Classify requests by task and HTTP status",
-                                ["task", "status"], registry=r)
+        # task: the model's name; version: the version that answered ("" when none did).
+        self.requests = Counter("ffs_requests_total", "Classify requests by model, version and "
+                                "HTTP status", ["task", "version", "status"], registry=r)
         self.latency = Histogram("ffs_request_latency_seconds", "Classify latency, end to end",
-                                 ["task"], buckets=LATENCY_BUCKETS, registry=r)
+                                 ["task", "version"], buckets=LATENCY_BUCKETS, registry=r)
         self.queue_wait = Histogram("ffs_queue_wait_seconds", "Time a row waited for its batch",
                                     ["pool"], buckets=LATENCY_BUCKETS, registry=r)
         self.batch_size = Histogram("ffs_batch_size", "Rows per executed batch", ["pool"],
@@ -58,10 +59,15 @@ class Metrics:
         self.spilled_rows = Counter("ffs_rows_spilled_total", "Rows run on another pool than "
                                     "their route's because theirs was down or saturated",
                                     ["task", "from_pool", "to_pool", "reason"], registry=r)
+        self.model_loads = Counter("ffs_model_loads_total", "Model versions loaded or refused at "
+                                   "run time, by model and outcome (loaded, failed)",
+                                   ["task", "outcome"], registry=r)
+        self.version_ready = Gauge("ffs_model_version_ready", "1 while a model version serves",
+                                   ["task", "version"], registry=r, multiprocess_mode="max")
         self.pool_ready = Gauge("ffs_pool_ready", "1 while the pool has a live worker", ["pool"],
                                 registry=r, multiprocess_mode="max")
 
-        self._request_children: dict[tuple[str, int], tuple[Any, Any]] = {}
+        self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self._pool_children: dict[str, tuple[Any, ...]] = {}
 
     def count_dropped(self, pool: str, rows: int) -> None:
@@ -107,12 +113,13 @@ class Metrics:
         for seconds in stats.queue_waits:
             wait.observe(seconds)
 
-    def observe_request(self, task: str, status: int, seconds: float) -> None:
+    def observe_request(self, task: str, version: str, status: int, seconds: float) -> None:
         """One classify request's final status (and its latency when it succeeded)."""
-        children = self._request_children.get((task, status))
+        children = self._request_children.get((task, version, status))
         if children is None:  # labels() takes a lock and builds a key: once per label set
-            children = (self.requests.labels(task, str(status)), self.latency.labels(task))
-            self._request_children[(task, status)] = children
+            children = (self.requests.labels(task, version, str(status)),
+                        self.latency.labels(task, version))
+            self._request_children[(task, version, status)] = children
         children[0].inc()
         if status == 200:
             children[1].observe(seconds)

@@ -1,10 +1,21 @@
-"""The model repository: one artifact folder per task, each checked before anything loads it."""
+"""The model repository: which models and versions it holds, and each artifact checked before
+anything loads it.
+
+Two layouts, side by side in one repository:
+- flat: `<root>/<folder>/manifest.json`, served under the manifest's name (`--name`, default its
+  task) as version 1;
+- versioned (Triton's): `<root>/<name>/<version>/manifest.json` with numeric versions, and an
+  optional `<root>/<name>/config.yaml` (version policy, default version, canary weights).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from tokenizers import Tokenizer
 
 from app.settings import ConfigError
@@ -18,10 +29,17 @@ from contract.artifact import (
 from contract.encoding import load_tokenizer
 from contract.golden import GoldenResult, check_golden
 
+CONFIG_NAME = "config.yaml"
+
+
+def model_key(name: str, version: int) -> str:
+    """How the service's internals (routes, batchers, workers) name one version of a model."""
+    return f"{name}:{version}"
+
 
 @dataclass(frozen=True)
 class TaskModel:
-    """A task's artifact as the server uses it: manifest, tokenizer and verified model files."""
+    """One version of a model as the server uses it: manifest, tokenizer and verified files."""
 
     folder: Path
     manifest: Manifest
@@ -31,21 +49,146 @@ class TaskModel:
     window_tokenizer: Tokenizer | None = None
     # variant -> this CPU's answers on the manifest's golden texts against the build's.
     golden: dict[str, GoldenResult] = field(default_factory=dict)
+    name: str = ""  # served name ("" : the manifest's)
+    version: int = 1
+    generation: int = 0  # > 0: the same version loaded again after its files changed
 
     @property
     def task(self) -> str:
         return self.manifest.task
 
+    @property
+    def served_name(self) -> str:
+        return self.name or self.manifest.served_name
 
-def artifact_folders(root: Path) -> list[Path]:
-    """Folders directly under `root` that hold a manifest; an error if there are none."""
-    folders = sorted(p for p in root.iterdir() if (p / MANIFEST_NAME).is_file())
-    if not folders:
+    @property
+    def key(self) -> str:
+        """How the service's internals name this loaded version."""
+        key = model_key(self.served_name, self.version)
+        return key if not self.generation else f"{key}~{self.generation}"
+
+
+class VersionPolicy(BaseModel):
+    """Which of a model's versions are served (Triton's version_policy): the `latest` N, the
+    `specific` ones listed, or `all`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    latest: int | None = Field(default=None, ge=1)
+    specific: list[int] | None = Field(default=None, min_length=1)
+    all: Literal[True] | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> VersionPolicy:
+        if sum(v is not None for v in (self.latest, self.specific, self.all)) > 1:
+            raise ValueError("give one of latest, specific or all")
+        return self
+
+    def select(self, available: list[int]) -> list[int]:
+        """The versions to serve among `available`."""
+        ordered = sorted(available)
+        if self.all:
+            return ordered
+        if self.specific is not None:
+            return [v for v in ordered if v in self.specific]
+        return ordered[-(self.latest or 1):]
+
+
+class ModelConfig(BaseModel):
+    """`<name>/config.yaml` of a versioned model: what is served and who gets which version."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version_policy: VersionPolicy = Field(default_factory=VersionPolicy)
+    default_version: int | None = Field(
+        default=None, description="answers requests that name no version (default: the highest "
+                                  "served version)")
+    canary: dict[int, float] | None = Field(
+        default=None, description="version -> weight: requests that name no version are split "
+                                  "between these versions, decided per request")
+
+    @model_validator(mode="after")
+    def _weights(self) -> ModelConfig:
+        weights = self.canary
+        if weights is not None and (any(w < 0 for w in weights.values())
+                                    or sum(weights.values()) <= 0):
+            raise ValueError("canary weights must be >= 0 with a positive sum")
+        return self
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One model name in the repository: its version folders (all found, not only served),
+    its config, and why it cannot be served when it cannot."""
+
+    name: str
+    folders: dict[int, Path]
+    config: ModelConfig
+    error: str | None = None
+
+    def served_versions(self) -> list[int]:
+        return self.config.version_policy.select(list(self.folders))
+
+
+def _read_config(folder: Path) -> ModelConfig:
+    path = folder / CONFIG_NAME
+    if not path.is_file():
+        return ModelConfig()
+    try:
+        return ModelConfig.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
+    except (yaml.YAMLError, ValidationError) as exc:
+        raise ArtifactError(f"{path}: {exc}") from None
+
+
+def _versions(folder: Path) -> dict[int, Path]:
+    return {int(p.name): p for p in folder.iterdir()
+            if p.is_dir() and p.name.isdigit() and (p / MANIFEST_NAME).is_file()}
+
+
+def scan_repository(root: Path) -> dict[str, ModelEntry]:
+    """Every model name under `root`, in either layout; a folder that cannot be read becomes an
+    entry with its error (the caller decides whether that stops the server)."""
+    entries: dict[str, ModelEntry] = {}
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        if (folder / MANIFEST_NAME).is_file():
+            _add_flat(entries, folder)
+            continue
+        versions = _versions(folder)
+        if not versions:
+            continue
+        try:
+            config = _read_config(folder)
+        except ArtifactError as exc:
+            entries[folder.name] = ModelEntry(folder.name, versions, ModelConfig(), str(exc))
+            continue
+        if folder.name in entries:
+            _clash(entries, folder.name, entries[folder.name].folders.get(1, root), folder)
+            continue
+        entries[folder.name] = ModelEntry(folder.name, versions, config)
+    if not entries:
         raise ArtifactError(
-            f"model repository {root} has no artifacts (folders with {MANIFEST_NAME}); build one "
-            "with `python -m compress build --task sst2`"
-        )
-    return folders
+            f"model repository {root} has no artifacts (folders with {MANIFEST_NAME}, or "
+            f"<name>/<version>/{MANIFEST_NAME}); build one with `python -m compress build "
+            "--task sst2`")
+    return entries
+
+
+def _add_flat(entries: dict[str, ModelEntry], folder: Path) -> None:
+    try:
+        name = read_manifest(folder).served_name
+    except ArtifactError as exc:
+        entries[folder.name] = ModelEntry(folder.name, {1: folder}, ModelConfig(), str(exc))
+        return
+    if name in entries:
+        _clash(entries, name, entries[name].folders.get(1, folder), folder)
+        return
+    entries[name] = ModelEntry(name, {1: folder}, ModelConfig())
+
+
+def _clash(entries: dict[str, ModelEntry], name: str, first: Path, second: Path) -> None:
+    entries[name] = ModelEntry(name, entries[name].folders, entries[name].config, (
+        f"model {name!r} is in both {first} and {second}; give one another name "
+        "(`compress build/package --name`) or make them versions (<name>/<version>/)"))
 
 
 def check_outputs(path: Path, labels: list[str]) -> None:
@@ -63,7 +206,8 @@ def check_outputs(path: Path, labels: list[str]) -> None:
         )
 
 
-def load_task_model(folder: Path, variants: list[str], stride: int | None = None) -> TaskModel:
+def load_task_model(folder: Path, variants: list[str], stride: int | None = None,
+                    name: str = "", version: int = 1) -> TaskModel:
     """Read an artifact, verify the sha256 of each variant the server will load, and run the
     golden check of each CPU variant (do this CPU's answers match the build's?); with `stride`,
     also prepare the windowing tokenizer of truncation: chunk."""
@@ -85,4 +229,4 @@ def load_task_model(folder: Path, variants: list[str], stride: int | None = None
     golden = {name: result for name, path in files.items()
               if (result := check_golden(folder, manifest, name, path)) is not None}
     return TaskModel(folder=folder, manifest=manifest, tokenizer=tokenizer, files=files,
-                     window_tokenizer=windows, golden=golden)
+                     window_tokenizer=windows, golden=golden, name=name, version=version)

@@ -24,7 +24,7 @@ class Route:
     `long_pool`; rows bound for the GPU go to `spill_pool` while the GPU pool is down or
     saturated."""
 
-    task: str
+    task: str  # the model key (one version of a model) whose rows take this route
     requested_pool: RouteKind
     pool: PoolName  # every row, or a hybrid task's short rows
     variant: str  # what `pool` runs for this task
@@ -32,6 +32,7 @@ class Route:
     long_length: int = 0
     spill_pool: PoolName | None = None
     fallback_reason: str | None = None
+    name: str = ""  # the model's name (what routing settings and metrics name)
 
     @property
     def pools(self) -> tuple[PoolName, ...]:
@@ -65,12 +66,12 @@ def wants_gpu(tasks: list[str], settings: Settings) -> bool:
 
 
 def plan_routes(tasks: list[str], settings: Settings, gpu_problem: str | None) -> dict[str, Route]:
-    """A route per task; `gpu_problem` says why no GPU pool can run (None: it can). Raises
-    ConfigError for routing of unknown tasks or a fallback the settings refuse."""
+    """A route per model name; `gpu_problem` says why no GPU pool can run (None: it can). Raises
+    ConfigError for routing of unknown names or a fallback the settings refuse."""
     unknown = sorted(set(settings.routing) - set(tasks))
     if unknown:
         raise ConfigError(
-            f"routing names task(s) {unknown} that the model repository does not have "
+            f"routing names model(s) {unknown} that the model repository does not have "
             f"(it has: {sorted(tasks)})"
         )
     routes: dict[str, Route] = {}
@@ -83,15 +84,17 @@ def plan_routes(tasks: list[str], settings: Settings, gpu_problem: str | None) -
                     "gpu_fallback: cpu to serve it on CPU instead"
                 )
             log.warning("task %s: routed %s, falling back to cpu: %s", task, wanted, gpu_problem)
-            routes[task] = Route(task, wanted, "cpu", CPU_VARIANT, fallback_reason=gpu_problem)
+            routes[task] = Route(task, wanted, "cpu", CPU_VARIANT, fallback_reason=gpu_problem,
+                                 name=task)
             continue
         spill: PoolName | None = "cpu" if settings.gpu_pool.spill == "cpu" else None
         if wanted == "gpu":
             routes[task] = Route(task, wanted, "gpu", pool_variant("gpu", settings),
-                                 spill_pool=spill)
+                                 spill_pool=spill, name=task)
         elif wanted == "hybrid":
             routes[task] = Route(task, wanted, "cpu", CPU_VARIANT, long_pool="gpu",
-                                 long_length=settings.gpu_pool.min_length, spill_pool=spill)
+                                 long_length=settings.gpu_pool.min_length, spill_pool=spill,
+                                 name=task)
         else:
-            routes[task] = Route(task, wanted, "cpu", CPU_VARIANT)
+            routes[task] = Route(task, wanted, "cpu", CPU_VARIANT, name=task)
     return routes

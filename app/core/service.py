@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 from app.core.batching import Batcher, BatchPolicy, Runner, TaskInputs
+from app.core.catalog import Choice, VersionState, choose
 from app.core.dispatch import Dispatcher
 from app.core.metrics import Metrics
-from app.core.repository import TaskModel, artifact_folders, load_task_model
+from app.core.repository import (
+    ModelConfig,
+    ModelEntry,
+    TaskModel,
+    load_task_model,
+    model_key,
+    scan_repository,
+)
 from app.core.routing import (
     CPU_VARIANT,
     CUDA_PROVIDER,
@@ -26,7 +34,7 @@ from app.core.routing import (
 from app.core.tracing import Tracing, tracing_from_settings
 from app.runtime.workers import ModelFile, WorkerPool, WorkerSpec, cpu_layout
 from app.settings import BatchPolicySettings, ConfigError, GpuPoolSettings, PoolName, Settings
-from contract.artifact import ArtifactError, read_manifest
+from contract.artifact import ArtifactError
 from contract.cpu_quota import usable_cores
 from contract.session import Provider
 
@@ -35,6 +43,9 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Service:
+    """Models, routes and pools keyed by model key (one version of one model: `name:version`);
+    the catalog says which key answers a request for a name."""
+
     settings: Settings
     models: dict[str, TaskModel]
     routes: dict[str, Route]
@@ -48,6 +59,29 @@ class Service:
     shard: Shard = field(default_factory=lambda: Shard())
     dispatcher: Dispatcher | None = None
     tracing: Tracing | None = None  # settings.tracing.enabled (tests put their own exporter)
+    catalog: dict[str, Choice] = field(default_factory=dict)  # name -> who answers
+    configs: dict[str, ModelConfig] = field(default_factory=dict)  # name -> its config.yaml
+    # name -> version -> state, for the repository index (every version found, not only loaded).
+    states: dict[str, dict[int, VersionState]] = field(default_factory=dict)
+    # key -> requests that resolved to it and are not answered yet (an unload waits for 0).
+    in_flight: dict[str, int] = field(default_factory=dict)
+    # name -> version -> key of the versions requests may resolve to.
+    serving: dict[str, dict[int, str]] = field(default_factory=dict)
+
+    def publish(self, name: str) -> list[str]:
+        """Rebuild the name's choice from the versions it serves now; what the config asked
+        for that could not be honoured is returned (and logged)."""
+        choice, problems = choose(self.serving.get(name, {}), self.configs.get(name, ModelConfig()))
+        if choice is None:
+            self.catalog.pop(name, None)
+        else:
+            self.catalog[name] = choice
+        for version in self.states.get(name, {}):
+            self.metrics.version_ready.labels(name, str(version)).set(
+                int(version in self.serving.get(name, {})))
+        for problem in problems:
+            log.warning("model %s: %s", name, problem)
+        return problems
 
     def ready(self) -> bool:
         """Serving: every pool is up, except a pool whose rows can spill to another."""
@@ -56,7 +90,7 @@ class Service:
         return all(pool.ready() or self.can_spill(name) for name, pool in self.pools.items())
 
     def task_ready(self, task: str) -> bool:
-        """The task's rows can run now: each pool it uses is up or can spill."""
+        """The key's rows can run now: each pool it uses is up or can spill."""
         pools = self.routes[task].pools
         return all(p in self.pools and (self.pools[p].ready() or self.can_spill(p))
                    for p in pools)
@@ -70,15 +104,16 @@ class Service:
         """Serve the gpu and hybrid tasks on the CPU pool alone (the GPU pool failed to start
         and gpu_fallback is cpu)."""
         log.error("the GPU pool cannot run: %s; its tasks fall back to the CPU pool", reason)
-        self.routes = plan_routes(sorted(self.models), self.settings, reason)
+        names = sorted({model.served_name for model in self.models.values()})
+        self.routes = routes_by_key(self.models, plan_routes(names, self.settings, reason))
         self.specs = lay_out(self.settings, self.models, self.routes, self.shard)
         self.count_fallbacks()
 
     def count_fallbacks(self) -> None:
         for route in self.routes.values():
             if route.fallback_reason:
-                self.metrics.route_fallback.labels(route.task, route.requested_pool,
-                                                   route.pool).set(1)
+                self.metrics.route_fallback.labels(route.name or route.task,
+                                                   route.requested_pool, route.pool).set(1)
 
 
 # One API process per this many usable cores: one API core answers ~4,000-5,000 requests/s
@@ -194,6 +229,11 @@ def _cpu_specs(settings: Settings, models: dict[str, TaskModel], routes: dict[st
             for i, group in enumerate(layout) if i % shard.count == shard.index]
 
 
+def model_file(settings: Settings, model: TaskModel, pool: PoolName) -> ModelFile:
+    """What a worker of `pool` loads for this model version."""
+    return _model_file(model, pool_variant(pool, settings), _in_workers(settings))
+
+
 def _model_file(model: TaskModel, variant: str, tokenizer: bool) -> ModelFile:
     manifest = model.manifest
     return ModelFile(str(model.files[variant]), tuple(manifest.model_inputs),
@@ -201,7 +241,14 @@ def _model_file(model: TaskModel, variant: str, tokenizer: bool) -> ModelFile:
                      manifest.max_length, manifest.pad_token_id, manifest.problem_type)
 
 
-class _Loader:
+def routes_by_key(models: dict[str, TaskModel], by_name: dict[str, Route]) -> dict[str, Route]:
+    """Each loaded version gets its model's route, under its key."""
+    return {key: dataclasses.replace(by_name[model.served_name], task=key,
+                                     name=model.served_name)
+            for key, model in models.items() if model.served_name in by_name}
+
+
+class Loader:
     """Reads the model repository, keeping or refusing broken artifacts as configured."""
 
     def __init__(self, settings: Settings) -> None:
@@ -211,11 +258,14 @@ class _Loader:
     def failed(self, name: str, error: ArtifactError) -> None:
         if self.settings.artifact_errors == "fail":
             raise error
-        root = str(self.settings.model_repository.resolve())
-        # Paths relative to the repository: error bodies never show the server's file system.
-        reason = str(error).replace(root + "/", "").replace(f"{self.settings.model_repository}/", "")
+        reason = self.relative(str(error))
         log.error("artifact %s is unavailable: %s", name, reason)
         self.unavailable[name] = reason
+
+    def relative(self, message: str) -> str:
+        """Paths relative to the repository: error bodies never show the server's file system."""
+        root = str(self.settings.model_repository.resolve())
+        return message.replace(root + "/", "").replace(f"{self.settings.model_repository}/", "")
 
     def _stride(self) -> int | None:
         limits = self.settings.limits
@@ -229,48 +279,60 @@ class _Loader:
             variants.append(CPU_VARIANT)
         return list(dict.fromkeys(variants))
 
-    def manifests(self) -> dict[str, Path]:
-        found: dict[str, Path] = {}
-        for folder in artifact_folders(self.settings.model_repository):
-            try:
-                task = read_manifest(folder).task
-                if task in found:
-                    raise ArtifactError(f"task {task!r} is in both {found[task]} and {folder}; "
-                                        "keep one artifact per task in the model repository")
-            except ArtifactError as exc:
-                self.failed(folder.name, exc)
+    def entries(self) -> dict[str, ModelEntry]:
+        """Every model name in the repository that can be read (the others are failed)."""
+        found = {}
+        for name, entry in scan_repository(self.settings.model_repository).items():
+            if entry.error is not None:
+                self.failed(name, ArtifactError(entry.error))
                 continue
-            found[task] = folder
+            found[name] = entry
         return found
 
-    def models(self, folders: dict[str, Path], routes: dict[str, Route]) -> dict[str, TaskModel]:
+    def load(self, entry: ModelEntry, version: int, route: Route) -> TaskModel:
+        """Read and check one version (raises ArtifactError); warn about what the checks
+        found that does not stop it."""
+        model = load_task_model(entry.folders[version], self._variants(route), self._stride(),
+                                name=entry.name, version=version)
+        for result in model.golden.values():
+            if not result.matches:
+                log.warning(
+                    "model %s version %d: %s answers differently on this CPU (%s integer "
+                    "kernels) than on the build's (%s): labels agree on %.0f%% of %d golden "
+                    "texts, logits differ by up to %.3g; the served accuracy may differ from "
+                    "the manifest's: rebuild the artifact on this CPU family", entry.name,
+                    version, result.variant, result.here_kernels, result.build_kernels,
+                    100 * result.label_agreement, result.texts, result.max_abs_logit_diff)
+        for variant in self._variants(route):
+            served = model.manifest.variants[variant]
+            if served.batch_invariant is False:
+                log.warning("model %s: %s is not batch-invariant (%s quantization): a text's "
+                            "answer can change with what it is batched with; rebuild with "
+                            "--int8 static", entry.name, variant, served.quantization)
+        return model
+
+    def models(self, entries: dict[str, ModelEntry], routes: dict[str, Route]) \
+            -> tuple[dict[str, TaskModel], dict[str, dict[int, VersionState]]]:
+        """Every version the policies select, loaded and checked, by key; and each version's
+        state."""
         loaded: dict[str, TaskModel] = {}
-        for task, folder in folders.items():
-            variants = self._variants(routes[task])
-            try:
-                loaded[task] = load_task_model(folder, variants, self._stride())
-            except ArtifactError as exc:
-                self.failed(task, exc)
-                continue
-            for result in loaded[task].golden.values():
-                if not result.matches:
-                    log.warning(
-                        "task %s: %s answers differently on this CPU (%s integer kernels) than "
-                        "on the build's (%s): labels agree on %.0f%% of %d golden texts, logits "
-                        "differ by up to %.3g; the served accuracy may differ from the "
-                        "manifest's: rebuild the artifact on this CPU family", task,
-                        result.variant, result.here_kernels, result.build_kernels,
-                        100 * result.label_agreement, result.texts, result.max_abs_logit_diff)
-            for variant in variants:
-                served = loaded[task].manifest.variants[variant]
-                if served.batch_invariant is False:
-                    log.warning("task %s: %s is not batch-invariant (%s quantization): a text's "
-                                "answer can change with what it is batched with; rebuild with "
-                                "--int8 static", task, variant, served.quantization)
+        states: dict[str, dict[int, VersionState]] = {}
+        for name, entry in entries.items():
+            served = entry.served_versions()
+            states[name] = {v: VersionState("UNAVAILABLE", "not selected by the version policy")
+                            for v in entry.folders if v not in served}
+            for version in served:
+                try:
+                    loaded[model_key(name, version)] = self.load(entry, version, routes[name])
+                except ArtifactError as exc:
+                    self.failed(name if len(served) == 1 else model_key(name, version), exc)
+                    states[name][version] = VersionState("UNAVAILABLE", str(exc))
+                    continue
+                states[name][version] = VersionState("READY")
         if not loaded:
             raise ArtifactError("no artifact could be loaded: " + "; ".join(
                 f"{name}: {why}" for name, why in self.unavailable.items()))
-        return loaded
+        return loaded, states
 
 
 def prepare_service(settings: Settings, shard: Shard | None = None) -> Service:
@@ -280,17 +342,23 @@ def prepare_service(settings: Settings, shard: Shard | None = None) -> Service:
     this is the first; the tier's other processes pass their own)."""
     if shard is None:
         shard = Shard(0, api_process_count(settings))
-    loader = _Loader(settings)
-    folders = loader.manifests()
-    tasks = sorted(folders)
-    gpu_problem = gpu_unavailable_reason(settings) if wants_gpu(tasks, settings) else None
-    all_routes = plan_routes(tasks, settings, gpu_problem)
-    models = loader.models(folders, all_routes)
-    routes = {task: route for task, route in all_routes.items() if task in models}
+    loader = Loader(settings)
+    entries = loader.entries()
+    names = sorted(entries)
+    gpu_problem = gpu_unavailable_reason(settings) if wants_gpu(names, settings) else None
+    by_name = plan_routes(names, settings, gpu_problem)
+    models, states = loader.models(entries, by_name)
+    routes = routes_by_key(models, by_name)
     service = Service(settings=settings, models=models, routes=routes,
                       specs=lay_out(settings, models, routes, shard),
                       unavailable=loader.unavailable, shard=shard,
-                      tracing=tracing_from_settings(settings.tracing))
+                      tracing=tracing_from_settings(settings.tracing),
+                      configs={name: entry.config for name, entry in entries.items()},
+                      states=states)
+    for key, model in models.items():
+        service.serving.setdefault(model.served_name, {})[model.version] = key
+    for name in names:
+        service.publish(name)
     service.count_fallbacks()
     return service
 
@@ -306,6 +374,10 @@ class Pool(Runner, Protocol):
     def ready(self) -> bool: ...
 
     def describe(self) -> list[dict[str, Any]]: ...
+
+    async def load(self, key: str, model: ModelFile) -> None: ...
+
+    async def unload(self, key: str) -> None: ...
 
     def stop(self) -> None: ...
 
@@ -360,8 +432,8 @@ async def start_service(service: Service, make_pool: PoolFactory = worker_pool) 
         batcher.traced = service.tracing is not None
         batcher.start()
         service.batchers[name] = batcher
-        service.metrics.start_series(name, sorted(tasks), {
-            task: (name, route.spill_pool) for task, route in service.routes.items()
+        service.metrics.start_series(name, sorted({service.routes[t].name for t in tasks}), {
+            route.name: (name, route.spill_pool) for route in service.routes.values()
             if route.spill_pool is not None and route.spill_pool != name and name in route.pools})
         log.info("pool %s: %d workers serving %s", name, len(service.specs[name]),
                  sorted(tasks))

@@ -12,7 +12,14 @@ either side reads whole frames from a stream socket.
             row: 1 where the worker's tokenizer truncated the text
     error   <I length> <B ERROR> then a UTF-8 message (the model refused the batch)
     ready   <I length> <B READY> then JSON {"pid", "cores"} (once, at start-up)
-    failed  <I length> <B FAILED> then a UTF-8 message (the worker could not start)
+    failed  <I length> <B FAILED> then a UTF-8 message (the worker could not start, or could
+            not load a model)
+    load    <I length> <B LOAD> <B slot> then JSON of the model's file (a version loaded at run
+            time; answered by ready, or failed)
+    unload  <I length> <B UNLOAD> <B slot> (answered by ready)
+
+Load and unload are rare control frames (a model version swapped at run time); JSON there costs
+nothing that matters.
 """
 
 from __future__ import annotations
@@ -21,16 +28,18 @@ import json
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-BATCH, LOGITS, ERROR, READY, FAILED, TEXTS = 1, 2, 3, 4, 5, 6
+BATCH, LOGITS, ERROR, READY, FAILED, TEXTS, LOAD, UNLOAD = 1, 2, 3, 4, 5, 6, 7, 8
 LENGTH = struct.Struct("<I")
 BATCH_HEADER = struct.Struct("<BBHHB")
 LOGITS_HEADER = struct.Struct("<BHHd")
 TEXTS_HEADER = struct.Struct("<BBHB")
 TEXT_LENGTH = struct.Struct("<I")
 KIND = struct.Struct("<B")
+CONTROL_HEADER = struct.Struct("<BB")
 
 
 class FrameError(Exception):
@@ -47,6 +56,17 @@ class Batch:
 class Texts:
     task: int
     texts: list[str | tuple[str, str]]
+
+
+@dataclass(frozen=True)
+class Load:
+    slot: int
+    model: dict[str, Any]  # the fields of a ModelFile
+
+
+@dataclass(frozen=True)
+class Unload:
+    slot: int
 
 
 @dataclass(frozen=True)
@@ -110,10 +130,25 @@ def ready_frame(pid: int, cores: list[int]) -> bytes:
     return _framed(KIND.pack(READY) + json.dumps({"pid": pid, "cores": cores}).encode())
 
 
-def parse_work(body: memoryview) -> Batch | Texts:
-    """A frame the API process sends a worker: padded feeds, or texts to tokenize."""
+def load_frame(slot: int, model: dict[str, Any]) -> bytes:
+    """Load a model into `slot` of the worker (a slot is what batch and texts frames name)."""
+    return _framed(CONTROL_HEADER.pack(LOAD, slot) + json.dumps(model).encode())
+
+
+def unload_frame(slot: int) -> bytes:
+    return _framed(CONTROL_HEADER.pack(UNLOAD, slot))
+
+
+def parse_work(body: memoryview) -> Batch | Texts | Load | Unload:
+    """A frame the API process sends a worker: padded feeds, texts to tokenize, or a load or
+    unload of a model."""
     if body[0] == TEXTS:
         return _parse_texts(body)
+    if body[0] in (LOAD, UNLOAD):
+        kind, slot = CONTROL_HEADER.unpack_from(body)
+        if kind == UNLOAD:
+            return Unload(slot)
+        return Load(slot, json.loads(bytes(body[CONTROL_HEADER.size:])))
     kind, task, rows, width, count = BATCH_HEADER.unpack_from(body)
     if kind != BATCH:
         raise FrameError(f"expected a batch frame, got kind {kind}")

@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import logging
 import multiprocessing as mp
 import os
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,8 @@ log = logging.getLogger(__name__)
 CRASH_BURST = 3
 CRASH_WINDOW_S = 30.0
 CRASH_BACKOFF_MAX_S = 30.0
+# Batch and texts frames name a model by one byte.
+MAX_SLOTS = 256
 
 
 class RetryableError(Exception):
@@ -73,9 +76,17 @@ class WorkerSpec:
     # After a batch, keep polling the socket this long before blocking: a worker that sleeps in
     # the kernel wakes slowly on these VMs (measured in docs/benchmarks.md); 0 = block at once.
     spin_s: float = 0.0
+    # The slot each model has in the worker, in `models` order (None: 0, 1, ...): the number a
+    # batch frame names. A pool keeps slots stable while models are loaded and unloaded.
+    slots: tuple[int, ...] | None = None
 
-    def task_index(self, task: str) -> int:
-        return list(self.models).index(task)
+    def slot_numbers(self) -> tuple[int, ...]:
+        return self.slots if self.slots is not None else tuple(range(len(self.models)))
+
+    def loaded(self) -> dict[str, tuple[int, ModelFile]]:
+        """Model by key, with its slot."""
+        return {key: (slot, model) for (key, model), slot
+                in zip(self.models.items(), self.slot_numbers(), strict=True)}
 
 
 def cpu_layout(cores: Sequence[int], workers: int | None, threads: int) -> list[tuple[int, ...]]:
@@ -158,7 +169,8 @@ def worker_main(spec: WorkerSpec, sock: socket.socket) -> None:
     """Entry point of a worker process: pin, load, then serve batches until the socket closes."""
     try:
         os.sched_setaffinity(0, spec.cores)
-        models = [_Model(m, spec) for m in spec.models.values()]
+        models = {slot: _Model(m, spec) for slot, m
+                  in zip(spec.slot_numbers(), spec.models.values(), strict=True)}
     except Exception as exc:  # report any start-up failure to the parent instead of dying silently
         sock.sendall(frames.message_frame(frames.FAILED, f"{type(exc).__name__}: {exc}"))
         return
@@ -174,6 +186,10 @@ def worker_main(spec: WorkerSpec, sock: socket.socket) -> None:
         started = time.perf_counter()
         try:
             work = frames.parse_work(body)
+            if isinstance(work, frames.Load | frames.Unload):
+                reply = _control(work, models, spec)
+                sock.sendall(reply)
+                continue
             model = models[work.task]
             logits, truncated = model.run(work)
             scores = probabilities(logits, model.file.problem_type)
@@ -184,6 +200,21 @@ def worker_main(spec: WorkerSpec, sock: socket.socket) -> None:
             sock.sendall(reply)
         except OSError:
             return
+
+
+def _control(work: frames.Load | frames.Unload, models: dict[int, _Model],
+             spec: WorkerSpec) -> bytes:
+    """Load or unload one model between batches; a load that fails leaves the others as they
+    were and says why."""
+    if isinstance(work, frames.Unload):
+        models.pop(work.slot, None)
+    else:
+        fields = {**work.model, "input_names": tuple(work.model["input_names"])}
+        try:
+            models[work.slot] = _Model(ModelFile(**fields), spec)
+        except Exception as exc:
+            return frames.message_frame(frames.FAILED, f"{type(exc).__name__}: {exc}")
+    return frames.ready_frame(os.getpid(), sorted(os.sched_getaffinity(0)))
 
 
 class _Channel(asyncio.Protocol):
@@ -237,6 +268,10 @@ class Worker:
     pid: int | None = None
     cores: list[int] = field(default_factory=list)
     retired: bool = False  # dead and replaced (or being replaced): never hand it a batch again
+    # What the process has loaded now: key -> (slot, file); starts as the spec's models.
+    loaded: dict[str, tuple[int, ModelFile]] = field(default_factory=dict)
+    # One frame in flight per worker: a batch and a load sent at once would mix their replies.
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _channel: _Channel | None = None
     _sock: socket.socket | None = None
 
@@ -246,6 +281,7 @@ class Worker:
 
     def start(self) -> None:
         """Spawn the process; `wait_ready` then connects to it and waits for its models."""
+        self.loaded = self.spec.loaded()
         ctx = mp.get_context("spawn")  # fork is unsafe in a process that already runs threads
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self.process = ctx.Process(
@@ -277,23 +313,41 @@ class Worker:
     async def run(self, task: str, work: dict[str, np.ndarray] | Sequence[TextInput]) \
             -> frames.Logits:
         """Logits of one batch: padded feeds by input name, or texts the worker tokenizes."""
-        if self._channel is None or self.retired:
-            raise WorkerCrashed(f"worker {self.spec.index} (pid {self.pid}) was replaced")
-        index = self.spec.task_index(task)
+        index, model = self.loaded[task]
         if isinstance(work, dict):
-            names = self.spec.models[task].input_names
-            frame = frames.batch_frame(index, [work[n] for n in names])
+            frame = frames.batch_frame(index, [work[n] for n in model.input_names])
         else:
             frame = frames.texts_frame(index, work)
-        try:
-            reply = await self._channel.send(frame)
-        except ConnectionError as exc:
-            raise WorkerCrashed(f"worker {self.spec.index} (pid {self.pid}) died") from exc
-        if isinstance(reply, frames.Failure):
-            raise WorkerError(f"worker {self.spec.index} failed the batch: {reply.message}")
+        reply = await self._exchange(frame, "failed the batch: ")
         if not isinstance(reply, frames.Logits):
             raise WorkerError(f"worker {self.spec.index} answered a batch with {reply}")
         return reply
+
+    async def _exchange(self, frame: bytes, failed: str) -> frames.Logits | frames.Ready:
+        """Send one frame and read its reply, one frame at a time per worker; a Failure reply
+        raises WorkerError (`failed` + its message)."""
+        if self._channel is None or self.retired:
+            raise WorkerCrashed(f"worker {self.spec.index} (pid {self.pid}) was replaced")
+        try:
+            async with self._lock:
+                reply = await self._channel.send(frame)
+        except ConnectionError as exc:
+            raise WorkerCrashed(f"worker {self.spec.index} (pid {self.pid}) died") from exc
+        if isinstance(reply, frames.Failure):
+            raise WorkerError(f"worker {self.spec.index} {failed}{reply.message}")
+        return reply
+
+    async def control(self, frame: bytes) -> None:
+        """Send a load or unload frame, between two batches of this worker."""
+        await self._exchange(frame, "refused: ")
+
+    async def load(self, key: str, slot: int, model: ModelFile) -> None:
+        await self.control(frames.load_frame(slot, dataclasses.asdict(model)))
+        self.loaded[key] = (slot, model)
+
+    async def unload(self, key: str) -> None:
+        slot, _ = self.loaded.pop(key)
+        await self.control(frames.unload_frame(slot))
 
     def alive(self) -> bool:
         return self.process is not None and self.process.is_alive() and \
@@ -338,6 +392,10 @@ class WorkerPool:
     ) -> None:
         self.name = name
         self.workers = [Worker(spec, self._lost) for spec in specs]
+        # What every worker serves now (a restarted worker starts with it): key -> file, slot.
+        self.models: dict[str, ModelFile] = dict(specs[0].models) if specs else {}
+        self.slots: dict[str, int] = dict(zip(self.models, specs[0].slot_numbers(),
+                                              strict=True)) if specs else {}
         self.start_timeout = start_timeout
         self.restarts = 0
         self._on_restart = on_restart
@@ -388,6 +446,55 @@ class WorkerPool:
                   work: dict[str, np.ndarray] | Sequence[TextInput]) -> frames.Logits:
         return await worker.run(task, work)
 
+    async def load(self, key: str, model: ModelFile) -> None:
+        """Load a model into every worker, one worker at a time between its batches (the others
+        keep serving). If a worker refuses it, the others unload it again and the error is
+        raised: the pool then serves exactly what it served before."""
+        used = set(self.slots.values())
+        free = next((slot for slot in range(MAX_SLOTS) if slot not in used), None)
+        if free is None:
+            raise WorkerError(f"a worker holds at most {MAX_SLOTS} models")
+        self.slots[key], self.models[key] = free, model
+        try:
+            await self._each_worker(lambda w: w.load(key, free, model),
+                                    lambda w: key in w.loaded)
+        except WorkerError:
+            await self.unload(key)
+            raise
+
+    async def unload(self, key: str) -> None:
+        """Unload a model from every worker (no batch of it may be waiting or running)."""
+        self.models.pop(key, None)
+
+        async def unload(worker: Worker) -> None:
+            with contextlib.suppress(WorkerCrashed):  # it restarts without the model
+                await worker.unload(key)
+
+        await self._each_worker(unload, lambda w: key not in w.loaded)
+        self.slots.pop(key, None)
+
+    async def _each_worker(self, act: Callable[[Worker], Awaitable[None]],
+                           done: Callable[[Worker], bool]) -> None:
+        """Run `act` on each live worker that is not `done`, one after the other (a batch for
+        that worker waits for it; the others serve). A worker that restarts meanwhile starts
+        with the pool's models."""
+        for worker in list(self.workers):
+            if self.usable(worker) and worker.pid is not None and not done(worker):
+                await act(worker)
+
+    async def _sync(self, worker: Worker) -> None:
+        """Bring a (re)started worker to what the pool serves now (a load or unload may have
+        happened while it started)."""
+        for key in [k for k in worker.loaded if k not in self.models]:
+            await worker.unload(key)
+        for key, model in self.models.items():
+            if key not in worker.loaded:
+                await worker.load(key, self.slots[key], model)
+
+    def _spec_now(self, spec: WorkerSpec) -> WorkerSpec:
+        return dataclasses.replace(spec, models=dict(self.models),
+                                   slots=tuple(self.slots[key] for key in self.models))
+
     def _lost(self, worker: Worker) -> None:
         """A worker's socket closed: it died (or is stopping); replace it unless it was retired."""
         if worker.pid is not None and not worker.retired and self._monitor is not None \
@@ -423,7 +530,7 @@ class WorkerPool:
         await asyncio.sleep(self._crash_backoff(dead.spec.index))
         delay = 0.5
         while True:
-            fresh = Worker(dead.spec, self._lost)
+            fresh = Worker(self._spec_now(dead.spec), self._lost)
             self.workers[index] = fresh
             self.restarts += 1
             if self._on_restart is not None:
@@ -431,6 +538,7 @@ class WorkerPool:
             fresh.start()
             try:
                 await fresh.wait_ready(self.start_timeout)
+                await self._sync(fresh)
             except WorkerError:
                 log.exception("pool %s: restart of worker %d failed; retrying in %.1f s",
                               self.name, dead.spec.index, delay)

@@ -1,0 +1,279 @@
+"""Model lifecycle under load, against the real server: version swaps, a failed load, and SIGTERM
+under keep-alive clients.
+
+    python -m bench.lifecycle --artifact models/sst2 [--clients 16] [--sigterm-runs 5]
+
+Builds a versioned repository from one artifact (`<name>/1`, `/2`, `/3`: copies, told apart by the
+version each answer names), starts the server on it and drives closed-loop load from `clients`
+keep-alive clients while it loads version 2, loads version 3, rolls back to version 2 and is asked
+to load a version whose model file has a flipped byte. Then it starts a fresh server `sigterm_runs`
+times and sends SIGTERM under the same load. Per phase it prints requests, non-2xx, lost (sent and
+never answered: the connection closed under the request) and refused (never sent: the listener
+was closed), and for the swaps how long after the load call returned the last answer of an old
+version came. Traffic goes to 127.0.0.1 only, and every phase stops by itself.
+
+The tests run the same scenarios, shorter (tests/test_model_lifecycle.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import yaml
+
+from bench import serving
+from contract.artifact import read_manifest
+
+TEXTS = ["a gripping, funny and moving film", "dull and far too long", "it was fine",
+         "the acting is wonderful but the plot is weak"]
+# The connection closed (or was reset) after the request was sent: the request is lost.
+LOST = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, aiohttp.ClientPayloadError)
+
+
+@dataclass(frozen=True)
+class Answer:
+    sent: float  # monotonic seconds
+    received: float
+    status: int | None  # None: no answer
+    version: str | None
+    error: str | None = None  # the exception's class when there was no answer
+    lost: bool = False
+
+
+@dataclass
+class Tally:
+    answers: list[Answer] = field(default_factory=list)
+
+    def between(self, start: float, end: float) -> list[Answer]:
+        return [a for a in self.answers if start <= a.received < end]
+
+    @staticmethod
+    def summary(answers: list[Answer]) -> dict[str, int]:
+        return {"requests": len(answers),
+                "non_2xx": sum(a.status is not None and not 200 <= a.status < 300
+                               for a in answers),
+                "lost": sum(a.lost for a in answers),
+                "refused": sum(a.status is None and not a.lost for a in answers)}
+
+
+async def _client(session: aiohttp.ClientSession, url: str, index: int, stop: asyncio.Event,
+                  tally: Tally) -> None:
+    body = {"inputs": [TEXTS[index % len(TEXTS)]]}
+    while not stop.is_set():
+        sent = time.monotonic()
+        try:
+            async with session.post(url, json=body) as response:
+                payload = await response.read()
+                version = response.headers.get("X-Model-Version")
+                if version is None and response.status == 200:
+                    version = str(json.loads(payload).get("version"))
+                tally.answers.append(Answer(sent, time.monotonic(), response.status, version))
+        except aiohttp.ClientConnectorError as exc:  # connect refused: never sent
+            tally.answers.append(Answer(sent, time.monotonic(), None, None, type(exc).__name__))
+            await asyncio.sleep(0.01)
+        except LOST as exc:
+            tally.answers.append(Answer(sent, time.monotonic(), None, None,
+                                        f"{type(exc).__name__}: {exc}", lost=True))
+            await asyncio.sleep(0.01)
+        except aiohttp.ClientError as exc:
+            tally.answers.append(Answer(sent, time.monotonic(), None, None,
+                                        f"{type(exc).__name__}: {exc}", lost=True))
+            await asyncio.sleep(0.01)
+
+
+async def under_load(base_url: str, path: str, clients: int,
+                     action: Callable[[], Awaitable[None]], settle_s: float = 0.5) -> Tally:
+    """Run `action` while `clients` keep-alive clients (one connection each) send requests back
+    to back; stop them `settle_s` after the action returns."""
+    tally = Tally()
+    stop = asyncio.Event()
+    timeout = aiohttp.ClientTimeout(total=30)
+    sessions = [aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1), timeout=timeout)
+                for _ in range(clients)]
+    try:
+        tasks = [asyncio.ensure_future(_client(s, base_url + path, i, stop, tally))
+                 for i, s in enumerate(sessions)]
+        await asyncio.sleep(settle_s)
+        await action()
+        await asyncio.sleep(settle_s)
+        stop.set()
+        await asyncio.gather(*tasks)
+    finally:
+        for session in sessions:
+            await session.close()
+    return tally
+
+
+# -- the repository ------------------------------------------------------------------------------
+
+def versioned_repository(artifact: Path, root: Path, name: str, versions: int) -> Path:
+    """`root/<name>/<1..versions>/`: copies of one artifact (hard links where possible)."""
+    for version in range(1, versions + 1):
+        shutil.copytree(artifact, root / name / str(version), copy_function=shutil.copy2,
+                        dirs_exist_ok=True)
+    return root
+
+
+def hide_version(root: Path, name: str, version: int) -> Path:
+    """Move a version out of the repository (to add it back later); returns where it went."""
+    aside = root.parent / f"{name}-{version}-aside"
+    (root / name / str(version)).rename(aside)
+    return aside
+
+
+def write_policy(root: Path, name: str, policy: dict[str, object]) -> None:
+    (root / name / "config.yaml").write_text(yaml.safe_dump({"version_policy": policy}))
+
+
+def flip_a_byte(folder: Path) -> None:
+    """Corrupt the served model file (its sha256 no longer matches the manifest)."""
+    model = folder / read_manifest(folder).variants["cpu-int8"].file
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    model.write_bytes(bytes(data))
+
+
+# -- scenarios -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Phase:
+    name: str
+    counts: dict[str, int]
+    versions: list[str]  # versions that answered during the phase
+    old_after_s: float | None = None  # last old-version answer, seconds after the call returned
+    call: str = ""  # the load call's answer
+
+
+async def _load(base_url: str, name: str) -> tuple[int, str, float]:
+    async with aiohttp.ClientSession() as session, \
+            session.post(f"{base_url}/v2/repository/models/{name}/load") as response:
+        return response.status, await response.text(), time.monotonic()
+
+
+async def _load_under_load(base_url: str, name: str, clients: int,
+                           prepare: Callable[[], object]) -> tuple[Tally, int, str, float]:
+    """`prepare` changes the repository, then a load call, under closed-loop load: the answers,
+    and the call's status, body and when it returned."""
+    returned: list[tuple[int, str, float]] = []
+
+    async def action() -> None:
+        prepare()
+        returned.append(await _load(base_url, name))
+
+    tally = await under_load(base_url, f"/v1/classify/{name}", clients, action)
+    return (tally, *returned[0])
+
+
+def _versions(tally: Tally) -> list[str]:
+    return sorted({a.version for a in tally.answers if a.version})
+
+
+async def swap(base_url: str, name: str, clients: int, old: str, new: str,
+               prepare: Callable[[], object]) -> Phase:
+    """A load call that switches `old` to `new`, under load."""
+    tally, status, text, at = await _load_under_load(base_url, name, clients, prepare)
+    olds = [a.received - at for a in tally.answers if a.version == old and a.received > at]
+    return Phase(f"{old} -> {new}", Tally.summary(tally.answers), _versions(tally),
+                 max(olds) if olds else None, f"{status} {text[:200]}")
+
+
+async def failed_load(base_url: str, name: str, clients: int, prepare: Callable[[], object]) \
+        -> Phase:
+    """A load of a broken version under load: the call fails, the old version keeps answering."""
+    tally, status, text, _ = await _load_under_load(base_url, name, clients, prepare)
+    return Phase("failed load", Tally.summary(tally.answers), _versions(tally), None,
+                 f"{status} {text[:300]}")
+
+
+async def sigterm(server: subprocess.Popen[bytes], base_url: str, path: str, clients: int,
+                  after_s: float = 1.0) -> Phase:
+    """SIGTERM the server `after_s` into closed-loop keep-alive load; wait for it to exit."""
+
+    async def action() -> None:
+        await asyncio.sleep(after_s)
+        server.send_signal(signal.SIGTERM)
+        while server.poll() is None:
+            await asyncio.sleep(0.05)
+
+    tally = await under_load(base_url, path, clients, action, settle_s=0.3)
+    return Phase(f"SIGTERM (exit {server.returncode})", Tally.summary(tally.answers),
+                 _versions(tally))
+
+
+# -- the command ---------------------------------------------------------------------------------
+
+def _table(phases: list[Phase]) -> str:
+    lines = ["| phase | requests | non-2xx | lost | refused | versions answering | old version "
+             "answered after the call returned | load call |",
+             "|---|---|---|---|---|---|---|---|"]
+    for p in phases:
+        after = "" if p.old_after_s is None else f"{p.old_after_s:.3f} s"
+        lines.append(f"| {p.name} | {p.counts['requests']} | {p.counts['non_2xx']} | "
+                     f"{p.counts['lost']} | {p.counts['refused']} | {', '.join(p.versions)} | "
+                     f"{after} | {p.call} |")
+    return "\n".join(lines)
+
+
+def run(artifact: Path, clients: int, sigterm_runs: int, workers: int) -> list[Phase]:
+    work = Path(tempfile.mkdtemp(prefix="ffs-lifecycle-"))
+    root = versioned_repository(artifact, work / "models", "model", 4)
+    aside = {v: hide_version(root, "model", v) for v in (2, 3, 4)}
+    flip_a_byte(aside[4])
+    env = {"FFS_CPU_POOL__WORKERS": str(workers)}
+    port = serving.free_port()
+    base = f"http://127.0.0.1:{port}"
+    server = serving.start(root, port, work / "server.log", env)
+    phases: list[Phase] = []
+    try:
+        phases.append(asyncio.run(swap(base, "model", clients, "1", "2",
+                                       lambda: aside[2].rename(root / "model" / "2"))))
+        phases.append(asyncio.run(swap(base, "model", clients, "2", "3",
+                                       lambda: aside[3].rename(root / "model" / "3"))))
+        phases.append(asyncio.run(swap(base, "model", clients, "3", "2",
+                                       lambda: write_policy(root, "model", {"specific": [2]}))))
+        write_policy(root, "model", {"latest": 1})
+
+        def broken() -> None:
+            aside[4].rename(root / "model" / "4")
+
+        phases.append(asyncio.run(failed_load(base, "model", clients, broken)))
+    finally:
+        serving.stop(server)
+    shutil.rmtree(root / "model" / "4")
+    for index in range(sigterm_runs):
+        port = serving.free_port()
+        base = f"http://127.0.0.1:{port}"
+        server = serving.start(root, port, work / f"sigterm-{index}.log", env)
+        try:
+            phases.append(asyncio.run(sigterm(server, base, "/v1/classify/model", clients)))
+        finally:
+            if server.poll() is None:
+                serving.stop(server)
+    shutil.rmtree(work, ignore_errors=True)
+    return phases
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--artifact", type=Path, default=Path("models/sst2"))
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--sigterm-runs", type=int, default=5)
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args(argv)
+    print(_table(run(args.artifact, args.clients, args.sigterm_runs, args.workers)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
