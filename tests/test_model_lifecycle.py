@@ -5,6 +5,7 @@ shorter). Each test loads its own model name, so the tests do not depend on each
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import shutil
 import signal
@@ -17,7 +18,9 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
+from app.runtime.workers import ModelFile, WorkerError, WorkerPool, WorkerSpec
 from bench import lifecycle
+from contract.artifact import read_manifest
 from tests.conftest import RunningServer, TinyRepo, start_server, stop_server
 from tests.metrics_text import sample
 
@@ -211,3 +214,36 @@ def test_poll_mode_loads_a_version_added_to_the_repository(tiny_repo: TinyRepo,
             assert version == "2"
     finally:
         stop_server(running)
+
+
+def test_a_model_a_worker_refuses_leaves_every_worker_as_it_was(tiny_repo: TinyRepo) -> None:
+    folder = tiny_repo.root / "sst2"
+    manifest = read_manifest(folder)
+    good = ModelFile(str(folder / manifest.variants["cpu-int8"].file),
+                     tuple(manifest.model_inputs), str(folder / manifest.tokenizer),
+                     manifest.max_length, manifest.pad_token_id)
+    core = (min(os.sched_getaffinity(0)),)
+    specs = [WorkerSpec(index=i, cores=core, threads=1, models={"sst2:1": good}) for i in (0, 1)]
+
+    async def scenario() -> tuple[str, list[list[str]], list[str], list[list[str]], int]:
+        pool = WorkerPool("cpu", specs)
+        await pool.start()
+        try:
+            with pytest.raises(WorkerError) as refused:
+                await pool.load("bad:1", dataclasses.replace(good, path="/nowhere/model.onnx"))
+            after_refusal = [sorted(w.loaded) for w in pool.workers]
+            await pool.load("sst2:2", good)
+            worker = await pool.acquire()
+            rows = (await pool.run(worker, "sst2:2", ["a fine film"])).logits.shape[0]
+            pool.release(worker)
+            await pool.unload("sst2:2")
+            return (str(refused.value), after_refusal, sorted(pool.models),
+                    [sorted(w.loaded) for w in pool.workers], rows)
+        finally:
+            pool.stop()
+
+    reason, after_refusal, models, after_unload, rows = asyncio.run(scenario())
+    assert "refused" in reason and "/nowhere/model.onnx" in reason
+    assert after_refusal == [["sst2:1"], ["sst2:1"]]
+    assert rows == 1
+    assert models == ["sst2:1"] and after_unload == [["sst2:1"], ["sst2:1"]]

@@ -14,6 +14,7 @@ import pytest
 
 from app.core.service import prepare_service
 from app.settings import ConfigError, load_settings
+from contract.artifact import read_manifest, sha256_file, write_manifest
 from tests.conftest import ROOT, TinyRepo, start_server, stop_server
 
 
@@ -35,6 +36,21 @@ def test_a_sha256_mismatch_refuses_to_start(tiny_repo: TinyRepo, tmp_path: Path)
     assert result.returncode == 2
     assert "sha256 mismatch" in result.stderr
     assert "refusing to load it" in result.stderr
+
+
+def test_a_graph_onnxruntime_refuses_stops_start_up_with_a_message(tiny_repo: TinyRepo,
+                                                                    tmp_path: Path) -> None:
+    repo = tmp_path / "models"
+    shutil.copytree(tiny_repo.root, repo)
+    model = repo / "sst2" / "cpu-int8" / "model.onnx"
+    model.write_bytes(b"not a graph")
+    manifest = read_manifest(repo / "sst2")
+    variants = dict(manifest.variants)
+    variants["cpu-int8"] = variants["cpu-int8"].model_copy(update={"sha256": sha256_file(model)})
+    write_manifest(repo / "sst2", manifest.model_copy(update={"variants": variants}))
+    result = _run_app(repo)
+    assert result.returncode == 2
+    assert "onnxruntime cannot load this graph" in result.stderr
 
 
 def test_an_empty_repository_refuses_to_start(tmp_path: Path) -> None:

@@ -208,3 +208,44 @@ def test_the_name_given_at_build_is_written_into_the_manifest(fast_repo: Path,
     assert read_manifest(folder).task == "sst2"
     with pytest.raises(ValueError, match="pattern"):
         _named(read_manifest(folder), folder, "no/slashes")
+
+
+def _break_version(root: Path, name: str, version: int, how: str) -> None:
+    """A version whose model file is missing, or a graph ORT refuses (its digest recorded, so
+    only ORT can tell)."""
+    folder = root / name / str(version)
+    manifest = read_manifest(folder)
+    model = folder / manifest.variants["cpu-int8"].file
+    if how == "missing":
+        model.unlink()
+        return
+    model.write_bytes(b"not an onnx graph at all")
+    from contract.artifact import sha256_file
+
+    variants = dict(manifest.variants)
+    variants["cpu-int8"] = variants["cpu-int8"].model_copy(
+        update={"sha256": sha256_file(model)})
+    write_manifest(folder, manifest.model_copy(update={"variants": variants}))
+
+
+@pytest.mark.parametrize("how", ["missing", "refused by ORT"])
+def test_a_version_that_cannot_load_leaves_the_old_one_serving_and_the_index_says_why(
+        fast_repo: Path, versioned: Path, how: str) -> None:
+    broken = versioned.parent / "broken"
+    shutil.copytree(fast_repo / "sst2", broken / "sentiment" / "3")
+    _break_version(broken, "sentiment", 3, how)
+
+    async def scenario() -> tuple[httpx.Response, str, list[dict[str, str]]]:
+        async with app_client(versioned) as (client, _, _):
+            (broken / "sentiment" / "3").rename(versioned / "sentiment" / "3")
+            refused = await client.post("/v2/repository/models/sentiment/load")
+            answer = await client.post("/v1/classify/sentiment", json={"inputs": ["fine"]})
+            index = (await client.post("/v2/repository/index")).json()
+            return refused, answer.json()["version"], index
+
+    refused, version, index = _run(scenario())
+    assert refused.status_code == 400 and "version 3" in refused.json()["error"]
+    assert version == "2"
+    row = next(r for r in index if r["name"] == "sentiment" and r["version"] == "3")
+    assert row["state"] == "UNAVAILABLE" and row["reason"]
+    assert "/tmp" not in refused.json()["error"]

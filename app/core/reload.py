@@ -150,8 +150,8 @@ class Repository:
                 continue
             try:
                 started[version] = await self._start(entry, version, route)
-            except (ArtifactError, WorkerError, LoadError) as exc:
-                reason = self.loader.relative(getattr(exc, "message", None) or str(exc))
+            except Exception as exc:  # e.g. a graph ORT refuses: its error is the reason
+                reason = self.loader.relative(_reason(exc))
                 failures.append(f"version {version}: {reason}")
                 states[version] = VersionState("READY") if version in current else \
                     VersionState("UNAVAILABLE", reason)
@@ -280,6 +280,14 @@ class Repository:
         for running in self.service.pools.values():
             pids += [w["pid"] for w in running.describe() if w.get("pid")]
         return pids
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, LoadError):
+        return exc.message
+    if isinstance(exc, ArtifactError | WorkerError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
 
 
 def fingerprints(root: Path) -> dict[str, tuple[tuple[str, int, int], ...]]:

@@ -197,7 +197,11 @@ def check_outputs(path: Path, labels: list[str]) -> None:
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT's own error types: an invalid or unsupported graph
+        raise ArtifactError(f"{path}: onnxruntime cannot load this graph ({exc}); rebuild the "
+                            "artifact") from None
     width = session.get_outputs()[0].shape[-1]
     if isinstance(width, int) and width != len(labels):
         raise ArtifactError(
