@@ -7,7 +7,8 @@ Builds a versioned repository from one artifact (`<name>/1`, `/2`, `/3`: copies,
 version each answer names), starts the server on it and drives closed-loop load from `clients`
 keep-alive clients while it loads version 2, loads version 3, rolls back to version 2 and is asked
 to load a version whose model file has a flipped byte. Then it starts a fresh server `sigterm_runs`
-times and sends SIGTERM under the same load. Per phase it prints requests, non-2xx, lost (sent and
+times and sends SIGTERM under the same load. Last, the resident memory of a swap
+(`--memory-only`: that alone). Per phase it prints requests, non-2xx, lost (sent and
 never answered: the connection closed under the request) and refused (never sent: the listener
 was closed), and for the swaps how long after the load call returned the last answer of an old
 version came. Traffic goes to 127.0.0.1 only, and every phase stops by itself.
@@ -30,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
+import httpx
 import yaml
 
 from bench import serving
@@ -264,14 +266,61 @@ def run(artifact: Path, clients: int, sigterm_runs: int, workers: int) -> list[P
     return phases
 
 
+def memory(artifact: Path, workers: int, swaps: int = 7) -> list[tuple[str, float, float]]:
+    """Resident MiB of the workers and of the API process after each load call: a second
+    version beside the first, the first unloaded, then `swaps` more swaps."""
+    from app.core.reload import resident_bytes
+
+    work = Path(tempfile.mkdtemp(prefix="ffs-lifecycle-memory-"))
+    root = versioned_repository(artifact, work / "models", "model", 1)
+    port = serving.free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = serving.start(root, port, work / "server.log",
+                           {"FFS_CPU_POOL__WORKERS": str(workers)})
+    rows: list[tuple[str, float, float]] = []
+
+    def measure(label: str) -> None:
+        pools = httpx.get(f"{url}/v1/pools").json()["pools"]
+        pids = [w["pid"] for pool in pools for w in pool["workers"]]
+        rows.append((label, resident_bytes(pids) / 2**20, resident_bytes([server.pid]) / 2**20))
+
+    def load() -> None:
+        response = httpx.post(f"{url}/v2/repository/models/model/load", timeout=120)
+        response.raise_for_status()
+
+    try:
+        measure("v1 only")
+        shutil.copytree(artifact, root / "model" / "2")
+        write_policy(root, "model", {"latest": 2})
+        load()
+        measure("v1 and v2 resident")
+        write_policy(root, "model", {"latest": 1})
+        load()
+        measure("v1 unloaded")
+        for version in range(3, 3 + swaps):
+            shutil.copytree(artifact, root / "model" / str(version))
+            load()
+            measure(f"v{version} serving")
+    finally:
+        serving.stop(server)
+        shutil.rmtree(work, ignore_errors=True)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--artifact", type=Path, default=Path("models/sst2"))
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--sigterm-runs", type=int, default=5)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--memory-only", action="store_true",
+                        help="only the resident memory after each load call")
     args = parser.parse_args(argv)
-    print(_table(run(args.artifact, args.clients, args.sigterm_runs, args.workers)))
+    if not args.memory_only:
+        print(_table(run(args.artifact, args.clients, args.sigterm_runs, args.workers)))
+    print("\n| after | workers MiB | API process MiB |\n|---|---:|---:|")
+    for label, workers, api in memory(args.artifact, args.workers):
+        print(f"| {label} | {workers:.1f} | {api:.1f} |")
     return 0
 
 

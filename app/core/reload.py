@@ -31,6 +31,11 @@ from contract.artifact import MANIFEST_NAME, ArtifactError
 log = logging.getLogger(__name__)
 
 
+# Resident bytes an ORT session adds to a worker per byte of its model file: 1.7 measured for a
+# 4-layer INT8 student (docs/benchmarks.md, "Model lifecycle"), rounded up.
+SESSION_PER_FILE_BYTE = 2
+
+
 class LoadError(Exception):
     """A load or unload call that could not be done; the message says why."""
 
@@ -267,13 +272,13 @@ class Repository:
         resident = resident_bytes(self._pids())
         workers = sum(len(self.service.specs.get(pool, [])) for pool in route.pools)
         files = sum(path.stat().st_size for path in model.files.values())
-        estimate = resident + files * max(1, workers)
+        estimate = resident + SESSION_PER_FILE_BYTE * files * max(1, workers)
         if estimate > budget * 2**20:
             raise LoadError(
                 f"loading it needs about {estimate / 2**20:.0f} MiB (resident now "
-                f"{resident / 2**20:.0f} MiB + {files / 2**20:.1f} MiB of model files x "
-                f"{workers} workers), over repository.memory_budget_mb ({budget}); unload a "
-                "version first or raise the budget")
+                f"{resident / 2**20:.0f} MiB + {SESSION_PER_FILE_BYTE} x {files / 2**20:.1f} MiB "
+                f"of model files x {workers} workers), over repository.memory_budget_mb "
+                f"({budget}); unload a version first or raise the budget")
 
     def _pids(self) -> list[int]:
         pids = [os.getpid()]
