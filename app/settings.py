@@ -215,7 +215,12 @@ class Settings(BaseSettings):
         env_prefix="FFS_", env_nested_delimiter="__", extra="forbid"
     )
 
-    model_repository: Path = Field(default=Path("models"), description="one folder per task")
+    model_repository: Path = Field(
+        default=Path("models"), description="artifact folders and versioned models; or one "
+        "artifact folder (KServe's /mnt/models), served as one model")
+    model_name: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9_.-]+$", description="the name of the one model when "
+        "model_repository is an artifact folder (default: its manifest's name)")
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"

@@ -249,3 +249,27 @@ def test_a_version_that_cannot_load_leaves_the_old_one_serving_and_the_index_say
     row = next(r for r in index if r["name"] == "sentiment" and r["version"] == "3")
     assert row["state"] == "UNAVAILABLE" and row["reason"]
     assert "/tmp" not in refused.json()["error"]
+
+
+def test_one_artifact_folder_is_served_as_one_model_under_the_name_kserve_gives(
+        fast_repo: Path) -> None:
+    async def scenario() -> tuple[int, str]:
+        async with app_client(fast_repo / "sst2", model_name="my-model") as (client, _, _):
+            answer = await client.post("/v2/models/my-model/infer", json={"inputs": [
+                {"name": "text", "shape": [1], "datatype": "BYTES", "data": ["a fine film"]}]})
+            return answer.status_code, answer.json()["model_name"]
+
+    assert _run(scenario()) == (200, "my-model")
+
+
+def test_the_command_line_takes_kserve_model_server_flags() -> None:
+    from app.__main__ import _arguments
+
+    assert _arguments(["--model_name=m", "--model_dir", "/mnt/models", "--http_port=8080"]) == \
+        {"model_name": "m", "model_repository": "/mnt/models", "port": 8080}
+    assert _arguments([]) == {}
+
+
+def test_a_model_name_for_a_repository_of_several_models_is_refused(versioned: Path) -> None:
+    with pytest.raises(ArtifactError, match="model_name"):
+        scan_repository(versioned, single_name="one")

@@ -17,11 +17,10 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from app.core.batching import TaskInputs
 from app.core.catalog import VersionState
-from app.core.repository import CONFIG_NAME, ModelEntry, TaskModel, scan_repository
+from app.core.repository import CONFIG_NAME, ModelEntry, TaskModel
 from app.core.routing import Route, plan_routes
 from app.core.service import Loader, Service, model_file
 from app.runtime.workers import WorkerError
@@ -78,11 +77,10 @@ class Repository:
         """Load what changed in the repository every `interval_s` (repository.poll_s): a model
         whose versions, manifests or config changed is loaded, one whose folder is gone is
         unloaded. Each API process polls for itself, so this also works with several."""
-        root = self.service.settings.model_repository
-        seen = await asyncio.to_thread(fingerprints, root)
+        seen = await asyncio.to_thread(fingerprints, self.loader)
         while True:
             await asyncio.sleep(interval_s)
-            now = await asyncio.to_thread(fingerprints, root)
+            now = await asyncio.to_thread(fingerprints, self.loader)
             for name in sorted(set(now) | set(seen)):
                 if now.get(name) == seen.get(name):
                     continue
@@ -108,8 +106,7 @@ class Repository:
 
     async def _load(self, name: str) -> None:
         async with self._lock:
-            entries = await asyncio.to_thread(scan_repository,
-                                              self.service.settings.model_repository)
+            entries = await asyncio.to_thread(self.loader.scan)
             entry = entries.get(name)
             if entry is None:
                 raise LoadError(f"the model repository has no model {name!r} (it has: "
@@ -295,12 +292,13 @@ def _reason(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def fingerprints(root: Path) -> dict[str, tuple[tuple[str, int, int], ...]]:
+def fingerprints(loader: Loader) -> dict[str, tuple[tuple[str, int, int], ...]]:
     """Per model name, what a change shows in: each version folder's manifest and the config
     (path, size, modification time). A build writes a new artifact aside and moves it in whole,
     so its manifest is new; an edited config.yaml changes its own."""
+    root = loader.settings.model_repository
     try:
-        entries = scan_repository(root)
+        entries = loader.scan()
     except ArtifactError:
         return {}
     found = {}

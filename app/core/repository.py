@@ -145,9 +145,17 @@ def _versions(folder: Path) -> dict[int, Path]:
             if p.is_dir() and p.name.isdigit() and (p / MANIFEST_NAME).is_file()}
 
 
-def scan_repository(root: Path) -> dict[str, ModelEntry]:
+def scan_repository(root: Path, single_name: str | None = None) -> dict[str, ModelEntry]:
     """Every model name under `root`, in either layout; a folder that cannot be read becomes an
-    entry with its error (the caller decides whether that stops the server)."""
+    entry with its error (the caller decides whether that stops the server). `root` may also be
+    one artifact folder (KServe puts a model at /mnt/models): it is then the one model, named
+    `single_name` (default: its manifest's name)."""
+    if (root / MANIFEST_NAME).is_file():
+        name = single_name or read_manifest(root).served_name
+        return {name: ModelEntry(name, {1: root}, ModelConfig())}
+    if single_name is not None:
+        raise ArtifactError(f"model_name ({single_name}) names the one model of a model_repository "
+                            f"that is an artifact folder, but {root} has no {MANIFEST_NAME}")
     entries: dict[str, ModelEntry] = {}
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
         if (folder / MANIFEST_NAME).is_file():

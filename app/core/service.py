@@ -262,6 +262,9 @@ class Loader:
         log.error("artifact %s is unavailable: %s", name, reason)
         self.unavailable[name] = reason
 
+    def scan(self) -> dict[str, ModelEntry]:
+        return scan_repository(self.settings.model_repository, self.settings.model_name)
+
     def relative(self, message: str) -> str:
         """Paths relative to the repository: error bodies never show the server's file system."""
         root = str(self.settings.model_repository.resolve())
@@ -282,7 +285,7 @@ class Loader:
     def entries(self) -> dict[str, ModelEntry]:
         """Every model name in the repository that can be read (the others are failed)."""
         found = {}
-        for name, entry in scan_repository(self.settings.model_repository).items():
+        for name, entry in self.scan().items():
             if entry.error is not None:
                 self.failed(name, ArtifactError(entry.error))
                 continue
