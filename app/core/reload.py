@@ -138,13 +138,37 @@ class Repository:
 
     async def _apply(self, entry: ModelEntry) -> None:
         service, name = self.service, entry.name
-        route = self._route(name)
         wanted = entry.served_versions()
         current = dict(service.serving.get(name, {}))
         states = service.states.setdefault(name, {})
         for version in entry.folders:
             if version not in wanted and version not in current:
                 states[version] = VersionState("UNAVAILABLE", "not selected by the version policy")
+        started, failures = await self._start_versions(entry, wanted, current)
+        # A failed load keeps everything that served; a successful one retires what the policy
+        # no longer selects and what was replaced.
+        retire = {v: key for v, key in current.items()
+                  if v in started or (not failures and v not in wanted)}
+        service.configs[name] = entry.config
+        serving = {v: key for v, key in current.items() if v not in retire} | started
+        service.serving[name] = serving
+        for version in started:
+            states[version] = VersionState("READY")
+        service.publish(name)  # from here requests resolve to the new versions
+        await self._retire(entry, {v: k for v, k in retire.items() if v not in started},
+                           [k for v, k in retire.items() if v in started])
+        service.publish(name)
+        service.unavailable.pop(name, None)
+        if failures:
+            raise LoadError(f"model {name!r}: " + "; ".join(failures) +
+                            (f"; still serving version(s) {sorted(serving)}" if serving else ""))
+        log.info("model %s: serving version(s) %s", name, sorted(serving))
+
+    async def _start_versions(self, entry: ModelEntry, wanted: list[int],
+                              current: dict[int, str]) -> tuple[dict[int, str], list[str]]:
+        """Start the wanted versions that are new or changed: their keys, and what failed."""
+        route = self._route(entry.name)
+        states = self.service.states[entry.name]
         started: dict[int, str] = {}
         failures: list[str] = []
         for version in wanted:
@@ -157,31 +181,22 @@ class Repository:
                 failures.append(f"version {version}: {reason}")
                 states[version] = VersionState("READY") if version in current else \
                     VersionState("UNAVAILABLE", reason)
-                self._refused(name, version, reason)
-        # A failed load keeps everything that served; a successful one retires what the policy
-        # no longer selects and what was replaced.
-        retire = {v: key for v, key in current.items()
-                  if v in started or (not failures and v not in wanted)}
-        service.configs[name] = entry.config
-        serving = {v: key for v, key in current.items() if v not in retire} | started
-        service.serving[name] = serving
-        for version in started:
-            states[version] = VersionState("READY")
-        service.publish(name)  # from here requests resolve to the new versions
-        for version, key in retire.items():
-            if version not in started:
-                states[version] = VersionState("UNLOADING")
+                self._refused(entry.name, version, reason)
+        return started, failures
+
+    async def _retire(self, entry: ModelEntry, stopping: dict[int, str],
+                      replaced: list[str]) -> None:
+        """Unload versions that stop serving (their state says why) and the old copies of
+        versions loaded again, once their requests are answered."""
+        states = self.service.states[entry.name]
+        for key in replaced:
             await self._stop(key)
-            if version not in started:
-                states[version] = VersionState("UNAVAILABLE", "not selected by the version "
-                                               "policy" if version in entry.folders else
-                                               "removed from the repository")
-        service.publish(name)
-        service.unavailable.pop(name, None)
-        if failures:
-            raise LoadError(f"model {name!r}: " + "; ".join(failures) +
-                            (f"; still serving version(s) {sorted(serving)}" if serving else ""))
-        log.info("model %s: serving version(s) %s", name, sorted(serving))
+        for version, key in stopping.items():
+            states[version] = VersionState("UNLOADING")
+            await self._stop(key)
+            states[version] = VersionState(
+                "UNAVAILABLE", "not selected by the version policy" if version in entry.folders
+                else "removed from the repository")
 
     def _refused(self, name: str, version: int | None, reason: str) -> None:
         self.service.metrics.model_loads.labels(name, "failed").inc()
