@@ -273,3 +273,9 @@ def test_the_command_line_takes_kserve_model_server_flags() -> None:
 def test_a_model_name_for_a_repository_of_several_models_is_refused(versioned: Path) -> None:
     with pytest.raises(ArtifactError, match="model_name"):
         scan_repository(versioned, single_name="one")
+
+
+def test_a_model_name_takes_the_one_artifact_an_archive_unpacked_one_level_down(
+        fast_repo: Path) -> None:
+    entries = scan_repository(fast_repo, single_name="mine")  # fast_repo holds sst2/ only
+    assert list(entries) == ["mine"] and entries["mine"].folders == {1: fast_repo / "sst2"}

@@ -153,9 +153,18 @@ def scan_repository(root: Path, single_name: str | None = None) -> dict[str, Mod
     if (root / MANIFEST_NAME).is_file():
         name = single_name or read_manifest(root).served_name
         return {name: ModelEntry(name, {1: root}, ModelConfig())}
-    if single_name is not None:
-        raise ArtifactError(f"model_name ({single_name}) names the one model of a model_repository "
-                            f"that is an artifact folder, but {root} has no {MANIFEST_NAME}")
+    entries = _scan_folders(root)
+    if single_name is None:
+        return entries
+    if len(entries) != 1:  # an archive may unpack the artifact folder one level down
+        raise ArtifactError(f"model_name ({single_name}) names one model, but {root} holds "
+                            f"{len(entries)} ({', '.join(sorted(entries))}); point "
+                            "model_repository at one artifact folder")
+    entry = next(iter(entries.values()))
+    return {single_name: ModelEntry(single_name, entry.folders, entry.config, entry.error)}
+
+
+def _scan_folders(root: Path) -> dict[str, ModelEntry]:
     entries: dict[str, ModelEntry] = {}
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
         if (folder / MANIFEST_NAME).is_file():
