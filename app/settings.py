@@ -38,6 +38,11 @@ class CpuPoolSettings(BaseModel):
         description="after a batch, a worker polls for the next one this long before it sleeps "
                     "(costs that much CPU per idle gap; see docs/benchmarks.md)",
     )
+    # Off: measured on 2 cores, 1 worker x 2 threads, spinning cost 12% more worker CPU per request
+    # at the same throughput and a higher p99 at 1 and 32 clients (docs/benchmarks.md).
+    ort_spinning: bool = Field(
+        default=False, description="with threads_per_worker > 1: whether ORT's intra-op threads "
+        "spin after a run (ORT's own default; here off)")
 
 
 class BatchPolicySettings(BaseModel):

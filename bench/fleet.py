@@ -190,14 +190,15 @@ async def _sample_depth(url: str, stop: asyncio.Event, samples: list[float]) -> 
             await asyncio.sleep(0.05)
 
 
-def depth_ladder(artifact: Path, ladder: list[int], seconds: float) -> list[DepthStep]:
+def depth_ladder(artifact: Path, ladder: list[int], seconds: float,
+                 env: dict[str, str] | None = None) -> list[DepthStep]:
     """One replica (the default worker layout of this machine) under closed-loop load at each
     client count: answered/s, p99, and the mean queue depth the autoscaler would read."""
     work = Path(tempfile.mkdtemp(prefix="ffs-depth-"))
     repo = lifecycle.versioned_repository(artifact, work / "models", "model", 1)
     port = serving.free_port()
     url = f"http://127.0.0.1:{port}"
-    server = serving.start(repo, port, work / "server.log")
+    server = serving.start(repo, port, work / "server.log", env)
     steps = []
     try:
         for clients in ladder:
@@ -241,10 +242,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--depth-ladder", type=int, nargs="*", metavar="CLIENTS",
                         help="instead: one replica's queue depth and p99 at these client counts "
                              "(the autoscaler's threshold, docs/deployment.md)")
+    parser.add_argument("--env", default="", metavar="ENV=VALUE,...",
+                        help="with --depth-ladder: more settings of the server")
     args = parser.parse_args(argv)
     if args.depth_ladder:
+        env = dict(pair.split("=", 1) for pair in args.env.split(",") if pair)
         print("| clients | answered/s | p99 ms | mean queue depth (rows) |\n|---:|---:|---:|---:|")
-        for step in depth_ladder(args.artifact, args.depth_ladder, args.seconds):
+        for step in depth_ladder(args.artifact, args.depth_ladder, args.seconds, env):
             print(f"| {step.clients} | {step.per_s:.0f} | {step.p99_ms:.1f} | "
                   f"{step.mean_depth:.1f} |")
         return 0

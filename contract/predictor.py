@@ -22,8 +22,8 @@ class OnnxPredictor:
                  input_names: Sequence[str],
                  max_length: int, pad_token_id: int = 0, threads: int | None = None,
                  providers: Sequence[Provider] = ("CPUExecutionProvider",),
-                 io_binding: bool = False) -> None:
-        self.session = open_session(graph, threads, providers)
+                 io_binding: bool = False, spinning: bool | None = None) -> None:
+        self.session = open_session(graph, threads, providers, spinning)
         # IO binding: inputs bound from host memory, the logits output on the first provider's
         # device and copied back once (on CUDA: no intermediate host buffers in session.run).
         self._binding = _binding_target(providers[0]) if io_binding else None

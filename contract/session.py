@@ -21,15 +21,19 @@ def provider_name(provider: Provider) -> str:
 
 
 def open_session(path: str | Path, threads: int | None = None,
-                 providers: Sequence[Provider] = ("CPUExecutionProvider",)) -> Any:
+                 providers: Sequence[Provider] = ("CPUExecutionProvider",),
+                 spinning: bool | None = None) -> Any:
     """A session on `path`: `threads` intra-op threads (None: ORT's default, all cores), one
-    inter-op thread, sequential execution. Raises ProviderUnavailable when ORT silently falls
-    back from a requested provider (e.g. CUDA without its libraries or a driver)."""
+    inter-op thread, sequential execution; `spinning` False stops the intra-op threads from
+    spinning after a run (None: ORT's default, they spin). Raises ProviderUnavailable when ORT
+    silently falls back from a requested provider (e.g. CUDA without its libraries or a driver)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     if threads is not None:
         options.intra_op_num_threads = threads
+    if spinning is not None:
+        options.add_session_config_entry("session.intra_op.allow_spinning", str(int(spinning)))
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     session = ort.InferenceSession(str(path), options, providers=list(providers))

@@ -279,3 +279,16 @@ def test_a_model_name_takes_the_one_artifact_an_archive_unpacked_one_level_down(
         fast_repo: Path) -> None:
     entries = scan_repository(fast_repo, single_name="mine")  # fast_repo holds sst2/ only
     assert list(entries) == ["mine"] and entries["mine"].folders == {1: fast_repo / "sst2"}
+
+
+@pytest.mark.parametrize("spinning", [True, False])
+def test_ort_thread_spinning_is_set_on_the_session_when_configured(fast_repo: Path,
+                                                                   spinning: bool) -> None:
+    from contract.session import open_session
+
+    manifest = read_manifest(fast_repo / "sst2")
+    session = open_session(fast_repo / "sst2" / manifest.variants["cpu-int8"].file, 2,
+                           spinning=spinning)
+    entry = session.get_session_options().get_session_config_entry(
+        "session.intra_op.allow_spinning")
+    assert entry == str(int(spinning))

@@ -225,7 +225,7 @@ def _cpu_specs(settings: Settings, models: dict[str, TaskModel], routes: dict[st
         raise ConfigError(f"api_processes is {shard.count} but the cpu pool has {len(layout)} "
                           "workers; each API process needs at least one (lower api_processes)")
     return [WorkerSpec(index=i, cores=group, threads=pool.threads_per_worker, models=files,
-                       spin_s=pool.spin_ms / 1000)
+                       spin_s=pool.spin_ms / 1000, ort_spinning=pool.ort_spinning)
             for i, group in enumerate(layout) if i % shard.count == shard.index]
 
 

@@ -76,6 +76,7 @@ class WorkerSpec:
     # After a batch, keep polling the socket this long before blocking: a worker that sleeps in
     # the kernel wakes slowly on these VMs (measured in docs/benchmarks.md); 0 = block at once.
     spin_s: float = 0.0
+    ort_spinning: bool | None = None  # ORT's intra-op threads spin after a run (None: ORT's default)
     # The slot each model has in the worker, in `models` order (None: 0, 1, ...): the number a
     # batch frame names. A pool keeps slots stable while models are loaded and unloaded.
     slots: tuple[int, ...] | None = None
@@ -153,7 +154,7 @@ class _Model:
         self.predictor = OnnxPredictor(model.path, None if model.tokenizer is None
                                        else Path(model.tokenizer), model.input_names,
                                        model.max_length, model.pad_token_id, spec.threads,
-                                       spec.providers, spec.io_binding)
+                                       spec.providers, spec.io_binding, spec.ort_spinning)
 
     def run(self, work: frames.Batch | frames.Texts) -> tuple[np.ndarray, np.ndarray | None]:
         if isinstance(work, frames.Batch):
