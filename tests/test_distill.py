@@ -224,3 +224,33 @@ def test_distil_command_cuts_layers_and_writes_a_student(tiny_repo: TinyRepo,
                  "--layers", "1", "--data-dir", str(tiny_repo.data_dir), "--out", str(out),
                  "--max-train-examples", "64", "--batch-size", "16"]) == 0
     assert load_classifier(out)[0].config.num_hidden_layers == 1
+
+
+def test_teacher_logits_are_saved_chunk_by_chunk_so_a_stopped_run_keeps_its_rows(
+        tiny_repo: TinyRepo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    train = Examples([f"fine film {i}" for i in range(25)], [1] * 25)
+    real = distill_module.teacher_logits
+    calls: list[int] = []
+
+    def stops_on_the_third_chunk(teacher_dir: Path, texts: list[str], max_length: int,
+                                 **options: Path | None) -> np.ndarray:
+        calls.append(len(texts))
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # the session stops here
+        return real(teacher_dir, texts, max_length, **options)
+
+    monkeypatch.setattr(distill_module, "LOGIT_CHUNK_ROWS", 10)
+    monkeypatch.setattr(distill_module, "teacher_logits", stops_on_the_third_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        teacher_logits_of(tiny_repo.sst2_teacher, train, list(range(25)), 64, tmp_path)
+    calls.clear()
+
+    def counting(teacher_dir: Path, texts: list[str], max_length: int,
+                 **options: Path | None) -> np.ndarray:
+        calls.append(len(texts))
+        return real(teacher_dir, texts, max_length, **options)
+
+    monkeypatch.setattr(distill_module, "teacher_logits", counting)
+    resumed = teacher_logits_of(tiny_repo.sst2_teacher, train, list(range(25)), 64, tmp_path)
+    assert calls == [5]  # the two saved chunks are not computed again
+    assert resumed.shape == (25, 2)
