@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 
+from app.settings import CpuPoolSettings
 from contract.predictor import OnnxPredictor
 
 Texts = list[str | tuple[str, str]]
@@ -59,8 +60,11 @@ class GraphSpec:
 
 def _worker(spec: GraphSpec, cores: list[int], threads: int, conn: Connection) -> None:
     os.sched_setaffinity(0, cores)  # before the session exists: ORT's threads inherit the mask
+    # The server's session settings (its workers do not spin: cpu_pool.ort_spinning), so that a
+    # pool and the server running the same layout compare the same thing.
     predictor = OnnxPredictor(spec.graph, spec.tokenizer_json, spec.input_names, spec.max_length,
-                             spec.pad_token_id, threads)
+                             spec.pad_token_id, threads,
+                             spinning=CpuPoolSettings().ort_spinning)
     conn.send("ready")
     while True:
         texts = conn.recv()
