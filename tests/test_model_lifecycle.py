@@ -247,3 +247,24 @@ def test_a_model_a_worker_refuses_leaves_every_worker_as_it_was(tiny_repo: TinyR
     assert after_refusal == [["sst2:1"], ["sst2:1"]]
     assert rows == 1
     assert models == ["sst2:1"] and after_unload == [["sst2:1"], ["sst2:1"]]
+
+
+def test_the_server_takes_kserve_flags_and_serves_one_artifact_folder(tiny_repo: TinyRepo,
+                                                                      tmp_path: Path) -> None:
+    import sys
+
+    from bench import serving
+
+    port = serving.free_port()
+    process = serving.launch(
+        [sys.executable, "-m", "app", "--model_name=my-classifier",
+         f"--model_dir={tiny_repo.root / 'sst2'}", f"--http_port={port}"],
+        f"http://127.0.0.1:{port}/v2/health/ready", tmp_path / "server.log",
+        {"FFS_HOST": "127.0.0.1", "FFS_CPU_POOL__WORKERS": "1"})
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+            answer = http.post("/v2/models/my-classifier/infer", json={"inputs": [
+                {"name": "text", "shape": [1], "datatype": "BYTES", "data": ["a fine film"]}]})
+            assert answer.status_code == 200 and answer.json()["model_name"] == "my-classifier"
+    finally:
+        serving.stop(process)
