@@ -292,3 +292,17 @@ def test_ort_thread_spinning_is_set_on_the_session_when_configured(fast_repo: Pa
     entry = session.get_session_options().get_session_config_entry(
         "session.intra_op.allow_spinning")
     assert entry == str(int(spinning))
+
+
+def test_while_draining_every_answer_asks_the_client_to_close_its_connection(
+        fast_repo: Path) -> None:
+    async def scenario() -> list[str | None]:
+        async with app_client(fast_repo) as (client, _, service):
+            before = await client.post("/v1/classify/sst2", json={"inputs": ["fine"]})
+            service.draining = True
+            during = [await client.post("/v1/classify/sst2", json={"inputs": ["fine"]}),
+                      await client.get("/v1/models")]
+            return [before.headers.get("connection")] + \
+                [r.headers.get("connection") for r in during]
+
+    assert _run(scenario()) == [None, "close", "close"]

@@ -25,7 +25,7 @@ from app.core.routing import Route, plan_routes
 from app.core.service import Loader, Service, model_file
 from app.runtime.workers import WorkerError
 from app.settings import ConfigError, PoolName
-from contract.artifact import MANIFEST_NAME, ArtifactError
+from contract.artifact import MANIFEST_NAME, ArtifactError, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -219,8 +219,6 @@ class Repository:
         """The version's files differ from what is loaded (compared by manifest digests)."""
         loaded = self.service.models[key]
         try:
-            from contract.artifact import read_manifest
-
             manifest = read_manifest(entry.folders[version])
         except ArtifactError:
             return True
