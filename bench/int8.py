@@ -28,6 +28,7 @@ from compress.quantize import (
     quantize_int8,
     quantize_static_int8,
 )
+from compress.smooth import DEFAULT_ALPHA as SMOOTH_ALPHA
 from compress.speed import interleaved
 from compress.tasks import Examples, default_data_dir, get_task, load_split
 from contract.artifact import Manifest, read_manifest
@@ -99,21 +100,27 @@ def speeds(runners: dict[str, Runner], rows: list[EncodedText], batch: int, roun
 
 
 def build_graphs(artifact: Path, manifest: Manifest, train: Examples, folder: Path,
-                 calibration: int, percentile: float) -> dict[str, Path]:
-    """fp32 (fused), dynamic INT8 and static INT8 graphs of the artifact, written to `folder`."""
+                 calibration: int, percentile: float, smooth_alpha: float) -> dict[str, Path]:
+    """fp32 (fused), dynamic INT8 and static INT8 (with and without SmoothQuant) graphs of the
+    artifact, written to `folder`."""
     fused = folder / "fused.onnx"
     optimize(artifact / manifest.variants["fp32"].file, fused, manifest.architecture)
     dynamic, static = folder / "dynamic.onnx", folder / "static.onnx"
+    unsmoothed = folder / "static-unsmoothed.onnx"
     quantize_int8(fused, dynamic)
     texts = [train.texts[i] for i in random.Random(0).sample(range(len(train)),
                                                              min(calibration, len(train)))]
     started = time.perf_counter()
     quantize_static_int8(fused, static, calibration_batches(
         artifact / manifest.tokenizer, texts, manifest.model_inputs, manifest.max_length,
-        manifest.pad_token_id), percentile)
-    print(f"static INT8: calibrated on {len(texts)} train texts (percentile {percentile}) in "
-          f"{time.perf_counter() - started:.1f} s")
-    return {"fp32 fused": fused, "int8 dynamic": dynamic, "int8 static": static}
+        manifest.pad_token_id), percentile, smooth_alpha=smooth_alpha)
+    print(f"static INT8: calibrated on {len(texts)} train texts (percentile {percentile}, "
+          f"SmoothQuant alpha {smooth_alpha:g}) in {time.perf_counter() - started:.1f} s")
+    quantize_static_int8(fused, unsmoothed, calibration_batches(
+        artifact / manifest.tokenizer, texts, manifest.model_inputs, manifest.max_length,
+        manifest.pad_token_id), percentile, smooth_alpha=0)
+    return {"fp32 fused": fused, "int8 dynamic": dynamic, "int8 static, no smoothing": unsmoothed,
+            "int8 static": static}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--calibration", type=int, default=500, help="train texts to calibrate on")
     parser.add_argument("--percentile", type=float, default=CALIBRATION_PERCENTILE)
+    parser.add_argument("--smooth-alpha", type=float, default=SMOOTH_ALPHA,
+                        help="SmoothQuant migration strength of the static graph (compress/smooth.py)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--speed-examples", type=int, default=400)
     args = parser.parse_args(argv)
@@ -137,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     labels = np.asarray(dev.labels)
     with tempfile.TemporaryDirectory() as tmp:
         graphs = build_graphs(args.artifact, manifest, train, Path(tmp), args.calibration,
-                              args.percentile)
+                              args.percentile, args.smooth_alpha)
         runners = {name: Runner(path, manifest) for name, path in graphs.items()}
         reference = runners["fp32 fused"].batch1(rows)
         print(f"\n{len(rows)} {spec.name} dev texts; mixed batches of {args.batch} (random order)")

@@ -29,6 +29,7 @@ from compress.quantize import (
     quantize_int8,
     quantize_static_int8,
 )
+from compress.smooth import DEFAULT_ALPHA as SMOOTH_ALPHA
 from compress.tasks import Examples, TaskSpec, TextInput, ensure_labels, load_split
 from contract.artifact import (
     AgreementCheck,
@@ -155,7 +156,8 @@ def make_variants(checkpoint: Path, folder: Path, check_texts: Sequence[TextInpu
     fp32_nodes: list[str] = []
     if int8 == "static":
         calibration = calibration or Calibration(list(check_texts), f"{len(check_texts)} check texts")
-        source = f"{calibration.source}, percentile {CALIBRATION_PERCENTILE:g} of per-text ranges"
+        source = (f"{calibration.source}, percentile {CALIBRATION_PERCENTILE:g} of per-text "
+                  f"ranges, SmoothQuant alpha {SMOOTH_ALPHA:g}")
         if len(calibration.texts) < MIN_CALIBRATION_TEXTS:
             log.warning("static INT8 calibrated on only %d texts: activation ranges may not cover "
                         "real inputs; give train data or more --check-texts (%d+)",

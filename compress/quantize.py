@@ -7,7 +7,9 @@
   replaced by a `QuantizeLinear` whose scale and zero point were calibrated once on training
   texts. Every row is then quantized the same way in any batch; the integer GEMMs accumulate
   exactly, so a row's logits do not depend on its neighbours. The kernels are the dynamic graph's
-  (MatMulInteger, QAttention), so the speed is too, less the per-call min/max pass.
+  (MatMulInteger, QAttention), so the speed is too, less the per-call min/max pass. Before
+  quantizing, SmoothQuant moves the activations' outlier channels into the weights
+  (compress/smooth.py), which keeps more labels equal to fp32's.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import onnx
 from onnx import helper, numpy_helper
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
+from compress.smooth import DEFAULT_ALPHA, smooth_graph
 from contract.encoding import TextInput, encode, load_tokenizer, pad_batch
 from contract.session import open_session
 
@@ -143,14 +146,21 @@ def freeze_activation_scales(dynamic_graph: Path, ranges: dict[str, ActivationRa
 
 def quantize_static_int8(in_path: Path, out_path: Path, calibration: Iterable[Feeds],
                          percentile: float = CALIBRATION_PERCENTILE,
-                         keep_fp32: Sequence[str] = (), only: Sequence[str] | None = None) -> None:
-    """Quantize a fused fp32 graph to batch-invariant INT8: dynamic INT8, then calibrated scales
-    (`calibration`: one text per batch, see `activation_ranges`). Nodes in `keep_fp32` stay fp32
-    (still batch-invariant: a float node computes each row on its own)."""
+                         keep_fp32: Sequence[str] = (), only: Sequence[str] | None = None,
+                         smooth_alpha: float = DEFAULT_ALPHA) -> None:
+    """Quantize a fused fp32 graph to batch-invariant INT8: SmoothQuant (`smooth_alpha`, 0 = off;
+    compress/smooth.py), dynamic INT8, then calibrated scales (`calibration`: one text per batch,
+    see `activation_ranges`). Nodes in `keep_fp32` stay fp32 (still batch-invariant: a float
+    node computes each row on its own)."""
+    batches = list(calibration)
+    smoothed = out_path.with_name(out_path.stem + ".smoothed.onnx")
     dynamic = out_path.with_name(out_path.stem + ".dynamic.onnx")
-    quantize_int8(in_path, dynamic, keep_fp32, only)
     try:
-        ranges = activation_ranges(dynamic, calibration, percentile)
+        if smooth_alpha:
+            smooth_graph(in_path, smoothed, batches, smooth_alpha)
+        quantize_int8(smoothed if smooth_alpha else in_path, dynamic, keep_fp32, only)
+        ranges = activation_ranges(dynamic, batches, percentile)
         freeze_activation_scales(dynamic, ranges, out_path)
     finally:
+        smoothed.unlink(missing_ok=True)
         dynamic.unlink(missing_ok=True)
