@@ -83,6 +83,19 @@ def _add_int8_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--int8-keep-fp32", type=int, default=0, metavar="N",
                    help="static INT8: keep the N nodes whose quantization moves the logits most "
                    "(a per-node sweep against fp32, logged) in fp32")
+    p.add_argument("--int8-smooth-alpha", type=float, default=None, metavar="A",
+                   help="static INT8: SmoothQuant's migration strength in [0, 1] (outlier "
+                   "activation channels moved into the weights; default 0.8; 0 turns it off)")
+
+
+def _smooth_alpha(args: argparse.Namespace) -> float:
+    """--int8-smooth-alpha, checked to lie in [0, 1] (the default when not given)."""
+    from compress.smooth import DEFAULT_ALPHA
+
+    alpha = DEFAULT_ALPHA if args.int8_smooth_alpha is None else float(args.int8_smooth_alpha)
+    if not 0.0 <= alpha <= 1.0:
+        raise SystemExit(f"--int8-smooth-alpha {alpha}: expected a value from 0 (off) to 1")
+    return alpha
 
 
 def _add_baseline_arg(p: argparse.ArgumentParser) -> None:
@@ -359,7 +372,7 @@ def _build(args: argparse.Namespace) -> int:
     plan = BuildPlan(spec=spec, base_model=args.model, out_dir=out, work_dir=work,
                      data_dir=data_dir, hub=args.hub, finetune=config,
                      max_dev_examples=args.max_dev_examples, int8=args.int8,
-                     int8_keep_fp32=args.int8_keep_fp32)
+                     int8_keep_fp32=args.int8_keep_fp32, int8_smooth_alpha=_smooth_alpha(args))
     manifest = _named(build_artifact(plan), out, args.name)
     return _report(manifest, out, args.accept_below_baseline)
 
@@ -385,7 +398,8 @@ def _package(args: argparse.Namespace) -> int:
     work = args.work_dir or Path("runs") / spec.name / "package"
     plan = BuildPlan(spec=spec, base_model=str(args.checkpoint), out_dir=out, work_dir=work,
                      data_dir=data_dir, hub=args.hub, max_dev_examples=args.max_dev_examples,
-                     int8=args.int8, int8_keep_fp32=args.int8_keep_fp32)
+                     int8=args.int8, int8_keep_fp32=args.int8_keep_fp32,
+                     int8_smooth_alpha=_smooth_alpha(args))
     texts = check_texts_file(args.check_texts, spec.input_kind) if args.check_texts else None
     calibration = None
     if task is not None and (args.hub or task.data.train is not None):

@@ -63,6 +63,7 @@ class BuildPlan:
     max_dev_examples: int | None = None
     int8: Quantization = "static"
     int8_keep_fp32: int = 0  # the most sensitive nodes kept in fp32 (static INT8)
+    int8_smooth_alpha: float = SMOOTH_ALPHA  # SmoothQuant before static INT8 (0: off)
 
 
 def _versions() -> dict[str, str]:
@@ -134,11 +135,13 @@ def calibration_texts(texts: Sequence[TextInput], source: str,
 
 def make_variants(checkpoint: Path, folder: Path, check_texts: Sequence[TextInput],
                   calibration: Calibration | None = None, max_length: int = 512,
-                  int8: Quantization = "static", keep_fp32: int = 0) -> Variants:
+                  int8: Quantization = "static", keep_fp32: int = 0,
+                  smooth_alpha: float = SMOOTH_ALPHA) -> Variants:
     """Export (logit-checked), fuse, quantize to INT8 and convert to FP16 into `folder`.
 
-    Static INT8 is calibrated on `calibration` (the check texts when none are given); with
-    `keep_fp32`, that many of its most sensitive nodes (a per-node sweep) stay fp32."""
+    Static INT8 is SmoothQuant-ed (`smooth_alpha`, 0 = off) and calibrated on `calibration` (the
+    check texts when none are given); with `keep_fp32`, that many of its most sensitive nodes (a
+    per-node sweep) stay fp32."""
     _stage("export")
     exported = export_onnx(checkpoint, folder / "fp32.onnx", list(check_texts))
     log.info("export: inputs %s, max |logit diff| vs PyTorch = %.2e", exported.input_names,
@@ -157,7 +160,7 @@ def make_variants(checkpoint: Path, folder: Path, check_texts: Sequence[TextInpu
     if int8 == "static":
         calibration = calibration or Calibration(list(check_texts), f"{len(check_texts)} check texts")
         source = (f"{calibration.source}, percentile {CALIBRATION_PERCENTILE:g} of per-text "
-                  f"ranges, SmoothQuant alpha {SMOOTH_ALPHA:g}")
+                  "ranges" + (f", SmoothQuant alpha {smooth_alpha:g}" if smooth_alpha else ""))
         if len(calibration.texts) < MIN_CALIBRATION_TEXTS:
             log.warning("static INT8 calibrated on only %d texts: activation ranges may not cover "
                         "real inputs; give train data or more --check-texts (%d+)",
@@ -172,7 +175,7 @@ def make_variants(checkpoint: Path, folder: Path, check_texts: Sequence[TextInpu
                      ", ".join(f"{s.node} {s.mse:.2e} {s.label_flips}" for s in scores[:8]),
                      ", ".join(fp32_nodes))
         quantize_static_int8(folder / "fused.onnx", folder / "int8.onnx", batches,
-                             keep_fp32=fp32_nodes)
+                             keep_fp32=fp32_nodes, smooth_alpha=smooth_alpha)
     else:
         quantize_int8(folder / "fused.onnx", folder / "int8.onnx")
     _stage("fp16")
@@ -190,7 +193,8 @@ def package_artifact(spec: TaskSpec, checkpoint: Path, dev: Examples | None, pla
     texts = check_texts_for(checkpoint, spec, dev, check_texts)
     calibration = calibration or calibration_texts(texts, "check")
     variants = make_variants(checkpoint, plan.work_dir / "onnx", texts[:8], calibration,
-                             served_max_length(spec, checkpoint), plan.int8, plan.int8_keep_fp32)
+                             served_max_length(spec, checkpoint), plan.int8, plan.int8_keep_fp32,
+                             plan.int8_smooth_alpha)
     recipe: dict[str, object] = {
         "stages": ["finetune", "export", "optimize", "quantize", "fp16", "evaluate"],
         "data": "hub" if plan.hub else str(plan.data_dir or spec.source or ""),

@@ -425,7 +425,7 @@ def _variants_stage(run: _Run, checkpoint: Stage, name: str) -> Stage:
     def build(folder: Path) -> dict[str, Any]:
         made = make_variants(checkpoint.folder, folder, run.dev.texts[:8], calibration,
                              served_max_length(run.spec, checkpoint.folder), run.recipe.int8,
-                             run.recipe.int8_keep_fp32)
+                             run.recipe.int8_keep_fp32, run.recipe.int8_smooth_alpha)
         # A control for the report: INT8 of the plain export, without ORT's offline fusion.
         quantize_int8(made.fp32, folder / UNFUSED_INT8)
         return {"input_names": made.exported.input_names,
@@ -436,7 +436,10 @@ def _variants_stage(run: _Run, checkpoint: Stage, name: str) -> Stage:
                 "fp32_nodes": list(made.fp32_nodes)}
 
     # The node count enters the key only when set: earlier stages keep their keys.
-    keep = {"int8_keep_fp32": run.recipe.int8_keep_fp32} if run.recipe.int8_keep_fp32 else {}
+    keep: dict[str, float] = ({"int8_keep_fp32": run.recipe.int8_keep_fp32}
+                              if run.recipe.int8_keep_fp32 else {})
+    if run.recipe.int8 == "static" and run.recipe.int8_smooth_alpha:
+        keep["int8_smooth_alpha"] = run.recipe.int8_smooth_alpha
     payload = {"checkpoint": checkpoint.key, "int8": run.recipe.int8, **keep,
                "calibration": examples_digest(Examples(calibration.texts,
                                                        [0] * len(calibration.texts)))}

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from compress.augment import AugmentConfig
 from compress.distill import DistilConfig
 from compress.finetune import FinetuneConfig
+from compress.smooth import DEFAULT_ALPHA as SMOOTH_ALPHA
 from compress.stages import cache_root
 from compress.tasks import TaskSpec, builtin_tasks, get_task, load_task_file
 from contract.artifact import CompressError
@@ -165,6 +166,10 @@ class Recipe(_Section):
     int8_keep_fp32: int = Field(
         default=0, ge=0, description="static INT8: keep this many of the most sensitive nodes "
         "(a per-node sweep against fp32) in fp32")
+    int8_smooth_alpha: float = Field(
+        default=SMOOTH_ALPHA, ge=0.0, le=1.0, description="static INT8: SmoothQuant's migration "
+        "strength (outlier activation channels moved into the weights before quantizing; "
+        "compress/smooth.py); 0 turns it off")
 
     @field_validator("task")
     @classmethod

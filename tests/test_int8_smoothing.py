@@ -132,3 +132,13 @@ def test_the_served_int8_graph_is_smoothed_and_batch_invariant(
                          fused.exported.input_names, 64)
     alone = np.concatenate([int8.logits([text]) for text in texts])
     np.testing.assert_allclose(int8.logits_in_batches(texts, batch_size=16), alone, atol=1e-4)
+
+
+def test_alpha_zero_gives_the_plain_static_graph(tiny_repo: TinyRepo, tmp_path: Path) -> None:
+    train = load_split(SST2, "train", tiny_repo.data_dir)
+    made = make_variants(tiny_repo.sst2_teacher, tmp_path, train.texts[:8],
+                         Calibration(list(train.texts[:100]), "100 train"), 64,
+                         smooth_alpha=0.0)
+    ops = onnx.load(str(made.int8)).graph.node
+    assert not any(n.name.endswith("_smooth") for n in ops)
+    assert made.calibration is not None and "SmoothQuant" not in made.calibration
