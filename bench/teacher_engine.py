@@ -41,17 +41,22 @@ def main(argv: list[str] | None = None) -> int:
     texts = random.Random(0).sample(list(train.texts), min(args.texts, len(train)))
     with tempfile.TemporaryDirectory() as scratch:
         engines = {"pytorch": torch_engine(args.teacher, args.max_length),
-                   "onnx fused fp32": onnx_engine(args.teacher, Path(scratch), args.max_length)}
-        diff = float(np.abs(engines["pytorch"](texts[:64]) -
-                            engines["onnx fused fp32"](texts[:64])).max())
+                   "onnx fused fp32": onnx_engine(args.teacher, Path(scratch), args.max_length),
+                   "pytorch bf16": torch_engine(args.teacher, args.max_length, bf16=True)}
+        reference = engines["pytorch"](texts)
+        for name in ("onnx fused fp32", "pytorch bf16"):
+            got = engines[name](texts)
+            print(f"{name} against pytorch fp32 on {len(texts)} texts: labels equal "
+                  f"{100 * np.mean(got.argmax(-1) == reference.argmax(-1)):.2f}%, max |logit diff| "
+                  f"{np.abs(got - reference).max():.1e}")
         rates = interleaved({name: _rate(engine, texts) for name, engine in engines.items()},
                             args.rounds, lambda r: print(", ".join(f"{k} {v:.1f}/s"
                                                                   for k, v in r.items())))
     medians = {name: statistics.median(values) for name, values in rates.items()}
     print(f"{len(texts)} {args.task} train texts, {args.rounds} rounds, medians: "
           + ", ".join(f"{k} {v:.1f} texts/s" for k, v in medians.items())
-          + f"; ONNX / PyTorch {medians['onnx fused fp32'] / medians['pytorch']:.2f}x; "
-          f"max |logit diff| {diff:.1e}")
+          + f"; ONNX / PyTorch {medians['onnx fused fp32'] / medians['pytorch']:.2f}x, "
+          f"PyTorch bf16 / ONNX {medians['pytorch bf16'] / medians['onnx fused fp32']:.2f}x")
     return 0
 
 

@@ -60,6 +60,12 @@ class TrainRuntime:
         """Size torch's CPU thread pool for the cores this process may use."""
         torch.set_num_threads(self.threads)
 
+    @property
+    def bf16_logits(self) -> bool:
+        """Whether a teacher's logits may be computed under bf16 autocast (CPU training in bf16;
+        compress/teacher_engine.py still checks the labels)."""
+        return self.device == "cpu" and self.precision == "bf16"
+
     def describe(self) -> str:
         return f"{self.device}, {self.precision}, {self.threads} CPU threads"
 

@@ -115,25 +115,27 @@ def _has_task_head(folder: Path, spec: TaskSpec) -> bool:
     return [names.get(str(i)) for i in range(len(names))] == spec.label_names
 
 
-def _fingerprint(teacher_dir: Path, texts: Texts, max_length: int) -> str:
+def _fingerprint(teacher_dir: Path, texts: Texts, max_length: int, bf16: bool = False) -> str:
     digest = hashlib.sha256(weights_digest(teacher_dir).encode("ascii"))
     digest.update(repr((max_length, texts)).encode("utf-8"))
+    if bf16:  # bf16 logits differ from fp32's by rounding: their own cache (fp32 keys unchanged)
+        digest.update(b"bf16")
     return digest.hexdigest()[:16]
 
 
 def teacher_logits(
     teacher_dir: Path, texts: Texts, max_length: int, cache_dir: Path | None = None,
-    engine_dir: Path | None = None,
+    engine_dir: Path | None = None, bf16: bool = False,
 ) -> np.ndarray:
     """The teacher's logits for every text; with `cache_dir`, computed once and cached by weights
     + texts. A large job runs on the teacher's fused ONNX graph, kept in `engine_dir`, when it is
     faithful (compress/teacher_engine.py)."""
     cache = None
     if cache_dir is not None:
-        cache = cache_dir / f"teacher-logits-{_fingerprint(teacher_dir, texts, max_length)}.npy"
+        cache = cache_dir / f"teacher-logits-{_fingerprint(teacher_dir, texts, max_length, bf16)}.npy"
         if cache.is_file():
             return np.load(cache)
-    logits = choose_engine(teacher_dir, texts, max_length, engine_dir or cache_dir)(texts)
+    logits = choose_engine(teacher_dir, texts, max_length, engine_dir or cache_dir, bf16)(texts)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         partial = cache.with_name(cache.name + ".partial.npy")
@@ -149,7 +151,7 @@ LOGIT_CHUNK_ROWS = 8192
 
 
 def teacher_logits_of(teacher_dir: Path, train: Examples, picked: list[int], max_length: int,
-                      cache_dir: Path | None = None) -> np.ndarray:
+                      cache_dir: Path | None = None, bf16: bool = False) -> np.ndarray:
     """The teacher's logits of `train.pick(picked)`.
 
     With a cache, rows are kept by their index in the whole split: every stage of a recipe
@@ -157,8 +159,8 @@ def teacher_logits_of(teacher_dir: Path, train: Examples, picked: list[int], max
     (one pass of a base-size teacher over all of SST-2 train is ~25 min on 2 cores), but no more
     rows than the stages ask for."""
     if cache_dir is None:
-        return teacher_logits(teacher_dir, train.pick(picked).texts, max_length)
-    key = _fingerprint(teacher_dir, train.texts, max_length)
+        return teacher_logits(teacher_dir, train.pick(picked).texts, max_length, bf16=bf16)
+    key = _fingerprint(teacher_dir, train.texts, max_length, bf16)
     whole = cache_dir / f"teacher-logits-{key}.npy"  # the whole split, as teacher_logits caches it
     if whole.is_file():
         cached: np.ndarray = np.load(whole)[picked]
@@ -172,7 +174,7 @@ def teacher_logits_of(teacher_dir: Path, train: Examples, picked: list[int], max
     for start in range(0, len(missing), LOGIT_CHUNK_ROWS):
         chunk = missing[start : start + LOGIT_CHUNK_ROWS]
         computed = teacher_logits(teacher_dir, train.pick(chunk).texts, max_length,
-                                  engine_dir=cache_dir)
+                                  engine_dir=cache_dir, bf16=bf16)
         if logits is None:
             logits = np.zeros((len(train), computed.shape[1]), dtype=np.float32)
         logits[chunk], done[chunk] = computed, True
@@ -186,15 +188,16 @@ def teacher_logits_of(teacher_dir: Path, train: Examples, picked: list[int], max
 
 
 def _distillation_rows(teacher_dir: Path, train: Examples, augmented: Examples, picked: list[int],
-                       max_length: int, cache_dir: Path | None) -> tuple[Examples, np.ndarray]:
+                       max_length: int, cache_dir: Path | None, bf16: bool = False) \
+        -> tuple[Examples, np.ndarray]:
     """The picked rows of train + augmented with their teacher logits; each part keeps its own
     per-row logit cache (adding variants does not recompute the training split's logits)."""
     own = [i for i in picked if i < len(train)]
     varied = [i - len(train) for i in picked if i >= len(train)]
-    logits = teacher_logits_of(teacher_dir, train, own, max_length, cache_dir)
+    logits = teacher_logits_of(teacher_dir, train, own, max_length, cache_dir, bf16)
     data = train.pick(own)
     if varied:
-        extra = teacher_logits_of(teacher_dir, augmented, varied, max_length, cache_dir)
+        extra = teacher_logits_of(teacher_dir, augmented, varied, max_length, cache_dir, bf16)
         labels: list[Label] = [int(i) for i in extra.argmax(axis=-1)]
         data = Examples(data.texts + augmented.pick(varied).texts, data.labels + labels)
         logits = np.concatenate([logits, extra])
@@ -294,7 +297,7 @@ def distil(
     extra = augmented if augmented is not None else Examples([], [])
     picked = sample_indices(len(train) + len(extra), config.max_examples, rng)
     data, logits = _distillation_rows(teacher_dir, train, extra, picked, config.max_length,
-                                      cache_dir)
+                                      cache_dir, runtime.bf16_logits)
     encoded = hf_tokenize(tokenizer, data.texts, config.max_length)
     teacher = _Teacher(logits=logits)
     if config.needs_online_teacher:

@@ -321,13 +321,13 @@ def _levels(run: _Run, model: PreTrainedModel) -> list[PruneLevel]:
 
 def score_heads_and_neurons(checkpoint: Path, teacher_dir: Path, train: Examples, count: int,
                             max_length: int, temperature: float,
-                            cache_dir: Path | None = None) -> Importance:
+                            cache_dir: Path | None = None, bf16: bool = False) -> Importance:
     """Importance of every head and FFN neuron of `checkpoint` under the distillation loss, on the
     first `count` examples of `train`."""
     picked = list(range(min(count, len(train))))
     texts = train.pick(picked).texts
     targets = torch.from_numpy(teacher_logits_of(teacher_dir, train, picked, max_length,
-                                                 cache_dir))
+                                                 cache_dir, bf16))
     model, tokenizer = load_classifier(checkpoint)
     encoded = hf_tokenize(tokenizer, texts, max_length)
     order = sorted(range(len(texts)), key=lambda i: len(encoded["input_ids"][i]))
@@ -354,8 +354,9 @@ def prune_checkpoint(checkpoint: Path, teacher_dir: Path, train: Examples, level
     """Score, cut to `level`, then distil again from the unpruned teacher (pruning alone loses
     accuracy); the pruned checkpoint is written to `out`."""
     if importance is None:
-        importance = score_heads_and_neurons(checkpoint, teacher_dir, train, importance_examples,
-                                             config.max_length, config.temperature, cache_dir)
+        importance = score_heads_and_neurons(
+            checkpoint, teacher_dir, train, importance_examples, config.max_length,
+            config.temperature, cache_dir, runtime is not None and runtime.bf16_logits)
     model, tokenizer = load_classifier(checkpoint)
     prune_model(model, importance, level)
     return distil(model, tokenizer, teacher_dir, train, config, out, cache_dir, runtime, resume,
@@ -368,7 +369,8 @@ def _importance_stage(run: _Run, teacher: Stage, student: Stage) -> tuple[Import
 
     def build(folder: Path) -> dict[str, Any]:
         scores = score_heads_and_neurons(student.folder, teacher.folder, run.train, count,
-                                         config.max_length, config.temperature, run.cache)
+                                         config.max_length, config.temperature, run.cache,
+                                         run.runtime.bf16_logits)
         scores.save(folder / "importance.npz")
         return {"examples": count}
 

@@ -1,5 +1,7 @@
-"""The engine that computes a teacher's logits over many texts: its fused fp32 ONNX graph on ONNX
-Runtime when that is faithful, else PyTorch.
+"""The engine that computes a teacher's logits over many texts: PyTorch under bf16 autocast when
+the training runs in bf16 on a CPU with native bf16 (3x the fused graph's speed for MPNet-base on
+AMX) and it keeps the labels; else its fused fp32 ONNX graph on ONNX Runtime when that is
+faithful; else PyTorch.
 
 Labelling tens of thousands of augmented texts with a base-size teacher is the costliest step of
 distillation on a CPU. The fused graph gives the same logits as PyTorch (float32 both; they differ
@@ -36,15 +38,18 @@ CHECK_TEXTS = 64
 MIN_TEXTS_FOR_ONNX = 4096
 
 
-def torch_engine(teacher_dir: Path, max_length: int, batch_size: int = 64) -> Engine:
-    """The teacher in PyTorch, batches of similar length."""
+def torch_engine(teacher_dir: Path, max_length: int, batch_size: int = 64,
+                 bf16: bool = False) -> Engine:
+    """The teacher in PyTorch, batches of similar length; with `bf16`, under bf16 autocast (on a
+    CPU with native bf16, 2-3x faster than fp32 for a base-size model; logits differ by bf16's
+    rounding)."""
     teacher, tokenizer = load_classifier(teacher_dir)
 
     def run(texts: Texts) -> np.ndarray:
         encoded = hf_tokenize(tokenizer, texts, max_length)
         order = sorted(range(len(texts)), key=lambda i: len(encoded["input_ids"][i]))
         logits = np.zeros((len(texts), len(teacher.config.id2label or {})), dtype=np.float32)
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             for start in tqdm(range(0, len(order), batch_size), desc="teacher logits",
                               unit="batch", disable=len(order) <= batch_size):
                 picked = order[start : start + batch_size]
@@ -89,11 +94,23 @@ def onnx_engine(teacher_dir: Path, folder: Path, max_length: int, batch_size: in
     return run
 
 
-def choose_engine(teacher_dir: Path, texts: Texts, max_length: int, cache_dir: Path | None) \
-        -> Engine:
-    """ONNX Runtime for a large CPU job whose first texts it labels as PyTorch does, else
-    PyTorch."""
+def choose_engine(teacher_dir: Path, texts: Texts, max_length: int, cache_dir: Path | None,
+                  bf16: bool = False) -> Engine:
+    """With `bf16` (training in bf16 on a CPU with native bf16), PyTorch under bf16 autocast when
+    it labels the first texts as fp32 PyTorch does; else ONNX Runtime for a large CPU job whose
+    first texts it labels as PyTorch does; else PyTorch."""
     reference = torch_engine(teacher_dir, max_length)
+    if bf16 and not torch.cuda.is_available():
+        fast = torch_engine(teacher_dir, max_length, bf16=True)
+        sample = texts[:CHECK_TEXTS]
+        expected, got = reference(sample), fast(sample)
+        diff = float(np.abs(expected - got).max())
+        if bool((expected.argmax(-1) == got.argmax(-1)).all()):
+            log.info("teacher logits in PyTorch bf16 (max diff to fp32 %.1e on %d texts, labels "
+                     "equal)", diff, len(sample))
+            return fast
+        log.warning("bf16 changes the teacher's labels on %d texts: fp32 computes the logits",
+                    len(sample))
     if cache_dir is None or len(texts) < MIN_TEXTS_FOR_ONNX or torch.cuda.is_available():
         return reference
     folder = cache_dir / f"teacher-graph-{weights_digest(teacher_dir)}"

@@ -64,3 +64,42 @@ def test_the_engine_benchmark_prints_both_rates_their_ratio_and_the_logit_differ
                  "--max-length", "64", "--data-dir", str(tiny_repo.data_dir)]) == 0
     out = capsys.readouterr().out
     assert "pytorch" in out and "ONNX / PyTorch" in out and "max |logit diff|" in out
+    assert "PyTorch bf16 / ONNX" in out and "labels equal" in out
+
+
+def test_bf16_training_labels_with_pytorch_bf16_when_it_keeps_the_labels(
+        tiny_repo: TinyRepo, tmp_path: Path) -> None:
+    texts = _texts(tiny_repo)
+    fp32 = torch_engine(tiny_repo.sst2_teacher, 64)(texts)
+    got = choose_engine(tiny_repo.sst2_teacher, texts, 64, tmp_path, bf16=True)(texts)
+    expected = torch_engine(tiny_repo.sst2_teacher, 64, bf16=True)(texts)
+    np.testing.assert_array_equal(got, expected)
+    assert not np.array_equal(got, fp32)  # bf16's rounding: not the fp32 engine
+    assert not list(tmp_path.iterdir())  # no fused graph was needed
+
+
+def test_bf16_that_changes_a_label_falls_back_to_fp32(
+        tiny_repo: TinyRepo, monkeypatch: pytest.MonkeyPatch) -> None:
+    reference = torch_engine(tiny_repo.sst2_teacher, 64)
+    real = teacher_engine.torch_engine
+
+    def engine(teacher: Path, max_length: int, batch_size: int = 64,
+               bf16: bool = False) -> teacher_engine.Engine:
+        if bf16:
+            return lambda texts: -reference(texts)
+        return real(teacher, max_length, batch_size)
+
+    monkeypatch.setattr(teacher_engine, "torch_engine", engine)
+    texts = _texts(tiny_repo)
+    chosen = choose_engine(tiny_repo.sst2_teacher, texts, 64, None, bf16=True)
+    np.testing.assert_array_equal(chosen(texts[:20]), reference(texts[:20]))
+
+
+def test_bf16_logits_are_cached_apart_from_fp32_logits(tiny_repo: TinyRepo,
+                                                       tmp_path: Path) -> None:
+    from compress.distill import teacher_logits
+
+    texts = _texts(tiny_repo)[:40]
+    teacher_logits(tiny_repo.sst2_teacher, texts, 64, tmp_path / "cache")
+    teacher_logits(tiny_repo.sst2_teacher, texts, 64, tmp_path / "cache", bf16=True)
+    assert len(list((tmp_path / "cache").glob("teacher-logits-*.npy"))) == 2
