@@ -168,7 +168,8 @@ def make_variants(checkpoint: Path, folder: Path, check_texts: Sequence[TextInpu
         batches = list(calibration_batches(checkpoint / "tokenizer.json", calibration.texts,
                                            exported.input_names, max_length))
         if keep_fp32:
-            scores = sensitivity(folder / "fused.onnx", lambda: batches[:SENSITIVITY_TEXTS])
+            scores = sensitivity(folder / "fused.onnx", lambda: batches[:SENSITIVITY_TEXTS],
+                                 smooth_alpha)
             fp32_nodes = most_sensitive(scores, keep_fp32)
             log.info("INT8 sensitivity (logit MSE against fp32, label flips of %d texts): %s; "
                      "kept in fp32: %s", min(len(batches), SENSITIVITY_TEXTS),

@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 
 from compress.quantize import Feeds, quantize_static_int8
+from compress.smooth import DEFAULT_ALPHA
 from contract.session import open_session
 
 # What ORT's dynamic quantizer quantizes in a fused transformer graph.
@@ -49,7 +50,8 @@ def _logits(graph: Path, batches: Sequence[Feeds]) -> np.ndarray:
     return np.concatenate([session.run([output], feeds)[0] for feeds in batches])
 
 
-def sensitivity(fused: Path, calibration: Callable[[], Sequence[Feeds]]) -> list[NodeSensitivity]:
+def sensitivity(fused: Path, calibration: Callable[[], Sequence[Feeds]],
+                smooth_alpha: float = DEFAULT_ALPHA) -> list[NodeSensitivity]:
     """Every quantizable node, most sensitive first (`calibration`: one text per batch)."""
     batches = calibration()
     reference = _logits(fused, batches)
@@ -57,7 +59,7 @@ def sensitivity(fused: Path, calibration: Callable[[], Sequence[Feeds]]) -> list
     with tempfile.TemporaryDirectory() as scratch:
         graph = Path(scratch) / "one.onnx"
         for name, op_type in quantizable_nodes(fused):
-            quantize_static_int8(fused, graph, batches, only=[name])
+            quantize_static_int8(fused, graph, batches, only=[name], smooth_alpha=smooth_alpha)
             got = _logits(graph, batches)
             scores.append(NodeSensitivity(
                 name, op_type, float(np.mean((got - reference) ** 2)),

@@ -8,7 +8,7 @@ with `s_j = max|x_j| ** alpha / max|W_j| ** (1 - alpha)`: in fp32 the graph comp
 function (up to rounding), and the quantizer sees flatter activations and slightly rougher
 weights. The inserted `Mul` works on each row alone, so the graph stays batch-invariant.
 
-The `Mul` costs 2% at batch 1 and 5% in batches of 16 on the demo model (bench.int8); folding it
+The `Mul` costs 3% at batch 1 and 6% in batches of 16 on the demo model (bench.int8); folding it
 into the `QuantizeLinear` as a per-channel scale computes the same but ran 4x slower on ORT's CPU
 kernels (its per-axis path is not vectorised), so it stays a node of its own.
 
@@ -30,8 +30,9 @@ from onnx import helper, numpy_helper
 from contract.session import open_session
 
 Feeds = dict[str, np.ndarray]
-# Measured on the SST-2 demo models on an AVX512-VNNI CPU (docs/benchmarks.md, "INT8 on a VNNI
-# CPU"): labels equal to fp32 on 98.7% of dev at 0 (off), 97.4% at 0.5, 99.3-99.5% at 0.75-0.85.
+# Measured on a MiniLM-L6 SST-2 model on an AVX512-VNNI/AMX CPU (docs/compression.md, "INT8 that
+# keeps accuracy"): labels equal to fp32 on 98.7% of dev at 0 (off), 97.4% at 0.5, 99.3-99.5% at
+# 0.75-0.85.
 DEFAULT_ALPHA = 0.8
 SMOOTHED_OPS = ("Attention", "MatMul")
 # Channels that never fire or weight rows that are all zero keep a scale of 1.
@@ -116,4 +117,3 @@ def _smooth_node(node: onnx.NodeProto, fallback_name: str,
     mul = helper.make_node("Mul", [node.input[0], inverse], [smoothed], name=f"{name}_smooth")
     node.input[0] = smoothed
     return mul
-

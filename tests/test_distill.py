@@ -254,3 +254,16 @@ def test_teacher_logits_are_saved_chunk_by_chunk_so_a_stopped_run_keeps_its_rows
     resumed = teacher_logits_of(tiny_repo.sst2_teacher, train, list(range(25)), 64, tmp_path)
     assert calls == [5]  # the two saved chunks are not computed again
     assert resumed.shape == (25, 2)
+
+
+def test_a_bf16_training_run_keeps_its_teacher_logits_apart_from_fp32_runs(
+        tiny_repo: TinyRepo, tmp_path: Path) -> None:
+    from compress.device import TrainRuntime
+
+    train = Examples(["good", "bad", "fun", "dull"] * 10, [1, 0, 1, 0] * 10)
+    config = DistilConfig(epochs=1, batch_size=4, max_examples=8, max_length=64)
+    for precision in ("fp32", "bf16"):
+        student, tokenizer = init_student(str(tiny_repo.base_model), SST2, 1)
+        distil(student, tokenizer, tiny_repo.sst2_teacher, train, config,
+               tmp_path / precision, tmp_path / "cache", TrainRuntime("cpu", precision, 1))
+    assert len(list((tmp_path / "cache").glob("teacher-logits-*.rows.npz"))) == 2
