@@ -231,7 +231,8 @@ def test_the_table3_recipes_are_valid(name: str) -> None:
 
 def test_the_shipped_recipes_with_levers_are_valid() -> None:
     sst2 = load_recipe(ROOT / "recipes" / "table3-sst2.yaml")
-    assert sst2.augment is not None and sst2.student.intermediate is not None
+    # SST-2 ships augmentation alone: the intermediate stage cost accuracy there (compression.md).
+    assert sst2.augment is not None and sst2.student.intermediate is None
     mrpc = load_recipe(ROOT / "recipes" / "mrpc-levers.yaml")
     assert mrpc.augment is not None and mrpc.student.intermediate is not None
     assert mrpc.student.intermediate.layer_map == (2, 4, 6)
