@@ -77,3 +77,17 @@ def test_both_levers_reuse_the_intermediate_stage_the_intermediate_row_built(
     built = read_record(base.output / "levers" / "intermediate" / "student-intermediate")
     assert built is not None
     assert read_record(base.output / "levers" / "both" / "student-intermediate") == built
+
+
+def test_a_recipe_without_an_intermediate_stage_gets_the_measured_one_in_its_lever_rows(
+        tiny_repo: TinyRepo, tmp_path: Path) -> None:
+    # The shipped SST-2 recipe dropped its intermediate stage; `make levers` must still measure
+    # the 16,000-row stage the docs report, not one over the whole training split.
+    base = _recipe(tiny_repo, tmp_path / "run")
+    made = levers.lever_recipes(base, tmp_path / "teacher", train_rows=100_000)
+    intermediate = {lever: recipe.student.intermediate for lever, recipe in made.items()}
+    assert intermediate["logits only"] is None and intermediate["+ augmentation"] is None
+    for lever in ("+ intermediate layers", "+ both"):
+        config = intermediate[lever]
+        assert config is not None and config.max_examples == 16000
+        assert config.needs_online_teacher and config.logit_weight == 0.0
