@@ -20,7 +20,7 @@ from compress.finetune import FinetuneConfig, finetune, hf_tokenize
 from compress.fp16 import convert_fp16
 from compress.int8_sensitivity import most_sensitive, sensitivity
 from compress.metrics import score, tune_thresholds
-from compress.optimize import FusionReport, operator_counts, optimize
+from compress.optimize import FusionReport, operator_counts, optimize, split_skip_layer_norm
 from compress.pretrained import resolve_model
 from compress.quantize import (
     CALIBRATION_PERCENTILE,
@@ -179,6 +179,8 @@ def make_variants(checkpoint: Path, folder: Path, check_texts: Sequence[TextInpu
                              keep_fp32=fp32_nodes, smooth_alpha=smooth_alpha)
     else:
         quantize_int8(folder / "fused.onnx", folder / "int8.onnx")
+    log.info("CPU graph: %d SkipLayerNormalization split into Add + LayerNormalization",
+             split_skip_layer_norm(folder / "int8.onnx"))
     _stage("fp16")
     convert_fp16(folder / "fused.onnx", folder / "fp16.onnx")
     return Variants(exported, fusion, exported.path, folder / "fused.onnx", folder / "int8.onnx",

@@ -32,7 +32,7 @@ from compress.distill import DistilConfig, distil, init_student, soft_loss, teac
 from compress.export import ExportResult
 from compress.finetune import finetune, hf_tokenize
 from compress.model_stats import inspect_config, load_config
-from compress.optimize import FusionReport
+from compress.optimize import CPU_GRAPH_FORM, FusionReport
 from compress.pretrained import resolve_model
 from compress.prune import Importance, PruneLevel, importance_scores, model_shape, prune_model
 from compress.quantize import quantize_int8
@@ -443,6 +443,7 @@ def _variants_stage(run: _Run, checkpoint: Stage, name: str) -> Stage:
     if run.recipe.int8 == "static" and run.recipe.int8_smooth_alpha:
         keep["int8_smooth_alpha"] = run.recipe.int8_smooth_alpha
     payload = {"checkpoint": checkpoint.key, "int8": run.recipe.int8, **keep,
+               "cpu_graph": CPU_GRAPH_FORM,
                "calibration": examples_digest(Examples(calibration.texts,
                                                        [0] * len(calibration.texts)))}
     return run_stage(run.out / "onnx" / name, payload, build)

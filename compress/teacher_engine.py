@@ -25,7 +25,7 @@ from tqdm import tqdm
 from compress.checkpoint import load_classifier
 from compress.export import export_onnx
 from compress.finetune import hf_tokenize, with_mask_token
-from compress.optimize import optimize
+from compress.optimize import optimize, split_skip_layer_norm
 from contract.cpu_quota import usable_cores
 from contract.predictor import OnnxPredictor
 
@@ -80,6 +80,7 @@ def onnx_engine(teacher_dir: Path, folder: Path, max_length: int, batch_size: in
         started = time.perf_counter()
         exported = export_onnx(teacher_dir, folder / "fp32.onnx", ["a check", "another one"])
         optimize(exported.path, folder / "fused.partial.onnx", exported.architecture)
+        split_skip_layer_norm(folder / "fused.partial.onnx")  # it runs on the CPU
         (folder / "fused.partial.onnx").replace(graph)
         (folder / "inputs.txt").write_text("\n".join(exported.input_names), encoding="utf-8")
         log.info("teacher graph exported and fused in %.0f s", time.perf_counter() - started)

@@ -12,6 +12,12 @@ from typing import Any
 Provider = str | tuple[str, dict[str, str]]
 
 
+# Fusions a CPU-only session does without. SkipLayerNormFusion: ORT's CPU SkipLayerNormalization is
+# a scalar loop, several times slower than the Add + LayerNormalization it replaces (the build
+# splits it in CPU graphs, compress/optimize.py; this keeps ORT from fusing them back at load).
+CPU_DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
+
+
 class ProviderUnavailable(RuntimeError):
     """An execution provider was asked for but the session runs without it."""
 
@@ -20,13 +26,22 @@ def provider_name(provider: Provider) -> str:
     return provider if isinstance(provider, str) else provider[0]
 
 
+def default_disabled_optimizers(providers: Sequence[Provider]) -> tuple[str, ...]:
+    """The ORT graph optimizations a session on `providers` goes without."""
+    cpu_only = all(provider_name(p) == "CPUExecutionProvider" for p in providers)
+    return CPU_DISABLED_OPTIMIZERS if cpu_only else ()
+
+
 def open_session(path: str | Path, threads: int | None = None,
                  providers: Sequence[Provider] = ("CPUExecutionProvider",),
-                 spinning: bool | None = None) -> Any:
+                 spinning: bool | None = None,
+                 disabled_optimizers: Sequence[str] | None = None) -> Any:
     """A session on `path`: `threads` intra-op threads (None: ORT's default, all cores), one
-    inter-op thread, sequential execution; `spinning` False stops the intra-op threads from
-    spinning after a run (None: ORT's default, they spin). Raises ProviderUnavailable when ORT
-    silently falls back from a requested provider (e.g. CUDA without its libraries or a driver)."""
+    inter-op thread, sequential execution, ORT's graph optimizations but `disabled_optimizers`
+    (None: `default_disabled_optimizers`); `spinning` False stops
+    the intra-op threads from spinning after a run (None: ORT's default, they spin). Raises
+    ProviderUnavailable when ORT silently falls back from a requested provider (e.g. CUDA without
+    its libraries or a driver)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -36,7 +51,10 @@ def open_session(path: str | Path, threads: int | None = None,
         options.add_session_config_entry("session.intra_op.allow_spinning", str(int(spinning)))
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    session = ort.InferenceSession(str(path), options, providers=list(providers))
+    if disabled_optimizers is None:
+        disabled_optimizers = default_disabled_optimizers(providers)
+    session = ort.InferenceSession(str(path), options, providers=list(providers),
+                                   disabled_optimizers=list(disabled_optimizers) or None)
     active = session.get_providers()
     missing = [provider_name(p) for p in providers if provider_name(p) not in active]
     if missing:

@@ -56,6 +56,15 @@ def test_int8_variant_runs_quantized_kernels(tiny_repo: TinyRepo) -> None:
     assert operators.get("MatMulInteger", 0) + operators.get("DynamicQuantizeMatMul", 0) > 0
 
 
+def test_cpu_int8_variant_runs_layer_norm_unfused_and_gpu_variant_fused(
+        tiny_repo: TinyRepo) -> None:
+    variants = read_manifest(tiny_repo.root / "sst2").variants
+    cpu = variants["cpu-int8"].operators
+    assert "SkipLayerNormalization" not in cpu
+    assert cpu.get("LayerNormalization", 0) >= 2
+    assert variants["gpu-fp16"].operators.get("SkipLayerNormalization", 0) >= 2
+
+
 def test_export_reproduces_pytorch_logits(tiny_repo: TinyRepo) -> None:
     recipe = read_manifest(tiny_repo.root / "sst2").provenance.recipe
     assert float(recipe["export_max_abs_logit_diff"]) < 1e-4  # type: ignore[arg-type]
