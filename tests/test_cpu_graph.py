@@ -11,7 +11,9 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from app.core.service import slow_cpu_graphs
 from compress.optimize import operator_counts, split_skip_layer_norm
+from contract.artifact import read_manifest
 from contract.session import CPU_DISABLED_OPTIMIZERS, default_disabled_optimizers, open_session
 
 HIDDEN = 16
@@ -102,3 +104,12 @@ def test_open_session_runs_the_split_graph(tmp_path: Path) -> None:
     split_skip_layer_norm(split)
     got = open_session(split, threads=1).run(["y"], _feeds())[0]
     np.testing.assert_allclose(got, _run(fused, _feeds()), rtol=1e-4, atol=1e-4)
+
+
+def test_a_server_names_cpu_graphs_built_before_the_split(fast_repo: Path) -> None:
+    manifest = read_manifest(fast_repo / "sst2")
+    assert slow_cpu_graphs(manifest, ["fp32", "cpu-int8", "gpu-fp16"]) == []  # built now: split
+    old = manifest.variants["cpu-int8"]
+    manifest.variants["cpu-int8"] = old.model_copy(update={
+        "operators": {**old.operators, "SkipLayerNormalization": 12}})
+    assert slow_cpu_graphs(manifest, ["cpu-int8", "gpu-fp16"]) == ["cpu-int8"]

@@ -6,7 +6,7 @@ import dataclasses
 import functools
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -34,11 +34,20 @@ from app.core.routing import (
 from app.core.tracing import Tracing, tracing_from_settings
 from app.runtime.workers import ModelFile, WorkerPool, WorkerSpec, cpu_layout
 from app.settings import BatchPolicySettings, ConfigError, GpuPoolSettings, PoolName, Settings
-from contract.artifact import ArtifactError
+from contract.artifact import ArtifactError, Manifest
 from contract.cpu_quota import usable_cores
 from contract.session import Provider
 
 log = logging.getLogger(__name__)
+
+
+def slow_cpu_graphs(manifest: Manifest, variants: Iterable[str]) -> list[str]:
+    """The variants among `variants` that run on the CPU provider and still hold
+    SkipLayerNormalization nodes (artifacts built before the build split them: the same answers,
+    slower; docs/benchmarks.md "SkipLayerNormalization on the CPU")."""
+    return [name for name in variants
+            if manifest.variants[name].execution_provider == "CPUExecutionProvider"
+            and manifest.variants[name].operators.get("SkipLayerNormalization", 0) > 0]
 
 
 @dataclass
@@ -306,6 +315,11 @@ class Loader:
                     "the manifest's: rebuild the artifact on this CPU family", entry.name,
                     version, result.variant, result.here_kernels, result.build_kernels,
                     100 * result.label_agreement, result.texts, result.max_abs_logit_diff)
+        for variant in slow_cpu_graphs(model.manifest, self._variants(route)):
+            log.warning("model %s version %d: its %s graph runs ORT's SkipLayerNormalization, "
+                        "a slow CPU kernel (built before CPU graphs split it): rebuilding the "
+                        "artifact gives the same answers 1.3-1.8x faster", entry.name, version,
+                        variant)
         for variant in self._variants(route):
             served = model.manifest.variants[variant]
             if served.batch_invariant is False:
