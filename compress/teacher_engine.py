@@ -75,7 +75,7 @@ def weights_digest(teacher_dir: Path) -> str:
 
 def onnx_engine(teacher_dir: Path, folder: Path, max_length: int, batch_size: int = 64) -> Engine:
     """The teacher's fused fp32 graph on ORT (exported and fused once into `folder`)."""
-    graph = folder / "fused.onnx"
+    graph = folder / "fused-cpu.onnx"  # the split form: a cache of the older fused.onnx rebuilds
     if not graph.is_file():
         started = time.perf_counter()
         exported = export_onnx(teacher_dir, folder / "fp32.onnx", ["a check", "another one"])

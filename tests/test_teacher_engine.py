@@ -27,7 +27,7 @@ def test_a_large_job_runs_on_the_fused_graph_with_pytorchs_answers(
     texts = _texts(tiny_repo)
     engine = choose_engine(tiny_repo.sst2_teacher, texts, 64, tmp_path)
     assert (tmp_path / f"teacher-graph-{teacher_engine.weights_digest(tiny_repo.sst2_teacher)}"
-            / "fused.onnx").is_file()
+            / "fused-cpu.onnx").is_file()
     expected = torch_engine(tiny_repo.sst2_teacher, 64)(texts)
     got = engine(texts)
     assert np.abs(expected - got).max() <= MAX_ENGINE_DIFF
