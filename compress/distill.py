@@ -261,9 +261,9 @@ class _Teacher:
     tokenizer: PreTrainedTokenizerBase | None = None
 
 
-def _online_teacher(teacher_dir: Path, texts: Texts, student_encoded: dict[str, Any],
+def _online_teacher(layer_teacher: Path, texts: Texts, student_encoded: dict[str, Any],
                     max_length: int, logits: np.ndarray) -> _Teacher:
-    model, tokenizer = load_classifier(teacher_dir)
+    model, tokenizer = load_classifier(layer_teacher)
     encoded = hf_tokenize(tokenizer, texts, max_length)
     misaligned = sum(len(a) != len(b) for a, b in zip(encoded["input_ids"],
                                                       student_encoded["input_ids"], strict=True))
@@ -286,10 +286,13 @@ def distil(
     runtime: TrainRuntime | None = None,
     resume: Resume | None = None,
     augmented: Examples | None = None,
+    layer_teacher: Path | None = None,
 ) -> Path:
     """Train `student` toward the teacher on `train` and the `augmented` rows (at most
     `max_examples` of them together, drawn without replacement); an augmented row's hard label
-    is the teacher's. Save the student with its tokenizer to `out_dir`."""
+    is the teacher's. Hidden states and attention maps (when the config weighs them) come from
+    `layer_teacher`, by default the teacher itself; logits always come from the teacher. Save the
+    student with its tokenizer to `out_dir`."""
     runtime = runtime or choose_runtime()
     runtime.apply()
     torch.manual_seed(config.seed)
@@ -301,7 +304,8 @@ def distil(
     encoded = hf_tokenize(tokenizer, data.texts, config.max_length)
     teacher = _Teacher(logits=logits)
     if config.needs_online_teacher:
-        teacher = _online_teacher(teacher_dir, data.texts, encoded, config.max_length, logits)
+        teacher = _online_teacher(layer_teacher or teacher_dir, data.texts, encoded,
+                                  config.max_length, logits)
     projection = _projection(student, teacher, config)
     modules: dict[str, torch.nn.Module] = {"model": student}
     if projection is not None:

@@ -350,17 +350,19 @@ def prune_checkpoint(checkpoint: Path, teacher_dir: Path, train: Examples, level
                      importance_examples: int, config: DistilConfig, out: Path,
                      cache_dir: Path | None = None, importance: Importance | None = None,
                      runtime: TrainRuntime | None = None, resume: Resume | None = None,
-                     augmented: Examples | None = None) -> Path:
-    """Score, cut to `level`, then distil again from the unpruned teacher (pruning alone loses
-    accuracy); the pruned checkpoint is written to `out`."""
+                     augmented: Examples | None = None, layers_from_student: bool = True) -> Path:
+    """Score, cut to `level`, then distil again from the teacher (pruning alone loses
+    accuracy), hidden states and attention maps (when `config` weighs them) from the unpruned
+    `checkpoint` or the teacher; the pruned checkpoint is written to `out`."""
     if importance is None:
         importance = score_heads_and_neurons(
             checkpoint, teacher_dir, train, importance_examples, config.max_length,
             config.temperature, cache_dir, runtime is not None and runtime.bf16_logits)
     model, tokenizer = load_classifier(checkpoint)
     prune_model(model, importance, level)
+    layer_teacher = checkpoint if layers_from_student else teacher_dir
     return distil(model, tokenizer, teacher_dir, train, config, out, cache_dir, runtime, resume,
-                  augmented)
+                  augmented, layer_teacher)
 
 
 def _importance_stage(run: _Run, teacher: Stage, student: Stage) -> tuple[Importance, str]:
@@ -412,12 +414,15 @@ def _pruned_stage(run: _Run, teacher: Stage, student: Stage, scored: tuple[Impor
     def build(folder: Path) -> dict[str, Any]:
         prune_checkpoint(student.folder, teacher.folder, run.train, level,
                          section.importance_examples, section.distil, folder, run.cache,
-                         importance, run.runtime, resume_of(folder), run.variants_for("prune"))
+                         importance, run.runtime, resume_of(folder), run.variants_for("prune"),
+                         section.layers_from == "student")
         return _trained_on(run.runtime)
 
     payload = {"student": student.key, "teacher": teacher.key, "level": asdict(level),
                "importance": importance_key, "distil": asdict(section.distil),
                **run.training_key("prune")}
+    if section.distil.needs_online_teacher:  # keys of logits-only levels stay as they were
+        payload["layers_from"] = section.layers_from
     return run_stage(run.out / "prune" / level.name, payload, build)
 
 
@@ -492,7 +497,8 @@ def _choose(run: _Run, candidates: list[Candidate], teacher: Stage, student: Sta
 
 def pick_level(candidates: list[Candidate], floor: float | None) -> Candidate:
     """The fastest level with INT8 accuracy >= floor; without a floor the fastest; if none
-    reaches it, the most accurate (the report then says the budget was not met)."""
+    reaches it, the most accurate, the faster of equally accurate ones (the report then says the
+    budget was not met)."""
     if floor is None:
         chosen = min(candidates, key=lambda c: c.int8_ms)
     else:
@@ -500,7 +506,7 @@ def pick_level(candidates: list[Candidate], floor: float | None) -> Candidate:
             candidate.meets_budget = candidate.int8_accuracy >= floor
         within = [c for c in candidates if c.meets_budget]
         chosen = min(within, key=lambda c: c.int8_ms) if within else \
-            max(candidates, key=lambda c: c.int8_accuracy)
+            max(candidates, key=lambda c: (c.int8_accuracy, -c.int8_ms))
     chosen.chosen = True
     return chosen
 

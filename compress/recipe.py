@@ -111,6 +111,12 @@ class PruneSection(_Section):
         description="accuracy points the served model may lose; the fastest level within it is chosen",
     )
     budget_reference: Literal["teacher", "student"] = "teacher"
+    layers_from: Literal["student", "teacher"] = Field(
+        default="student",
+        description="whose hidden states and attention maps a pruned level learns when "
+        "prune.distil weighs them (hidden_weight, attention_weight): the unpruned student, of "
+        "the same width and depth, or the teacher; logits always come from the teacher",
+    )
 
     @field_validator("levels")
     @classmethod

@@ -178,3 +178,40 @@ def test_prune_command_writes_a_smaller_distilled_checkpoint(tiny_repo: TinyRepo
     layer = model.bert.encoder.layer[0]
     assert (layer.attention.self.num_attention_heads, layer.intermediate.dense.out_features) == \
         (1, 16)
+
+
+def _hidden_gap(pruned: Path, unpruned: Path, texts: list[str]) -> float:
+    """Mean squared distance of the last hidden states, pruned against unpruned."""
+    from compress.distill import hidden_loss
+
+    small, tokenizer = load_classifier(pruned)
+    large, _ = load_classifier(unpruned)
+    batch = tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        own = small(**batch, output_hidden_states=True).hidden_states[-1]
+        target = large(**batch, output_hidden_states=True).hidden_states[-1]
+    return float(hidden_loss(own, target, batch["attention_mask"]))
+
+
+def test_a_pruned_level_learns_the_hidden_states_of_the_unpruned_student(
+        tiny_repo: TinyRepo, tmp_path: Path) -> None:
+    """Logits from a teacher whose tokenizer does not line up (no layer transfer from it), hidden
+    states from the unpruned checkpoint: the pruned student moves toward the latter's."""
+    from compress.distill import DistilConfig, DistilError
+    from compress.pipeline import prune_checkpoint
+    from compress.tasks import get_task, load_split
+
+    teacher = build_tiny_bert(tmp_path / "teacher", char_level=True)
+    unpruned = tiny_repo.sst2_teacher
+    train = load_split(get_task("sst2"), "train", tiny_repo.data_dir).head(128)
+    level = PruneLevel(heads=1, ffn=16)
+    logits_only = DistilConfig(epochs=3, batch_size=16, learning_rate=2e-3, max_length=64)
+    layered = DistilConfig(epochs=3, batch_size=16, learning_rate=2e-3, max_length=64,
+                           hidden_weight=1.0)
+    plain = prune_checkpoint(unpruned, teacher, train, level, 64, logits_only, tmp_path / "plain")
+    guided = prune_checkpoint(unpruned, teacher, train, level, 64, layered, tmp_path / "guided")
+    texts = [str(t) for t in train.texts[:32]]
+    assert _hidden_gap(guided, unpruned, texts) < 0.5 * _hidden_gap(plain, unpruned, texts)
+    with pytest.raises(DistilError, match="token-aligned"):
+        prune_checkpoint(unpruned, teacher, train, level, 64, layered, tmp_path / "from-teacher",
+                         layers_from_student=False)

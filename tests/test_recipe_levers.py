@@ -96,3 +96,15 @@ def test_augment_stages_are_checked_by_name(tmp_path: Path) -> None:
     path.write_text("name: x\ntask: sst2\naugment: {stages: [teacher]}\n")
     with pytest.raises(RecipeError, match="stages"):
         load_recipe(path)
+
+
+def test_pruned_levels_learn_layers_from_the_unpruned_student_unless_told_otherwise(
+        tmp_path: Path) -> None:
+    path = tmp_path / "recipe.yaml"
+    path.write_text("name: x\ntask: sst2\n")
+    assert load_recipe(path).prune.layers_from == "student"
+    path.write_text("name: x\ntask: sst2\nprune: {layers_from: teacher}\n")
+    assert load_recipe(path).prune.layers_from == "teacher"
+    path.write_text("name: x\ntask: sst2\nprune: {layers_from: unpruned}\n")
+    with pytest.raises(RecipeError, match="layers_from"):
+        load_recipe(path)

@@ -192,6 +192,12 @@ def test_budget_no_level_meets_keeps_the_most_accurate() -> None:
     assert pipeline.pick_level(levels, floor=0.95).level == "full"
 
 
+def test_budget_no_level_meets_serves_the_faster_of_equally_accurate_levels() -> None:
+    levels = [_candidate("full", 0.9117, 2.1), _candidate("h4", 0.9117, 1.2),
+              _candidate("h8", 0.9094, 1.6)]
+    assert pipeline.pick_level(levels, floor=0.915).level == "h4"
+
+
 def test_without_a_budget_the_fastest_level_is_chosen() -> None:
     levels = [_candidate("full", 0.90, 3.0), _candidate("h6", 0.80, 1.0)]
     assert pipeline.pick_level(levels, floor=None).level == "h6"
