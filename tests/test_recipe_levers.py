@@ -108,3 +108,26 @@ def test_pruned_levels_learn_layers_from_the_unpruned_student_unless_told_otherw
     path.write_text("name: x\ntask: sst2\nprune: {layers_from: unpruned}\n")
     with pytest.raises(RecipeError, match="layers_from"):
         load_recipe(path)
+
+
+def test_a_pruned_level_takes_hidden_states_from_the_model_layers_from_names(
+        tiny_repo: TinyRepo, tmp_path: Path) -> None:
+    layered = {"epochs": 1, "batch_size": 16, "learning_rate": 1e-3, "max_length": 64,
+               "hidden_weight": 1.0}
+    pruned: list[str] = []
+    real = pipeline.distil
+
+    def recording(*args: Any, **kwargs: Any) -> Path:
+        source = args[10] if len(args) > 10 else kwargs.get("layer_teacher")
+        if source is not None:  # the pruned stage; the student stage passes none
+            pruned.append(Path(source).name)
+        return real(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(pipeline, "distil", recording)
+        for source in ("student", "teacher"):
+            recipe = _recipe(tiny_repo, tmp_path / "run", prune__levels=[0.5],
+                             prune__distil=layered, prune__layers_from=source)
+            pipeline.build_stages(recipe, None)
+    # Changing layers_from rebuilds the pruned level (its key), with the other model's layers.
+    assert pruned == ["student", "teacher"]
