@@ -13,7 +13,7 @@ import hashlib
 import json
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,10 +58,26 @@ class DistilConfig(TrainingConfig):
     layer_map: tuple[int, ...] | None = None
     # A cap on optimizer steps (e.g. the same step budget with and without augmented data).
     max_steps: int | None = None
+    # > 0: keep an exponential moving average of the student's weights over the steps and save
+    # that (e.g. 0.999: about the last thousand steps) instead of the last step's weights.
+    ema_decay: float = 0.0
 
     @property
     def needs_online_teacher(self) -> bool:
         return self.hidden_weight > 0 or self.attention_weight > 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay {self.ema_decay}: use 0 (off) or a decay below 1, "
+                             "e.g. 0.999")
+
+    def key_part(self) -> dict[str, Any]:
+        """The settings a stage's cache key holds; a setting left off is left out, so stages
+        built before it existed keep their keys."""
+        settings = asdict(self)
+        if not self.ema_decay:
+            del settings["ema_decay"]
+        return settings
 
     def steps_for(self, examples: int) -> int:
         """Optimizer steps over `examples` rows: `epochs` passes, capped by `max_steps`."""
@@ -326,7 +342,7 @@ def distil(
             placed.enter_context(on_device(module, runtime))
         student.train()
         run_steps(step_loss, modules, lengths, config.batch_size, total_steps, schedule, rng,
-                  f"distil {out_dir.name}", runtime, resume)
+                  f"distil {out_dir.name}", runtime, resume, config.ema_decay)
     student.eval()
     return save_classifier(student, tokenizer, out_dir)
 

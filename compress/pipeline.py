@@ -282,7 +282,7 @@ def _intermediate_stage(run: _Run, teacher: Stage, config: DistilConfig) -> Stag
         return _trained_on(run.runtime)
 
     payload = {"teacher": teacher.key, "init": section.init, "layers": section.layers,
-               "distil": asdict(config), **run.training_key("intermediate")}
+               "distil": config.key_part(), **run.training_key("intermediate")}
     return run_stage(run.out / "student-intermediate", payload, build)
 
 
@@ -303,7 +303,7 @@ def _student_stage(run: _Run, teacher: Stage) -> Stage:
         return _trained_on(run.runtime)
 
     payload = {"teacher": teacher.key, "init": section.init, "layers": section.layers,
-               "distil": asdict(run.recipe.distil), **run.training_key("student")}
+               "distil": run.recipe.distil.key_part(), **run.training_key("student")}
     if first is not None:
         payload["intermediate"] = first.key
     return run_stage(run.out / "student", payload, build)
@@ -419,7 +419,7 @@ def _pruned_stage(run: _Run, teacher: Stage, student: Stage, scored: tuple[Impor
         return _trained_on(run.runtime)
 
     payload = {"student": student.key, "teacher": teacher.key, "level": asdict(level),
-               "importance": importance_key, "distil": asdict(section.distil),
+               "importance": importance_key, "distil": section.distil.key_part(),
                **run.training_key("prune")}
     if section.distil.needs_online_teacher:  # keys of logits-only levels stay as they were
         payload["layers_from"] = section.layers_from

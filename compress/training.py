@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 from transformers import get_linear_schedule_with_warmup
 
@@ -122,8 +123,9 @@ def checkpoint_seconds() -> float:
 
 def _save(resume: Resume, modules: dict[str, torch.nn.Module], progress: _Progress,
           optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
-          rng: random.Random) -> None:
+          rng: random.Random, averages: dict[str, AveragedModel]) -> None:
     state = {"modules": {name: m.state_dict() for name, m in modules.items()},
+             "averages": {name: a.state_dict() for name, a in averages.items()},
              "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
              "step": progress.step, "batches": progress.batches, "position": progress.position,
              "rng": rng.getstate(), "torch_rng": torch.get_rng_state(),
@@ -136,13 +138,15 @@ def _save(resume: Resume, modules: dict[str, torch.nn.Module], progress: _Progre
 
 def _restore(resume: Resume, modules: dict[str, torch.nn.Module],
              optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
-             rng: random.Random, desc: str) -> _Progress:
+             rng: random.Random, averages: dict[str, AveragedModel], desc: str) -> _Progress:
     if not resume.file.is_file():
         return _Progress()
     # weights_only=False: the file is this stage's own (RNG states are not plain tensors).
     state = torch.load(resume.file, map_location="cpu", weights_only=False)
     for name, module in modules.items():
         module.load_state_dict(state["modules"][name])
+    for name, average in averages.items():
+        average.load_state_dict(state["averages"][name])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     rng.setstate(state["rng"])
@@ -164,13 +168,16 @@ def run_steps(
     desc: str,
     runtime: TrainRuntime,
     resume: Resume | None = None,
+    ema_decay: float = 0.0,
 ) -> None:
     """`total_steps` optimizer steps over length-bucketed batches, epoch after epoch, the forward
     pass under the runtime's autocast; with `resume`, a checkpoint every `resume.every_s` seconds,
-    and a start from the last one."""
+    and a start from the last one. With `ema_decay` > 0 the modules end with the exponential moving
+    average of their weights over the steps instead of the last step's weights."""
     optimizer, scheduler = schedule
     parameters = [p for m in modules.values() for p in m.parameters()]
-    progress = _restore(resume, modules, optimizer, scheduler, rng, desc) if resume \
+    averages = moving_averages(modules, ema_decay)
+    progress = _restore(resume, modules, optimizer, scheduler, rng, averages, desc) if resume \
         else _Progress()
     saved_at = time.monotonic()
     with tqdm(total=total_steps, initial=progress.step, desc=desc, unit="step") as bar:
@@ -185,11 +192,33 @@ def run_steps(
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
+            for name, average in averages.items():
+                average.update_parameters(modules[name])
             progress.step += 1
             progress.position += 1
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}")
             if resume is not None and time.monotonic() - saved_at >= resume.every_s \
                     and progress.step < total_steps:
-                _save(resume, modules, progress, optimizer, scheduler, rng)
+                _save(resume, modules, progress, optimizer, scheduler, rng, averages)
                 saved_at = time.monotonic()
+    for name, average in averages.items():
+        take_average(modules[name], average)
+
+
+def moving_averages(modules: dict[str, torch.nn.Module],
+                    decay: float) -> dict[str, AveragedModel]:
+    """An exponential moving average of each module's parameters (none when `decay` is 0)."""
+    if not 0.0 <= decay < 1.0:
+        raise ValueError(f"ema_decay {decay} is not in [0, 1)")
+    if decay == 0.0:
+        return {}
+    return {name: AveragedModel(module, multi_avg_fn=get_ema_multi_avg_fn(decay))
+            for name, module in modules.items()}
+
+
+def take_average(module: torch.nn.Module, average: AveragedModel) -> None:
+    """Give `module` the averaged parameters (buffers stay the module's own)."""
+    with torch.no_grad():
+        for mine, averaged in zip(module.parameters(), average.module.parameters(), strict=True):
+            mine.copy_(averaged)

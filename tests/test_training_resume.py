@@ -21,9 +21,10 @@ from tests.conftest import ROOT, TinyRepo
 
 SST2 = get_task("sst2")
 # Hidden-state transfer from a live teacher (a second module, the projection, is checkpointed
-# too) with dropout on (the torch RNG state matters), over several epochs (the batch order too).
+# too) with dropout on (the torch RNG state matters), over several epochs (the batch order too),
+# ending with the moving average of the weights (its state is checkpointed as well).
 CONFIG = DistilConfig(epochs=3, batch_size=16, learning_rate=2e-3, max_length=64,
-                      hidden_weight=1.0, attention_weight=1.0, max_examples=160)
+                      hidden_weight=1.0, attention_weight=1.0, max_examples=160, ema_decay=0.9)
 SAVED_UP_TO, KILLED_AT = 4, 7
 
 CHILD = textwrap.dedent("""
