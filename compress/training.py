@@ -208,9 +208,8 @@ def run_steps(
 
 def moving_averages(modules: dict[str, torch.nn.Module],
                     decay: float) -> dict[str, AveragedModel]:
-    """An exponential moving average of each module's parameters (none when `decay` is 0)."""
-    if not 0.0 <= decay < 1.0:
-        raise ValueError(f"ema_decay {decay} is not in [0, 1)")
+    """An exponential moving average of each module's parameters (none when `decay` is 0; the
+    config that names it checks it is below 1)."""
     if decay == 0.0:
         return {}
     return {name: AveragedModel(module, multi_avg_fn=get_ema_multi_avg_fn(decay))

@@ -34,11 +34,6 @@ def _train(ema_decay: float) -> tuple[torch.nn.Linear, list[torch.Tensor]]:
     return model, seen
 
 
-def test_without_ema_the_model_keeps_the_last_steps_weights() -> None:
-    model, seen = _train(0.0)
-    assert not torch.equal(model.weight, seen[-1])  # the last step moved it
-
-
 def test_with_ema_the_model_ends_with_the_moving_average_of_every_steps_weights() -> None:
     last, seen = _train(0.0)
     averaged, _ = _train(DECAY)
