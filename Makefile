@@ -63,7 +63,7 @@ wrk:
 		fi; }
 
 bench: demo wrk
-	$(BIN)/python -m bench.overhead --artifact models/$(DEMO_TASK) --data-dir "$(DATA_DIR)"
+	$(BIN)/python -m bench overhead --artifact models/$(DEMO_TASK) --data-dir "$(DATA_DIR)"
 
 # The FastFormers recipe on SST-2: MiniLM-L6 teacher -> 3-layer student -> pruning sweep -> INT8.
 RECIPE ?= recipes/sst2-minilm-l3.yaml

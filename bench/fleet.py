@@ -1,7 +1,7 @@
 """A fleet on one machine: three replicas of the service behind HAProxy, under load, while one is
 killed, all three are restarted one by one, and a new model version is rolled across them.
 
-    python -m bench.fleet --artifact models/sst2 [--clients 16] [--seconds 5]
+    python -m bench fleet --artifact models/sst2 [--clients 16] [--seconds 5]
     (deploy/fleet-check.sh installs HAProxy and runs this)
 
 Replicas listen on 127.0.0.2-4:8000 with one worker each (pinned to the machine's cores in turn),
@@ -235,7 +235,8 @@ def table(results: list[PhaseResult]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench fleet",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--artifact", type=Path, default=Path("models/sst2"))
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=5.0)
@@ -254,7 +255,3 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(table(run(args.artifact, args.clients, args.seconds)))
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,4 +1,4 @@
-"""`python -m bench.int8 ARTIFACT`: the INT8 variants side by side on the artifact's task.
+"""`python -m bench int8 ARTIFACT`: the INT8 variants side by side on the artifact's task.
 
 From the artifact's fp32 graph: ORT fusion, then dynamic INT8 (`quantize_dynamic`, one activation
 scale per tensor per call) and static INT8 (the same graph with scales calibrated on train texts).
@@ -124,7 +124,7 @@ def build_graphs(artifact: Path, manifest: Manifest, train: Examples, folder: Pa
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.int8", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m bench int8", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("artifact", type=Path)
     parser.add_argument("--data-dir", type=Path, default=default_data_dir())
@@ -166,7 +166,3 @@ def main(argv: list[str] | None = None) -> int:
     for name, values in figures.items():
         print(f"{name:>22}: {statistics.median(values):8.1f}  {[round(v) for v in values]}")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

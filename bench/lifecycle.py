@@ -1,7 +1,7 @@
 """Model lifecycle under load, against the real server: version swaps, a failed load, and SIGTERM
 under keep-alive clients.
 
-    python -m bench.lifecycle --artifact models/sst2 [--clients 16] [--sigterm-runs 5]
+    python -m bench lifecycle --artifact models/sst2 [--clients 16] [--sigterm-runs 5]
 
 Builds a versioned repository from one artifact (`<name>/1`, `/2`, `/3`: copies, told apart by the
 version each answer names), starts the server on it and drives closed-loop load from `clients`
@@ -269,7 +269,7 @@ def run(artifact: Path, clients: int, sigterm_runs: int, workers: int) -> list[P
 def memory(artifact: Path, workers: int, swaps: int = 7) -> list[tuple[str, float, float]]:
     """Resident MiB of the workers and of the API process after each load call: a second
     version beside the first, the first unloaded, then `swaps` more swaps."""
-    from app.core.reload import resident_bytes
+    from app.core.model_control import resident_bytes
 
     work = Path(tempfile.mkdtemp(prefix="ffs-lifecycle-memory-"))
     root = versioned_repository(artifact, work / "models", "model", 1)
@@ -308,7 +308,8 @@ def memory(artifact: Path, workers: int, swaps: int = 7) -> list[tuple[str, floa
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench lifecycle",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--artifact", type=Path, default=Path("models/sst2"))
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--sigterm-runs", type=int, default=5)
@@ -322,7 +323,3 @@ def main(argv: list[str] | None = None) -> int:
     for label, workers, api in memory(args.artifact, args.workers):
         print(f"| {label} | {workers:.1f} | {api:.1f} |")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,7 +1,7 @@
 """Serving overhead: sentences/s through the HTTP server at saturation against the same worker
 layout driven in-process.
 
-    python -m bench.overhead --artifact models/sst2 [--rounds 3] [--concurrency 32]
+    python -m bench overhead --artifact models/sst2 [--rounds 3] [--concurrency 32]
 
 The reference is the server's own layout without the server: one pinned single-thread process per
 usable core (the server's default) on the same INT8 graph, each looping over its share of the
@@ -79,7 +79,7 @@ async def http_rate(url: str, task: str, texts: list[TextInput], concurrency: in
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.overhead", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m bench overhead", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--artifact", type=Path, default=Path("models/sst2"))
     parser.add_argument("--data-dir", type=Path,
@@ -145,7 +145,3 @@ def main(argv: list[str] | None = None) -> int:
                                          "in_process": local, "http": remote,
                                          "ratio": remote / local}, indent=2))
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

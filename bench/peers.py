@@ -1,6 +1,6 @@
 """Peers side by side: the same client, inputs and SLO against each server, one after the other.
 
-    python -m bench.peers --task sst2 --baseline-model runs/sst2-minilm-l3/teacher \\
+    python -m bench peers --task sst2 --baseline-model runs/sst2-minilm-l3/teacher \\
         --artifact runs/sst2-minilm-l3/artifact [--infinity-bin /path/to/infinity_emb]
 
 1. baseline: transformers pipeline in PyTorch behind FastAPI (bench.baseline_server), the model
@@ -175,7 +175,7 @@ def table(outcomes: list[Outcome], cores: int, vm: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.peers", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m bench peers", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default="sst2")
     parser.add_argument("--baseline-model", type=Path, required=True)
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = table(outcomes, cores, args.vm)
     details = "\n\n".join(f"### {o.name}\n\n{steps_table(o.capacity.steps)}"
                           for o in outcomes if o.capacity is not None)
-    command = "python -m bench.peers " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python -m bench peers " + " ".join(argv if argv is not None else sys.argv[1:])
     (args.out / "peers.md").write_text(f"`{command}`\n\n{summary}\n\n{details}\n", encoding="utf-8")
     (args.out / "peers.json").write_text(json.dumps(
         [{"name": o.name, "note": o.note, "slo_ms": args.slo_ms,
@@ -226,7 +226,3 @@ def main(argv: list[str] | None = None) -> int:
          for o in outcomes], indent=2) + "\n", encoding="utf-8")
     print(summary)
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,9 +1,9 @@
 """Figures of the serving core (docs/benchmarks.md, "Serving core"), side by side in one run:
 
-    python -m bench.serving_core cpu --artifact models/sst2 [--baseline ../older-checkout]
-    python -m bench.serving_core one-client --artifact models/sst2
-    python -m bench.serving_core tier
-    python -m bench.serving_core overload --artifact models/sst2
+    python -m bench serving-core cpu --artifact models/sst2 [--baseline ../older-checkout]
+    python -m bench serving-core one-client --artifact models/sst2
+    python -m bench serving-core tier
+    python -m bench serving-core overload --artifact models/sst2
 
 cpu         CPU per one-sentence request of the API process(es) and of the workers, read from
             /proc under wrk load; beside it a bare ASGI app that parses, tokenizes and answers (the
@@ -351,7 +351,7 @@ def overload(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.serving_core", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m bench serving-core", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", type=Path,
                         default=Path(os.environ.get("DATA_DIR", "../shared/data")))
@@ -381,7 +381,3 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     {"cpu": cpu, "one-client": one_client, "tier": tier, "overload": overload}[args.command](args)
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,6 +1,6 @@
 """Soak: a steady load at a share of capacity for a bounded time; errors, latency drift, memory.
 
-    python -m bench.soak --artifact models/sst2 [--minutes 10] [--load 0.7]
+    python -m bench soak --artifact models/sst2 [--minutes 10] [--load 0.7]
 
 Measures capacity first (wrk, saturated, --capacity-seconds), then offers `load` x capacity
 with paced wrk connections, one wrk run per minute, and samples the resident memory (RSS) of the
@@ -108,7 +108,7 @@ def summary(results: list[Minute]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m bench soak", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--artifact", type=Path, default=Path("models/sst2"))
     parser.add_argument("--data-dir", type=Path,
@@ -125,7 +125,3 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps([asdict(m) for m in results], indent=2))
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -463,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("compress").setLevel(logging.INFO)
     try:
         return _run(args)
-    except (CompressError, TaskDataError) as exc:
+    except (CompressError, TaskDataError, OSError) as exc:  # files: missing, unreadable, full disk
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -13,7 +13,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from compress.checkpoint import ffn_size_of, head_size_of, load_classifier
 from compress.finetune import hf_tokenize
-from contract.artifact import Architecture
+from contract.artifact import Architecture, CompressError
 
 OPSET = 17
 # An fp32 export differs from PyTorch only by float reassociation; more means a wrong graph.
@@ -21,7 +21,7 @@ MAX_LOGIT_DIFF = 1e-3
 INPUT_ORDER = ("input_ids", "attention_mask", "token_type_ids")
 
 
-class ExportError(Exception):
+class ExportError(CompressError):
     """The ONNX graph does not reproduce the PyTorch model."""
 
 

@@ -25,6 +25,7 @@ from onnx import helper, numpy_helper
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from compress.smooth import DEFAULT_ALPHA, smooth_graph
+from contract.artifact import CompressError
 from contract.encoding import TextInput, encode, load_tokenizer, pad_batch
 from contract.session import open_session
 
@@ -115,7 +116,7 @@ def activation_ranges(dynamic_graph: Path, batches: Iterable[Feeds],
     finally:
         probe.unlink(missing_ok=True)
     if watched and not lows[watched[0]]:
-        raise ValueError("calibration needs at least one batch")
+        raise CompressError("calibration needs at least one batch")
     return {name: ActivationRange(float(np.percentile(lows[name], 100.0 - percentile)),
                                   float(np.percentile(highs[name], percentile)))
             for name in watched}

@@ -27,6 +27,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from contract.artifact import CompressError
 from contract.session import open_session
 
 Feeds = dict[str, np.ndarray]
@@ -67,7 +68,7 @@ def channel_maxima(graph: Path, inputs: list[str], batches: Iterable[Feeds]) -> 
     finally:
         probe.unlink(missing_ok=True)
     if len(maxima) != len(inputs):
-        raise ValueError("smoothing needs at least one calibration batch")
+        raise CompressError("smoothing needs at least one calibration batch")
     return maxima
 
 
@@ -84,7 +85,7 @@ def smooth_graph(graph: Path, out_path: Path, batches: Iterable[Feeds],
                  alpha: float = DEFAULT_ALPHA) -> int:
     """Write `graph` smoothed for INT8 to `out_path`; returns how many nodes were smoothed."""
     if not 0.0 < alpha <= 1.0:
-        raise ValueError(f"smoothing alpha {alpha}: expected a value in (0, 1]")
+        raise CompressError(f"smoothing alpha {alpha}: expected a value in (0, 1]")
     model = onnx.load(str(graph))
     targets = set(smoothable_nodes(model))
     nodes = list(model.graph.node)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from contract.artifact import ProblemType
+from contract.artifact import CompressError, ProblemType
 
 Family = Literal["wordpiece", "bpe", "unigram"]
 
@@ -134,7 +134,7 @@ def build_tiny_classifier(model_type: str, folder: Path, corpus: Sequence[str],
     from transformers import AutoModelForSequenceClassification, PreTrainedTokenizerFast
 
     if model_type not in STYLES:
-        raise ValueError(f"no tiny model for {model_type!r}; known: {', '.join(ARCHITECTURES)}")
+        raise CompressError(f"no tiny model for {model_type!r}; known: {', '.join(ARCHITECTURES)}")
     style = STYLES[model_type]
     tokenizer = train_tokenizer(style, corpus, vocab_size)
     folder.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from compress.device import TrainRuntime
 from compress.tasks import Examples
+from contract.artifact import CompressError
 
 log = logging.getLogger(__name__)
 NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight")
@@ -118,7 +119,7 @@ def checkpoint_seconds() -> float:
     try:
         return max(0.0, float(raw))
     except ValueError as exc:
-        raise ValueError(f"FFS_CHECKPOINT_SECONDS={raw!r} is not a number of seconds") from exc
+        raise CompressError(f"FFS_CHECKPOINT_SECONDS={raw!r} is not a number of seconds") from exc
 
 
 def _save(resume: Resume, modules: dict[str, torch.nn.Module], progress: _Progress,

@@ -26,4 +26,4 @@ if [ ! -f "$artifact/manifest.json" ]; then
 fi
 haproxy -c -f deploy/haproxy/haproxy.cfg > /dev/null
 PYTHON=${PYTHON:-.venv/bin/python}
-exec "$PYTHON" -m bench.fleet --artifact "$artifact" "${@:2}"
+exec "$PYTHON" -m bench fleet --artifact "$artifact" "${@:2}"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from app.core.answers import fold_windows, predicted, ranked, score_options
-from app.core.inputs import ClientError
+from app.core.errors import InvalidInput
 from contract.artifact import Manifest
 from contract.encoding import sigmoid, softmax
 
@@ -47,12 +47,12 @@ def test_stored_thresholds_apply_unless_the_request_overrides_them() -> None:
 
 
 def test_threshold_for_an_unknown_label_is_refused() -> None:
-    with pytest.raises(ClientError, match=r"unknown labels \['z'\]"):
+    with pytest.raises(InvalidInput, match=r"unknown labels \['z'\]"):
         score_options(_manifest("multi_label"), {"z": 0.5}, None)
 
 
 def test_threshold_outside_0_1_is_refused() -> None:
-    with pytest.raises(ClientError, match="between 0 and 1"):
+    with pytest.raises(InvalidInput, match="between 0 and 1"):
         score_options(_manifest("multi_label"), 1.5, None)
 
 

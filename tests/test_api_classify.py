@@ -1,4 +1,4 @@
-"""POST /v1/classify/{task} and the read-only endpoints, through the real server."""
+"""POST /v1/classify/{name} and the read-only endpoints, through the real server."""
 
 from __future__ import annotations
 

@@ -18,8 +18,8 @@ def test_empty_input_list_is_422(client: httpx.Client) -> None:
 
 
 @pytest.mark.parametrize(("inputs", "expected"), [
-    ([42], "inputs[0]: task sst2 expects a string, got int"),
-    (["fine", None], "inputs[1]: task sst2 expects a string, got null"),
+    ([42], "inputs[0]: model sst2 expects a string, got int"),
+    (["fine", None], "inputs[1]: model sst2 expects a string, got null"),
     ([["a", "b"]], "a pair? this task takes single texts"),
 ])
 def test_wrong_input_types_for_a_single_text_task_are_422(client: httpx.Client,

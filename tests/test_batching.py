@@ -68,9 +68,9 @@ def _policy(**overrides: float) -> BatchPolicy:
     return BatchPolicy(**values)  # type: ignore[arg-type]
 
 
-def test_a_batch_holds_only_rows_of_the_oldest_rows_task() -> None:
+def test_a_batch_holds_only_rows_of_the_oldest_rows_version() -> None:
     rows = _rows([("a", 5), ("b", 5), ("a", 5), ("b", 5)])
-    assert [r.task for r in select_batch(rows, _policy())] == ["a", "a"]
+    assert [r.key for r in select_batch(rows, _policy())] == ["a", "a"]
 
 
 def test_a_batch_never_exceeds_max_batch_size() -> None:

@@ -155,3 +155,27 @@ def test_stage_verbs_chain_into_a_fused_int8_model(tiny_repo: TinyRepo, tmp_path
     assert main(["quantize", "--onnx", str(fused), "--out", str(int8)]) == 0
     assert operator_counts(fused).get("Attention") == 2
     assert operator_counts(int8).get("QAttention") == 2
+
+
+@pytest.mark.parametrize("error", [
+    "export", "prune", "artifact", "file",
+])
+def test_every_compress_failure_is_one_line(error: str, monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    import compress.__main__ as cli
+    from compress.export import ExportError
+    from compress.prune import PruneError
+    from contract.artifact import ArtifactError
+
+    raised = {"export": ExportError("the ONNX graph's logits differ from PyTorch's by 0.2"),
+              "prune": PruneError("no heads left to prune"),
+              "artifact": ArtifactError("manifest.json is missing"),
+              "file": FileNotFoundError(2, "No such file or directory", "data/train.tsv")}[error]
+
+    def fail(_: object) -> int:
+        raise raised
+
+    monkeypatch.setattr(cli, "_run", fail)
+    assert cli.main(["inspect", "config.json"]) == 2
+    printed = capsys.readouterr().err
+    assert printed.count("\n") == 1 and printed.startswith("error: "), printed

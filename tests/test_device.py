@@ -11,7 +11,6 @@ import torch
 from compress.device import DeviceError, TrainRuntime, choose_runtime, native_bf16_cpu
 from contract.cpu_features import cpu_flags, int8_kernel_family
 from contract.cpu_quota import usable_cores
-from tests.conftest import TinyRepo
 
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
 
@@ -89,20 +88,3 @@ def test_cpu_flags_are_read_from_cpuinfo(tmp_path: Path) -> None:
 def test_the_int8_kernel_family_follows_the_cpu_flags(flags: set[str], machine: str,
                                                       family: str) -> None:
     assert int8_kernel_family(flags, machine) == family
-
-
-def test_the_precision_benchmark_trains_both_ways_on_the_same_steps(
-        tiny_repo: TinyRepo, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    import json
-
-    from bench.train_precision import main
-
-    assert main(["--task", "sst2", "--data-dir", str(tiny_repo.data_dir),
-                 "--model", str(tiny_repo.base_model), "--max-train-examples", "64",
-                 "--batch-size", "16", "--out", str(tmp_path)]) == 0
-    runs = json.loads((tmp_path / "train_precision.json").read_text(encoding="utf-8"))
-    assert [r["precision"] for r in runs] == ["fp32", "bf16"]
-    assert runs[0]["steps"] == runs[1]["steps"] == 4
-    assert all(0.0 <= r["dev_accuracy"] <= 100.0 and r["wall_s"] > 0 for r in runs)
-    assert (tmp_path / "bf16" / "config.json").is_file()
-    assert "| bf16 | 4 |" in capsys.readouterr().out

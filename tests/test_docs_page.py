@@ -56,5 +56,5 @@ def test_headless_chromium_renders_both_protocols_without_network(
         stop_server(running)
     dom = result.stdout
     paths = set(re.findall(r'data-path="([^"]+)"', dom))
-    assert {"/v1/classify/{task}", "/v2/models/{task}/infer"} <= paths, dom[-2000:]
+    assert {"/v1/classify/{name}", "/v2/models/{name}/infer"} <= paths, dom[-2000:]
     assert "Unable to render" not in dom

@@ -13,7 +13,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from app.core.repository import load_task_model
+from app.core.repository import load_model_version
 from contract.artifact import read_manifest, sha256_file, write_manifest
 from contract.cpu_features import int8_kernel_family
 from contract.golden import CPU_VARIANTS
@@ -31,7 +31,7 @@ def test_the_build_records_each_cpu_variants_answers_and_its_kernel_family(
 
 
 def test_an_unchanged_artifact_passes_its_golden_check_at_load(tiny_repo: TinyRepo) -> None:
-    model = load_task_model(tiny_repo.root / "sst2", ["fp32", "cpu-int8"])
+    model = load_model_version(tiny_repo.root / "sst2", ["fp32", "cpu-int8"])
     assert set(model.golden) == {"fp32", "cpu-int8"}
     assert all(result.matches for result in model.golden.values())
 
@@ -60,7 +60,7 @@ def _altered_repo(tiny_repo: TinyRepo, folder: Path) -> Path:
 def test_a_graph_whose_answers_changed_is_reported_at_load(tiny_repo: TinyRepo,
                                                            tmp_path: Path) -> None:
     repo = _altered_repo(tiny_repo, tmp_path)
-    model = load_task_model(repo / "sst2", ["fp32", "cpu-int8"])
+    model = load_model_version(repo / "sst2", ["fp32", "cpu-int8"])
     assert model.golden["fp32"].matches
     changed = model.golden["cpu-int8"]
     assert not changed.matches and changed.max_abs_logit_diff > 1.0

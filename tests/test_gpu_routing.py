@@ -146,7 +146,7 @@ def test_a_down_gpu_pool_that_can_spill_leaves_the_service_ready(fast_repo: Path
     async def scenario() -> bool:
         async with served(fast_repo, routing={"sst2": "gpu"}) as (_, pools, service):
             pools["gpu"].up = False
-            return service.ready() and service.task_ready("sst2:1")
+            return service.ready() and service.route_ready(service.registry.route("sst2:1"))
 
     assert asyncio.run(scenario())
 
@@ -184,7 +184,7 @@ def test_models_show_each_tasks_pools_and_route(fast_repo: Path) -> None:
 def test_a_missing_cuda_provider_falls_back_to_cpu_and_says_how_to_fix_it(
         fast_repo: Path) -> None:
     settings = load_settings(model_repository=fast_repo, routing={"sst2": "gpu"})
-    route = prepare_service(settings).routes["sst2:1"]
+    route = prepare_service(settings).registry.route("sst2:1")
     assert (route.requested_pool, route.pool, route.variant) == ("gpu", "cpu", "cpu-int8")
     assert route.fallback_reason is not None
     assert "no CUDAExecutionProvider" in route.fallback_reason
@@ -223,7 +223,7 @@ def test_gpu_workers_that_fail_to_start_leave_the_task_on_the_cpu_pool(fast_repo
     service, body = asyncio.run(scenario())
     assert body["variant"] == "cpu-int8"
     assert list(service.pools) == ["cpu"]
-    reason = service.routes["sst2:1"].fallback_reason
+    reason = service.registry.route("sst2:1").fallback_reason
     assert reason is not None and "could not be initialised" in reason
 
 

@@ -15,6 +15,7 @@ from compress.build import Calibration, Variants, make_variants
 from compress.quantize import calibration_batches, quantize_static_int8
 from compress.smooth import channel_maxima, smooth_graph, smoothable_nodes, smoothing_scales
 from compress.tasks import get_task, load_split
+from contract.artifact import CompressError
 from contract.predictor import OnnxPredictor
 from contract.session import open_session
 from tests.conftest import TinyRepo
@@ -63,7 +64,7 @@ def test_a_weight_two_nodes_share_is_not_smoothed(tmp_path: Path) -> None:
 
 def test_alpha_outside_zero_to_one_is_refused(tmp_path: Path) -> None:
     graph = _matmul_graph(tmp_path / "mm.onnx", np.ones((32, 4), dtype=np.float32))
-    with pytest.raises(ValueError, match="alpha"):
+    with pytest.raises(CompressError, match="alpha"):
         smooth_graph(graph, tmp_path / "out.onnx", [{"x": _outlier_inputs(4, 0)}], alpha=1.5)
 
 

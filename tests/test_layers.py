@@ -3,8 +3,9 @@
     contract/      the artifact and encoding contract: imports nothing else of ours
     compress/      offline pipeline: contract only
     app/runtime/   worker processes and frames: contract and app.settings only
-    app/core/      request -> batch -> answer: runtime, settings, contract
-    app/api/       HTTP: core, runtime, settings, contract
+    app/core/      request -> batch -> answer: runtime, settings, contract; no HTTP (no web
+                   framework, no status numbers: it raises app/core/errors.py)
+    app/api/       HTTP: core, runtime, settings, contract; maps the core's errors (api/errors.py)
     loadtest/      black-box HTTP client: contract and compress.tasks (task data) only
     bench/         benchmarks that drive servers or pools: may import anything
 """
@@ -79,3 +80,40 @@ def test_the_layer_check_catches_a_crossing(tmp_path: Path) -> None:
     assert _crossing("app.core.inference", bad) == ["app.api.handle", "app.api.handle.handle",
                                                     "compress.build"]
     assert _crossing("bench.table3", bad) == []
+
+
+# The core knows no protocol: no web framework, no HTTP status number (app/api/errors.py maps the
+# core's typed errors to each protocol's codes).
+WEB_FRAMEWORKS = ("fastapi", "starlette", "uvicorn", "http")
+HTTP_STATUSES = frozenset({400, 401, 403, 404, 405, 409, 413, 415, 422, 429, 499, 500, 502, 503,
+                           504})
+
+
+def _protocol_words(path: Path) -> list[str]:
+    """Web-framework imports and HTTP status numbers in a module."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found += [a.name for a in node.names if a.name.split(".")[0] in WEB_FRAMEWORKS]
+        elif isinstance(node, ast.ImportFrom) and node.module and \
+                node.module.split(".")[0] in WEB_FRAMEWORKS:
+            found.append(node.module)
+        elif isinstance(node, ast.Constant) and type(node.value) is int and \
+                node.value in HTTP_STATUSES:
+            found.append(f"status {node.value} (line {node.lineno})")
+    return found
+
+
+CORE = sorted((ROOT / "app" / "core").rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", CORE, ids=[p.name for p in CORE])
+def test_the_core_knows_no_protocol(path: Path) -> None:
+    assert _protocol_words(path) == [], f"{path.name} decides HTTP; raise app/core/errors.py"
+
+
+def test_the_protocol_check_catches_a_framework_and_a_status(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.py"
+    bad.write_text("from starlette.responses import Response\nimport fastapi\n"
+                   "def refuse():\n    return 429\n")
+    assert _protocol_words(bad) == ["starlette.responses", "fastapi", "status 429 (line 4)"]

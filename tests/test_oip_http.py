@@ -196,7 +196,7 @@ def test_a_header_length_beyond_the_body_is_400(client: httpx.Client) -> None:
 
 def test_openapi_schema_covers_both_protocols(client: httpx.Client) -> None:
     schema = client.get("/openapi.json").json()
-    assert "/v1/classify/{task}" in schema["paths"]
-    assert "/v2/models/{task}/infer" in schema["paths"]
+    assert "/v1/classify/{name}" in schema["paths"]
+    assert "/v2/models/{name}/infer" in schema["paths"]
     assert "InferenceRequest" in schema["components"]["schemas"]
     assert "RequestInput" in schema["components"]["schemas"]

@@ -70,16 +70,16 @@ def test_a_missing_repository_is_a_configuration_error(tmp_path: Path) -> None:
 def test_a_gpu_routed_task_falls_back_to_cpu_and_says_why(tiny_repo: TinyRepo) -> None:
     settings = load_settings(model_repository=tiny_repo.root, routing={"rte": "gpu"})
     service = prepare_service(settings)
-    route = service.routes["rte:1"]
+    route = service.registry.route("rte:1")
     assert (route.requested_pool, route.pool, route.variant) == ("gpu", "cpu", "cpu-int8")
     assert route.fallback_reason and "no CUDAExecutionProvider" in route.fallback_reason
-    assert service.routes["sst2:1"].fallback_reason is None
+    assert service.registry.route("sst2:1").fallback_reason is None
 
 
 def test_gpu_fallback_fail_refuses_to_start_a_gpu_route(tiny_repo: TinyRepo) -> None:
     settings = load_settings(model_repository=tiny_repo.root, routing={"rte": "gpu"},
                              gpu_fallback="fail")
-    with pytest.raises(ConfigError, match="task 'rte' is routed to the gpu pool"):
+    with pytest.raises(ConfigError, match="model 'rte' is routed to the gpu pool"):
         prepare_service(settings)
 
 

@@ -44,7 +44,7 @@ def table(tiny_repo: TinyRepo, tmp_path_factory: pytest.TempPathFactory) -> tupl
     recipe_path = work / "tiny.yaml"
     recipe_path.write_text(yaml.safe_dump(_tiny_recipe(tiny_repo, work / "run")))
     result = subprocess.run(
-        [sys.executable, "-m", "bench.__main__", "table3", "--task", "sst2", "--quick",
+        [sys.executable, "-m", "bench", "table3", "--task", "sst2", "--quick",
          "--recipe", str(recipe_path), "--speed-examples", "24", "--http-seconds", "1",
          "--port", str(free_port())],
         cwd=ROOT, capture_output=True, text=True, timeout=900)

@@ -56,17 +56,6 @@ def test_a_small_job_or_no_cache_folder_stays_on_pytorch(
     assert not list(tmp_path.iterdir())
 
 
-def test_the_engine_benchmark_prints_both_rates_their_ratio_and_the_logit_difference(
-        tiny_repo: TinyRepo, capsys: pytest.CaptureFixture[str]) -> None:
-    from bench.teacher_engine import main
-
-    assert main(["--teacher", str(tiny_repo.sst2_teacher), "--texts", "60", "--rounds", "1",
-                 "--max-length", "64", "--data-dir", str(tiny_repo.data_dir)]) == 0
-    out = capsys.readouterr().out
-    assert "pytorch" in out and "ONNX / PyTorch" in out and "max |logit diff|" in out
-    assert "PyTorch bf16 / ONNX" in out and "labels equal" in out
-
-
 def test_bf16_training_labels_with_pytorch_bf16_when_it_keeps_the_labels(
         tiny_repo: TinyRepo, tmp_path: Path) -> None:
     texts = _texts(tiny_repo)

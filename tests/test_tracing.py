@@ -101,11 +101,11 @@ def test_the_trace_id_is_logged_beside_the_request_id(
         def emit(self, record: logging.LogRecord) -> None:
             lines.append(formatter.format(record))
 
-    logger = logging.getLogger("app.core.inference")
+    logger = logging.getLogger("app.api.handle")
     handler = Keep(level=logging.DEBUG)
     logger.addHandler(handler)
     try:
-        with caplog.at_level(logging.DEBUG, logger="app.core.inference"):
+        with caplog.at_level(logging.DEBUG, logger="app.api.handle"):
             _classify(fast_repo, header)
     finally:
         logger.removeHandler(handler)

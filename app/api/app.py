@@ -20,17 +20,18 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp
 
 from app.api import v2 as oip
-from app.api.guards import ApiKeyAuth, BodyLimit
+from app.api.errors import http_error
+from app.api.guards import ApiKeyAuth, AuthPolicy, BodyLimit
 from app.api.handle import HotRoutes, handle_request
 from app.api.observability import RequestId
-from app.api.repository import build_router as repository_routes
 from app.api.schemas import ClassifyRequest, ClassifyResponse, ErrorResponse, error_payload
 from app.api.v1 import V1, validation_message
 from app.api.v2 import V2
-from app.core.catalog import Choice
+from app.api.v2_repository import build_router as repository_routes
+from app.core.errors import ServingError
 from app.core.inference import TIMEOUT_HEADER
-from app.core.inputs import ClientError
-from app.core.reload import Repository
+from app.core.model_control import ModelControl
+from app.core.registry import Loaded
 from app.core.routing import pool_variant
 from app.core.service import Service, start_service, stop_service
 from app.settings import Settings
@@ -46,17 +47,17 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
                         headers=headers)
 
 
-def _model_card(service: Service, key: str) -> dict[str, Any]:
-    model = service.models[key]
+def _model_card(service: Service, loaded: Loaded) -> dict[str, Any]:
+    model = loaded.model
     manifest = model.manifest
-    route = service.routes[key]
+    route = loaded.route
     served = manifest.variants[route.variant]
-    choice = service.catalog.get(model.served_name)
+    choice = service.registry.model(loaded.name).choice
     return {
-        "name": model.served_name,
+        "name": loaded.name,
         "version": str(model.version),
-        "default": choice is not None and choice.default == key,
-        "canary_weight": _canary_weight(choice, key),
+        "default": choice is not None and choice.default is loaded,
+        "canary_weight": None if choice is None else choice.canary_weight(loaded),
         "task": manifest.task,
         "labels": manifest.labels,
         "input_kind": manifest.input_kind,
@@ -83,15 +84,6 @@ def _model_card(service: Service, key: str) -> dict[str, Any]:
         "fusions": {"applied": served.fusions, "missing": served.fusions_missing,
                     "unsupported": served.fusions_unsupported},
     }
-
-
-def _canary_weight(choice: Choice | None, key: str) -> float | None:
-    """The share of requests naming no version that this version answers (canary only)."""
-    if choice is None or key not in choice.split_keys:
-        return None
-    index = choice.split_keys.index(key)
-    low = choice.split_edges[index - 1] if index else 0.0
-    return round(choice.split_edges[index] - low, 6)
 
 
 _CLASSIFY_SCHEMA = ClassifyRequest.model_json_schema(
@@ -170,13 +162,14 @@ def create_app(service: Service) -> ASGIApp:
 
 def _fastapi_app(service: Service) -> FastAPI:
 
-    repository = Repository(service)
+    control = ModelControl(service)
+    auth = AuthPolicy.from_settings(service.settings.auth)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await start_service(service)
         poll_s = service.settings.repository.poll_s
-        poller = None if poll_s is None else asyncio.create_task(repository.poll(poll_s))
+        poller = None if poll_s is None else asyncio.create_task(control.poll(poll_s))
         try:
             yield
         finally:
@@ -189,8 +182,8 @@ def _fastapi_app(service: Service) -> FastAPI:
                   docs_url=None, redoc_url=None)
     _serve_docs_offline(app)
     metrics = service.metrics
-    app.include_router(oip.build_router(service, VERSION))
-    app.include_router(repository_routes(repository))
+    app.include_router(oip.build_router(service, VERSION, auth))
+    app.include_router(repository_routes(control))
     _add_middleware(app, service.settings)
     _document_request_bodies(app)
 
@@ -200,9 +193,10 @@ def _fastapi_app(service: Service) -> FastAPI:
         return JSONResponse(error_payload(request.url.path, exc.status_code, message),
                             status_code=exc.status_code)
 
-    @app.exception_handler(ClientError)
-    async def client_error(request: Request, exc: ClientError) -> JSONResponse:
-        return _error(exc.status, exc.message, exc.headers)
+    @app.exception_handler(ServingError)
+    async def serving_error(request: Request, exc: ServingError) -> JSONResponse:
+        answer = http_error(exc)
+        return _error(answer.status, answer.message, answer.headers)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -210,30 +204,30 @@ def _fastapi_app(service: Service) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        task = request.path_params.get("task", "")
-        metrics.requests.labels(task if task in service.catalog else "_unknown", "",
+        name = request.path_params.get("name", "")
+        metrics.requests.labels(name if service.registry.knows(name) else "_unknown", "",
                                 "422").inc()
         return _error(422, validation_message(exc.errors()))
 
-    @app.post("/v1/classify/{task}", response_model=ClassifyResponse,
+    @app.post("/v1/classify/{name}", response_model=ClassifyResponse,
               response_model_exclude_none=True, responses=ERRORS,
               openapi_extra=_CLASSIFY_BODY_DOC)
-    async def classify_texts(task: str, request: Request) -> Response:
-        """Classify texts (or text pairs) with the task's model.
+    async def classify_texts(name: str, request: Request) -> Response:
+        """Classify texts (or text pairs) with the named model.
 
         Body: ClassifyRequest as JSON. Optional header X-Request-Timeout-Ms shortens the server's
         deadline for this request.
         """
-        return await handle_request(service, V1, task, None, request)
+        return await handle_request(service, V1, name, None, request, auth)
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
         """Every model version this server serves, with its route, labels, architecture and
         metrics."""
-        keys = [key for versions in service.serving.values() for key in versions.values()]
-        return {"models": [_model_card(service, key) for key in sorted(keys)],
+        # "task" in each unavailable entry is the documented field: the model name (or key).
+        return {"models": [_model_card(service, loaded) for loaded in service.registry.serving()],
                 "unavailable": [{"task": name, "error": why}
-                                for name, why in sorted(service.unavailable.items())]}
+                                for name, why in service.registry.unavailable().items()]}
 
     @app.get("/v1/pools")
     async def pools() -> dict[str, Any]:
@@ -257,8 +251,9 @@ def _fastapi_app(service: Service) -> FastAPI:
         """200 once every pool's workers are up; 503 otherwise."""
         if service.ready():
             body: dict[str, Any] = {"status": "ready"}
-            if service.unavailable:
-                body["unavailable"] = service.unavailable
+            unavailable = service.registry.unavailable()
+            if unavailable:
+                body["unavailable"] = unavailable
             return JSONResponse(body)
         return _error(503, "draining for shutdown" if service.draining else "workers are not ready")
 

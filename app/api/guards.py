@@ -9,7 +9,8 @@ import json
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.schemas import error_payload
-from app.core.inputs import ClientError
+from app.core.errors import InputTooLarge
+from app.settings import AuthSettings
 
 HEALTH_PATHS = ("/healthz", "/readyz", "/v2/health/live", "/v2/health/ready")
 METRICS_PATHS = ("/metrics",)
@@ -32,6 +33,12 @@ class AuthPolicy:
         self.admin_keys = admin_keys or []
         self.open_paths = (() if protect_health else HEALTH_PATHS) + \
             (() if protect_metrics else METRICS_PATHS)
+
+    @classmethod
+    def from_settings(cls, auth: AuthSettings, admin: bool = False) -> AuthPolicy:
+        """The policy of these settings (reads the keys file once)."""
+        return cls(auth.keys(), auth.protect_health, auth.protect_metrics,
+                   auth.admin_keys() if admin else None)
 
     def allows(self, path: str, headers: dict[bytes, bytes]) -> bool:
         if self.admin_keys and path.startswith(ADMIN_PREFIX):  # admin keys only
@@ -72,7 +79,7 @@ class ApiKeyAuth:
 class BodyLimit:
     """Refuse request bodies over `max_bytes` (413) without reading more than that.
 
-    The check is in `receive`: a handler reading the body gets a ClientError, which each protocol
+    The check is in `receive`: a handler reading the body gets InputTooLarge, which each protocol
     answers in its own error format. The declared Content-Length is checked before any byte.
     """
 
@@ -101,11 +108,11 @@ class BodyLimit:
 
         await self.app(scope, limited, send)
 
-    def _error(self, size: int) -> ClientError:
+    def _error(self, size: int) -> InputTooLarge:
         return body_too_big(size, self.max_bytes)
 
 
-def body_too_big(size: int, limit: int) -> ClientError:
-    """The 413 of a body over limits.max_body_bytes (middleware and hot routes alike)."""
-    return ClientError(413, f"request body of {size} bytes or more is over the limit of "
-                            f"{limit} bytes (limits.max_body_bytes)")
+def body_too_big(size: int, limit: int) -> InputTooLarge:
+    """The refusal of a body over limits.max_body_bytes (middleware and hot routes alike)."""
+    return InputTooLarge(f"request body of {size} bytes or more is over the limit of "
+                         f"{limit} bytes (limits.max_body_bytes)")

@@ -20,10 +20,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.api.errors import CLIENT_CLOSED, http_error
 from app.api.guards import AuthPolicy, body_too_big
 from app.api.observability import request_id, request_id_for
-from app.core.inference import record
-from app.core.inputs import ClientError
+from app.core.errors import ClientGone, Overloaded, ServingError
 from app.core.service import Service
 from app.core.tracing import RequestTrace, current_trace
 
@@ -35,13 +35,13 @@ VERSION_HEADER = "X-Model-Version"  # on every answer: the version of the model 
 class Wire(Protocol):
     """What a protocol module provides to the shared handler."""
 
-    name: str
+    name: str  # the door: "v1" or "v2" (app/api/errors.py maps its errors)
 
     @staticmethod
-    def task_of(path: str) -> tuple[str, str | None] | None: ...
+    def model_of(path: str) -> tuple[str, str | None] | None: ...
 
     @staticmethod
-    def answer(service: Service, task: str, version: str | None, body: bytes,
+    def answer(service: Service, name: str, version: str | None, body: bytes,
                headers: dict[bytes, bytes], started: float,
                gone: asyncio.Future[None] | None) -> Awaitable[tuple[bytes, bytes, dict[str, str]]]:
         ...
@@ -68,7 +68,7 @@ async def read_body(receive: Receive, headers: dict[bytes, bytes], limit: int) -
     while True:
         message = await receive()
         if message["type"] != "http.request":
-            raise ClientError(499, "the client disconnected before sending its body")
+            raise ClientGone("the client disconnected before sending its body")
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
@@ -93,35 +93,35 @@ async def _hold_refusal(service: Service) -> None:
         await asyncio.sleep(delay / 1000)
 
 
-def _queue_full(service: Service, task: str) -> bool:
-    choice = service.catalog.get(task)  # every version of a model takes the same route
-    route = None if choice is None else service.routes.get(choice.default)
+def _queue_full(service: Service, name: str) -> bool:
+    route = service.registry.default_route(name)  # every version of a model takes the same
     if route is None or not route.single_pool:  # the dispatcher decides (it may spill)
         return False
     batcher = service.batchers.get(route.pool)
     return batcher is not None and batcher.full()
 
 
-async def handle(service: Service, wire: Wire, task: str, version: str | None, path: str,
+async def handle(service: Service, wire: Wire, name: str, version: str | None, path: str,
                  headers: dict[bytes, bytes], receive: Receive, auth: AuthPolicy) -> Reply:
     """One classify request of either protocol, from its headers and body to its reply."""
     started = time.perf_counter()
     if not auth.allows(path, headers):
         return Reply(401, JSON, wire.error(401, auth.MESSAGE), {"WWW-Authenticate": "Bearer"})
     trace = None if service.tracing is None else \
-        service.tracing.begin(wire.name, task, path, headers, started, request_id.get())
+        service.tracing.begin(wire.name, name, path, headers, started, request_id.get())
     token = None if trace is None else current_trace.set(trace)
     try:
-        reply = await _answer(service, wire, task, version, headers, receive, started)
-    except ClientError as exc:
-        if exc.status == 429:  # the queue is full (checked early, or when the rows queue)
+        reply = await _answer(service, wire, name, version, headers, receive, started)
+    except ServingError as exc:
+        if isinstance(exc, Overloaded):  # the queue is full (checked early, or at queueing)
             await _hold_refusal(service)
-        reply = Reply(exc.status, JSON, wire.error(exc.status, exc.message), exc.headers)
+        error = http_error(exc, wire.name)
+        reply = Reply(error.status, JSON, wire.error(error.status, error.message), error.headers)
     except Exception as exc:
-        log.exception("classify %s failed", task)
+        log.exception("classify %s failed", name)
         reply = Reply(500, JSON, wire.error(500, f"internal error ({type(exc).__name__}); see "
                                                  "the server log"))
-    record(service, task, reply.status, started, reply.headers.get(VERSION_HEADER, ""))
+    record(service, name, reply.status, started, reply.headers.get(VERSION_HEADER, ""))
     if trace is not None:
         _end_trace(trace, reply.status)
         current_trace.reset(token)  # type: ignore[arg-type]
@@ -132,20 +132,37 @@ def _end_trace(trace: RequestTrace, status: int) -> None:
     now = time.perf_counter()
     if trace.answered is not None:
         trace.child("respond", trace.answered, now, {})
-    trace.end(status, now)
+    trace.end(status, now, failed=status >= 500)
 
 
-async def _answer(service: Service, wire: Wire, task: str, version: str | None,
+async def _answer(service: Service, wire: Wire, name: str, version: str | None,
                   headers: dict[bytes, bytes], receive: Receive, started: float) -> Reply:
-    if _queue_full(service, task):  # before the body is parsed or tokenized: cheap
-        service.metrics.rejected.labels(task, "queue_full").inc()
-        raise ClientError(429, "server is at capacity (its queue is full); retry shortly",
-                          {"Retry-After": "1"})
+    if _queue_full(service, name):  # before the body is parsed or tokenized: cheap
+        service.metrics.rejected.labels(name, "queue_full").inc()
+        raise Overloaded("server is at capacity (its queue is full); retry shortly")
     body = await read_body(receive, headers, service.settings.limits.max_body_bytes)
     gone = asyncio.ensure_future(_watch_disconnect(receive))
-    content_type, data, extra = await wire.answer(service, task, version, body, headers,
+    content_type, data, extra = await wire.answer(service, name, version, body, headers,
                                                   started, gone)
     return Reply(200, content_type, data, extra)
+
+
+def record(service: Service, name: str, status: int, started: float, version: str = "") -> None:
+    """Count a classify request by model, version (when one answered) and final status, time
+    the successful ones, log it."""
+    known = name if service.registry.knows(name) else "_unknown"
+    seconds = time.perf_counter() - started
+    # Counts and ids only: the input text never reaches the logs (see log_payloads). Refusals
+    # (4xx) at debug: under overload they come by the thousand, and logging each one would spend
+    # the CPU the workers need; 5xx are the server's fault and stay visible.
+    level = logging.DEBUG if status < 500 else logging.WARNING
+    if log.isEnabledFor(level):
+        log.log(level, "classify %s -> %d", known, status,
+                extra={"task": known, "version": version, "status": status,
+                       "latency_ms": round(1000 * seconds, 2)})
+    if status == CLIENT_CLOSED:
+        service.metrics.disconnects.labels(known).inc()
+    service.metrics.observe_request(known, version, status, seconds)
 
 
 async def send_reply(send: Send, reply: Reply, rid: str) -> None:
@@ -165,9 +182,7 @@ class HotRoutes:
         self.app = app
         self.service = service
         self.wires = wires
-        settings = service.settings
-        self.auth = AuthPolicy(settings.auth.keys(), settings.auth.protect_health,
-                               settings.auth.protect_metrics)
+        self.auth = AuthPolicy.from_settings(service.settings.auth)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.service.draining and scope["type"] == "http":
@@ -175,7 +190,7 @@ class HotRoutes:
         if scope["type"] == "http" and scope["method"] == "POST":
             path = scope["path"]
             for wire in self.wires:
-                found = wire.task_of(path)
+                found = wire.model_of(path)
                 if found is not None:
                     if found[1] is None and scope["query_string"]:
                         found = (found[0], query_version(scope["query_string"]))
@@ -218,14 +233,11 @@ def query_version(query: bytes) -> str | None:
     return None
 
 
-async def handle_request(service: Service, wire: Wire, task: str, version: str | None,
-                         request: Request) -> Response:
+async def handle_request(service: Service, wire: Wire, name: str, version: str | None,
+                         request: Request, auth: AuthPolicy) -> Response:
     """The same handler behind a FastAPI route (the OpenAPI document's classify operations)."""
-    settings = service.settings
-    auth = AuthPolicy(settings.auth.keys(), settings.auth.protect_health,
-                      settings.auth.protect_metrics)
     if version is None:
         version = query_version(request.scope["query_string"])
-    reply = await handle(service, wire, task, version, request.url.path,
+    reply = await handle(service, wire, name, version, request.url.path,
                          dict(request.scope["headers"]), request.receive, auth)
     return Response(reply.body, reply.status, reply.headers, reply.content_type.decode())

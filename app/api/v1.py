@@ -1,4 +1,4 @@
-"""The native protocol: POST /v1/classify/{task} with {"inputs": [...]}, answered in one encode.
+"""The native protocol: POST /v1/classify/{name} with {"inputs": [...]}, answered in one encode.
 
 The body is parsed by pydantic-core straight from bytes (precise 422 messages) and the answer is a
 plain dict encoded once by orjson: the same JSON the ClassifyResponse model documents, without
@@ -14,11 +14,12 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
+from app.api.errors import UnsupportedMediaType
 from app.api.handle import VERSION_HEADER
 from app.api.schemas import ClassifyRequest, error_payload
 from app.core.answers import ScoreOptions, predicted, ranked, score_options
-from app.core.inference import Classified, classify, deadline_for, resolve
-from app.core.inputs import ClientError
+from app.core.errors import InvalidInput
+from app.core.inference import Classified, classify, deadline_for
 from app.core.service import Service
 
 PREFIX = "/v1/classify/"
@@ -42,11 +43,11 @@ def validation_message(errors: Sequence[Any]) -> str:
 def parse_body(body: bytes, content_type: bytes | None) -> ClassifyRequest:
     media = (content_type or JSON).split(b";")[0].strip().lower().decode("latin-1")
     if media != "application/json" and not media.endswith("+json"):
-        raise ClientError(415, f"Content-Type must be application/json, got {media}")
+        raise UnsupportedMediaType(f"Content-Type must be application/json, got {media}")
     try:
         return ClassifyRequest.model_validate_json(body)
     except ValidationError as exc:
-        raise ClientError(422, validation_message(exc.errors())) from None
+        raise InvalidInput(validation_message(exc.errors())) from None
 
 
 def predictions(result: Classified, options: ScoreOptions, all_scores: bool) \
@@ -80,26 +81,28 @@ class V1:
     name = "v1"
 
     @staticmethod
-    def task_of(path: str) -> tuple[str, str | None] | None:
-        """(task, version) when `path` is this protocol's classify route."""
-        task = path[len(PREFIX):]
-        if not path.startswith(PREFIX) or not task or "/" in task:
+    def model_of(path: str) -> tuple[str, str | None] | None:
+        """(model name, version) when `path` is this protocol's classify route."""
+        name = path[len(PREFIX):]
+        if not path.startswith(PREFIX) or not name or "/" in name:
             return None
-        return task, None
+        return name, None
 
     @staticmethod
-    async def answer(service: Service, task: str, version: str | None, body: bytes,
+    async def answer(service: Service, name: str, version: str | None, body: bytes,
                      headers: dict[bytes, bytes], started: float,
                      gone: asyncio.Future[None] | None) -> tuple[bytes, bytes, dict[str, str]]:
-        """(content type, body, extra headers) of a successful answer; raises ClientError."""
+        """(content type, body, extra headers) of a successful answer; raises the core's
+        errors."""
         timeout = headers.get(b"x-request-timeout-ms")
         deadline = deadline_for(service, started, None if timeout is None
                                 else timeout.decode("latin-1"))
         request = parse_body(body, headers.get(b"content-type"))
-        model = resolve(service, task, version)
-        options = score_options(model.manifest, request.threshold, request.top_k)
-        result = await classify(service, model, request.inputs, deadline, gone)
-        answer = {"task": task, "version": str(result.version), "variant": result.variant,
+        with service.registry.lease(name, version) as loaded:
+            options = score_options(loaded.model.manifest, request.threshold, request.top_k)
+            result = await classify(service, loaded, request.inputs, deadline, gone)
+        # "task" is the response field's documented name; it carries the model's name.
+        answer = {"task": name, "version": str(result.version), "variant": result.variant,
                   "results": predictions(result, options, request.return_all_scores)}
         return JSON, orjson.dumps(answer), {VERSION_HEADER: str(result.version)}
 

@@ -21,10 +21,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field, ValidationError
 
+from app.api.errors import http_error
+from app.api.guards import AuthPolicy
 from app.api.handle import VERSION_HEADER, handle_request
 from app.core.answers import ScoreOptions, ranked, score_options
-from app.core.inference import TIMEOUT_HEADER, Classified, classify, deadline_for, resolve
-from app.core.inputs import ClientError
+from app.core.errors import InvalidRequest, ServingError
+from app.core.inference import TIMEOUT_HEADER, Classified, classify, deadline_for
+from app.core.registry import Loaded
 from app.core.service import Service
 from contract.artifact import Manifest
 
@@ -109,10 +112,10 @@ def _split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     try:
         size = int(header_length)
     except ValueError:
-        raise ClientError(400, f"{HEADER_LENGTH} must be an integer, got {header_length!r}") \
+        raise InvalidRequest(f"{HEADER_LENGTH} must be an integer, got {header_length!r}") \
             from None
     if not 0 <= size <= len(body):
-        raise ClientError(400, f"{HEADER_LENGTH} is {size} but the body has {len(body)} bytes")
+        raise InvalidRequest(f"{HEADER_LENGTH} is {size} but the body has {len(body)} bytes")
     return body[:size], body[size:]
 
 
@@ -122,7 +125,7 @@ def _parse_request(header: bytes) -> InferenceRequest:
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors())
-        raise ClientError(400, f"invalid inference request: {problems}") from None
+        raise InvalidRequest(f"invalid inference request: {problems}") from None
 
 
 def _bytes_elements(raw: bytes, name: str) -> list[str]:
@@ -131,11 +134,11 @@ def _bytes_elements(raw: bytes, name: str) -> list[str]:
     offset = 0
     while offset < len(raw):
         if offset + 4 > len(raw):
-            raise ClientError(400, f"input {name!r}: truncated BYTES element length")
+            raise InvalidRequest(f"input {name!r}: truncated BYTES element length")
         (length,) = struct.unpack_from("<I", raw, offset)
         offset += 4
         if offset + length > len(raw):
-            raise ClientError(400, f"input {name!r}: BYTES element longer than its data")
+            raise InvalidRequest(f"input {name!r}: BYTES element longer than its data")
         items.append(_utf8(raw[offset : offset + length], name))
         offset += length
     return items
@@ -145,7 +148,7 @@ def _utf8(value: bytes, name: str) -> str:
     try:
         return value.decode("utf-8")
     except UnicodeDecodeError:
-        raise ClientError(400, f"input {name!r}: text is not valid UTF-8") from None
+        raise InvalidRequest(f"input {name!r}: text is not valid UTF-8") from None
 
 
 def _flatten(data: list[Any]) -> list[Any]:
@@ -158,29 +161,29 @@ def _flatten(data: list[Any]) -> list[Any]:
 def _input_texts(tensor: RequestInput, tail: bytes, offset: int) -> tuple[list[str], int]:
     """Texts of one BYTES input and the offset of the next binary input."""
     if tensor.datatype != "BYTES":
-        raise ClientError(400, f"input {tensor.name!r} must have datatype BYTES, "
-                               f"got {tensor.datatype}")
+        raise InvalidRequest(f"input {tensor.name!r} must have datatype BYTES, "
+                             f"got {tensor.datatype}")
     if len(tensor.shape) not in (1, 2) or (len(tensor.shape) == 2 and tensor.shape[1] != 1):
-        raise ClientError(400, f"input {tensor.name!r} must have shape [N] or [N, 1], "
-                               f"got {tensor.shape}")
+        raise InvalidRequest(f"input {tensor.name!r} must have shape [N] or [N, 1], "
+                             f"got {tensor.shape}")
     size = tensor.parameters.get("binary_data_size")
     if size is not None:
         if not isinstance(size, int) or size < 0 or offset + size > len(tail):
-            raise ClientError(400, f"input {tensor.name!r}: binary_data_size {size!r} does not "
-                                   "fit the binary data sent")
+            raise InvalidRequest(f"input {tensor.name!r}: binary_data_size {size!r} does not "
+                                 "fit the binary data sent")
         texts = _bytes_elements(tail[offset : offset + size], tensor.name)
         offset += size
     elif tensor.data is not None:
         texts = _flatten(tensor.data)
         wrong = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
         if wrong is not None:
-            raise ClientError(400, f"input {tensor.name!r} element {wrong} is "
-                                   f"{type(texts[wrong]).__name__}, expected a string")
+            raise InvalidRequest(f"input {tensor.name!r} element {wrong} is "
+                                 f"{type(texts[wrong]).__name__}, expected a string")
     else:
-        raise ClientError(400, f"input {tensor.name!r} has neither data nor binary_data_size")
+        raise InvalidRequest(f"input {tensor.name!r} has neither data nor binary_data_size")
     if len(texts) != tensor.shape[0]:
-        raise ClientError(400, f"input {tensor.name!r} has shape {tensor.shape} but "
-                               f"{len(texts)} elements")
+        raise InvalidRequest(f"input {tensor.name!r} has shape {tensor.shape} but "
+                             f"{len(texts)} elements")
     return texts, offset
 
 
@@ -190,20 +193,20 @@ def _raw_inputs(request: InferenceRequest, tail: bytes, kind: str) -> list[Any]:
     offset = 0
     for tensor in request.inputs:
         if tensor.name not in INPUT_NAMES:
-            raise ClientError(400, f"unknown input {tensor.name!r}; inputs are 'text' and, for "
-                                   "pair tasks, 'text_pair'")
+            raise InvalidRequest(f"unknown input {tensor.name!r}; inputs are 'text' and, for "
+                                 "pair tasks, 'text_pair'")
         texts[tensor.name], offset = _input_texts(tensor, tail, offset)
     if "text" not in texts:
-        raise ClientError(400, "input 'text' is required")
+        raise InvalidRequest("input 'text' is required")
     if kind == "single":
         if "text_pair" in texts:
-            raise ClientError(400, "this task takes single texts: send only input 'text'")
+            raise InvalidRequest("this task takes single texts: send only input 'text'")
         return list(texts["text"])
     if "text_pair" not in texts:
-        raise ClientError(400, "this is a pair task: send inputs 'text' and 'text_pair'")
+        raise InvalidRequest("this is a pair task: send inputs 'text' and 'text_pair'")
     if len(texts["text"]) != len(texts["text_pair"]):
-        raise ClientError(400, f"'text' has {len(texts['text'])} elements but 'text_pair' has "
-                               f"{len(texts['text_pair'])}")
+        raise InvalidRequest(f"'text' has {len(texts['text'])} elements but 'text_pair' has "
+                             f"{len(texts['text_pair'])}")
     return [[a, b] for a, b in zip(texts["text"], texts["text_pair"], strict=True)]
 
 
@@ -272,8 +275,8 @@ def _requested(request: InferenceRequest, available: list[str]) -> list[tuple[st
     chosen = []
     for output in request.outputs:
         if output.name not in available:
-            raise ClientError(400, f"unknown output {output.name!r}; outputs are "
-                                   f"{', '.join(available)}")
+            raise InvalidRequest(f"unknown output {output.name!r}; outputs are "
+                                 f"{', '.join(available)}")
         chosen.append((output.name, bool(output.parameters.get("binary_data", binary_default))))
     return chosen
 
@@ -283,16 +286,16 @@ def _score_options(manifest: Manifest, request: InferenceRequest) -> ScoreOption
     threshold = request.parameters.get("threshold")
     top_k = request.parameters.get("top_k")
     if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool)):
-        raise ClientError(400, f"parameter 'top_k' must be an integer, got {top_k!r}")
+        raise InvalidRequest(f"parameter 'top_k' must be an integer, got {top_k!r}")
     numbers = threshold.values() if isinstance(threshold, dict) else [threshold]
     if threshold is not None and not all(isinstance(v, int | float) and not isinstance(v, bool)
                                          for v in numbers):
-        raise ClientError(400, "parameter 'threshold' must be a number or an object of label: "
-                               f"number, got {threshold!r}")
+        raise InvalidRequest("parameter 'threshold' must be a number or an object of label: "
+                             f"number, got {threshold!r}")
     return score_options(manifest, threshold, top_k)
 
 
-def _encode_response(task: str, request: InferenceRequest, result: Classified,
+def _encode_response(model_name: str, request: InferenceRequest, result: Classified,
                      options: ScoreOptions, wanted: list[tuple[str, bool]]) \
         -> tuple[bytes, bytes, dict[str, str]]:
     tensors = _output_tensors(result, options)
@@ -309,7 +312,7 @@ def _encode_response(task: str, request: InferenceRequest, result: Classified,
             entry["data"] = _json_values(datatype, values)
         outputs.append(entry)
     version = str(result.version)
-    body: dict[str, Any] = {"model_name": task, "model_version": version, "outputs": outputs}
+    body: dict[str, Any] = {"model_name": model_name, "model_version": version, "outputs": outputs}
     if request.id is not None:
         body["id"] = request.id
     header = orjson.dumps(body)
@@ -321,14 +324,15 @@ def _encode_response(task: str, request: InferenceRequest, result: Classified,
 
 # -- routes -----------------------------------------------------------------------------------
 
-def _model_metadata(service: Service, task: str, version: str | None) -> ModelMetadata:
-    manifest = resolve(service, task, version or None).manifest
+def _model_metadata(service: Service, name: str, version: str | None) -> ModelMetadata:
+    manifest = service.registry.find(name, version or None).model.manifest
     labels = len(manifest.labels)
     inputs = [TensorMetadata(name="text", datatype="BYTES", shape=[-1])]
     if manifest.input_kind == "pair":
         inputs.append(TensorMetadata(name="text_pair", datatype="BYTES", shape=[-1]))
+    serving = service.registry.model(name).serving()
     return ModelMetadata(
-        name=task, versions=list(service.catalog[task].keys), platform="onnxruntime_onnx",
+        name=name, versions=[str(number) for number in serving], platform="onnxruntime_onnx",
         inputs=inputs,
         outputs=[TensorMetadata(name="label", datatype="BYTES", shape=[-1]),
                  TensorMetadata(name="score", datatype="FP32", shape=[-1]),
@@ -364,8 +368,8 @@ class V2:
     name = "v2"
 
     @staticmethod
-    def task_of(path: str) -> tuple[str, str | None] | None:
-        """(task, version) when `path` is /v2/models/{task}[/versions/{v}]/infer."""
+    def model_of(path: str) -> tuple[str, str | None] | None:
+        """(model name, version) when `path` is /v2/models/{name}[/versions/{v}]/infer."""
         if not (path.startswith("/v2/models/") and path.endswith("/infer")):
             return None
         parts = path[len("/v2/models/"):-len("/infer")].split("/")
@@ -376,16 +380,13 @@ class V2:
         return None
 
     @staticmethod
-    async def answer(service: Service, task: str, version: str | None, body: bytes,
+    async def answer(service: Service, name: str, version: str | None, body: bytes,
                      headers: dict[bytes, bytes], started: float,
                      gone: asyncio.Future[None] | None) -> tuple[bytes, bytes, dict[str, str]]:
-        """(content type, body, extra headers) of a successful answer; raises ClientError."""
-        try:
-            return await _infer(service, task, version, body, headers, started, gone)
-        except ClientError as exc:
-            if exc.status == 422:  # the protocol answers invalid input with 400
-                raise ClientError(400, exc.message) from None
-            raise
+        """(content type, body, extra headers) of a successful answer; raises the core's
+        errors."""
+        with service.registry.lease(name, version or None) as loaded:
+            return await _infer(service, loaded, body, headers, started, gone)
 
     @staticmethod
     def error(status: int, message: str) -> bytes:
@@ -397,11 +398,10 @@ def _header(headers: dict[bytes, bytes], name: str) -> str | None:
     return None if value is None else value.decode("latin-1")
 
 
-async def _infer(service: Service, task: str, model_version: str | None, body: bytes,
-                 headers: dict[bytes, bytes], started: float,
-                 gone: asyncio.Future[None] | None) -> tuple[bytes, bytes, dict[str, str]]:
-    model = resolve(service, task, model_version or None)
-    manifest = model.manifest
+async def _infer(service: Service, loaded: Loaded, body: bytes, headers: dict[bytes, bytes],
+                 started: float, gone: asyncio.Future[None] | None) \
+        -> tuple[bytes, bytes, dict[str, str]]:
+    manifest = loaded.model.manifest
     header, tail = _split_body(body, _header(headers, HEADER_LENGTH))
     parsed = _parse_request(header)
     options = _score_options(manifest, parsed)
@@ -410,9 +410,9 @@ async def _infer(service: Service, task: str, model_version: str | None, body: b
     wanted = _requested(parsed, available_outputs(manifest, chunking, options.top_k is not None))
     deadline = deadline_for(service, started, _header(headers, TIMEOUT_HEADER),
                             _protocol_timeout(parsed))
-    result = await classify(service, model, _raw_inputs(parsed, tail, manifest.input_kind),
+    result = await classify(service, loaded, _raw_inputs(parsed, tail, manifest.input_kind),
                             deadline, gone)
-    return _encode_response(task, parsed, result, options, wanted)
+    return _encode_response(loaded.name, parsed, result, options, wanted)
 
 
 def _protocol_timeout(request: InferenceRequest) -> float | None:
@@ -421,18 +421,27 @@ def _protocol_timeout(request: InferenceRequest) -> float | None:
     if value is None:
         return None
     if not isinstance(value, int | float) or isinstance(value, bool):
-        raise ClientError(400, f"parameter 'timeout' must be microseconds, got {value!r}")
+        raise InvalidRequest(f"parameter 'timeout' must be microseconds, got {value!r}")
     return float(value) / 1_000_000
 
 
-def build_router(service: Service, version: str) -> APIRouter:
+# The protocol extensions this server serves (Triton's names).
+EXTENSIONS = ["binary_tensor_data", "model_repository"]
+
+
+def _failed(error: ServingError) -> JSONResponse:
+    answer = http_error(error, "v2")
+    return _error(answer.status, answer.message, answer.headers or None)
+
+
+def build_router(service: Service, version: str, auth: AuthPolicy) -> APIRouter:
     """The /v2 routes for `service`."""
     router = APIRouter(prefix="/v2", tags=["Open Inference Protocol v2"])
 
     @router.get("", response_model=ServerMetadata)
     async def server_metadata() -> ServerMetadata:
-        """Server name, version and protocol extensions."""
-        return ServerMetadata(name=SERVER_NAME, version=version, extensions=["binary_tensor_data"])
+        """Server name, version and the protocol extensions it serves."""
+        return ServerMetadata(name=SERVER_NAME, version=version, extensions=EXTENSIONS)
 
     @router.get("/health/live")
     async def live() -> dict[str, bool]:
@@ -446,27 +455,27 @@ def build_router(service: Service, version: str) -> APIRouter:
             return JSONResponse({"ready": True})
         return _error(503, "workers are not ready")
 
-    async def metadata(task: str, model_version: str | None = None) -> ModelMetadata | JSONResponse:
+    async def metadata(name: str, model_version: str | None = None) -> ModelMetadata | JSONResponse:
         try:
-            return _model_metadata(service, task, model_version)
-        except ClientError as exc:
-            return _error(exc.status, exc.message)
+            return _model_metadata(service, name, model_version)
+        except ServingError as exc:
+            return _failed(exc)
 
-    async def model_ready(task: str, model_version: str | None = None) -> JSONResponse:
+    async def model_ready(name: str, model_version: str | None = None) -> JSONResponse:
         try:
-            key = resolve(service, task, model_version or None).key
-        except ClientError as exc:
-            return _error(exc.status, exc.message)
-        if service.task_ready(key):
-            return JSONResponse({"name": task, "ready": True})
-        return _error(503, f"model {task!r} is not ready")
+            route = service.registry.find(name, model_version or None).route
+        except ServingError as exc:
+            return _failed(exc)
+        if service.route_ready(route):
+            return JSONResponse({"name": name, "ready": True})
+        return _error(503, f"model {name!r} is not ready")
 
-    async def infer(task: str, request: Request, model_version: str | None = None) -> Response:
-        return await handle_request(service, V2, task, model_version, request)
+    async def infer(name: str, request: Request, model_version: str | None = None) -> Response:
+        return await handle_request(service, V2, name, model_version, request, auth)
 
     body_doc = {"requestBody": {"required": True, "content": {
         "application/json": {"schema": {"$ref": "#/components/schemas/InferenceRequest"}}}}}
-    for prefix in ("/models/{task}", "/models/{task}/versions/{model_version}"):
+    for prefix in ("/models/{name}", "/models/{name}/versions/{model_version}"):
         router.add_api_route(prefix, metadata, methods=["GET"], response_model=ModelMetadata,
                              responses=_ERRORS, summary="Model metadata")
         router.add_api_route(f"{prefix}/ready", model_ready, methods=["GET"], responses=_ERRORS,

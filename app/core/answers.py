@@ -10,7 +10,7 @@ from typing import Literal
 
 import numpy as np
 
-from app.core.inputs import ClientError
+from app.core.errors import InvalidInput
 from contract.artifact import DEFAULT_THRESHOLD, Manifest, ProblemType
 from contract.encoding import probabilities
 
@@ -32,24 +32,24 @@ def score_options(manifest: Manifest, threshold: float | dict[str, float] | None
     count = len(manifest.labels)
     stored = np.asarray(manifest.thresholds or [DEFAULT_THRESHOLD] * count, dtype=np.float64)
     if top_k is not None and top_k < 1:
-        raise ClientError(422, f"top_k must be at least 1, got {top_k}")
+        raise InvalidInput(f"top_k must be at least 1, got {top_k}")
     if threshold is None:
         return ScoreOptions(stored, top_k)
     if manifest.problem_type != "multi_label":
-        raise ClientError(422, f"threshold applies to multi_label tasks; task {manifest.task} "
-                               "is single_label (use top_k to see more labels)")
+        raise InvalidInput(f"threshold applies to multi_label tasks; task {manifest.task} "
+                           "is single_label (use top_k to see more labels)")
     chosen = stored.copy()
     if isinstance(threshold, dict):
         unknown = sorted(set(threshold) - set(manifest.labels))
         if unknown:
-            raise ClientError(422, f"threshold names unknown labels {unknown}; labels are "
-                                   f"{manifest.labels}")
+            raise InvalidInput(f"threshold names unknown labels {unknown}; labels are "
+                               f"{manifest.labels}")
         for label, value in threshold.items():
             chosen[manifest.labels.index(label)] = value
     else:
         chosen[:] = threshold
     if not np.all((chosen >= 0) & (chosen <= 1)):
-        raise ClientError(422, "thresholds are scores between 0 and 1")
+        raise InvalidInput("thresholds are scores between 0 and 1")
     return ScoreOptions(chosen, top_k)
 
 

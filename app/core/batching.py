@@ -1,9 +1,9 @@
 """Dynamic-length batching in front of a worker pool.
 
 Rows (one text or pair each) wait in one queue per pool. When a worker is idle, the batcher takes the
-oldest row, adds rows of the same task closest to it in length until the batch is full (max rows or
-token budget) or the oldest row has waited `max_wait_ms`, pads to the longest row of that batch and
-sends it. Rows whose request was cancelled are dropped before they take a batch slot.
+oldest row, adds rows of the same model version closest to it in length until the batch is full
+(max rows or token budget) or the oldest row has waited `max_wait_ms`, pads to the longest row of
+that batch and sends it. Rows whose request was cancelled are dropped before they take a batch slot.
 """
 
 from __future__ import annotations
@@ -39,14 +39,11 @@ class BatchPolicy:
     # Real tokens / padded tokens a batch must keep: padding is paid in full by the model, and on
     # CPU it costs more than batching saves (measured: docs/benchmarks.md).
     min_fill: float = 0.9
-    # Share waiting rows with idle workers rather than give one worker all of them (off only to
-    # measure what it is worth: bench/batching.py).
-    fair_share: bool = True
 
 
 @dataclass(frozen=True)
-class TaskInputs:
-    """How to build feeds for a task's model."""
+class InputSpec:
+    """How to build feeds for a model version's graph."""
 
     input_names: tuple[str, ...]
     pad_token_id: int
@@ -70,7 +67,7 @@ Row = EncodedText | TextRow
 class BatchStats:
     """What one executed batch looked like (for metrics)."""
 
-    task: str
+    key: str
     rows: int
     padded_length: int
     queue_waits: list[float]
@@ -121,7 +118,7 @@ class Pending:
 
 @dataclass(eq=False)  # rows are compared by identity: their arrays have no single truth value
 class _Row:
-    task: str
+    key: str  # the version key whose graph runs the row
     encoded: Row
     request: Pending
     index: int
@@ -134,7 +131,7 @@ class Runner(Protocol):
 
     async def acquire(self) -> Any: ...
 
-    async def run(self, worker: Any, task: str,
+    async def run(self, worker: Any, key: str,
                   work: dict[str, np.ndarray] | Sequence[TextInput]) -> Logits: ...
 
     def release(self, worker: Any) -> None: ...
@@ -145,20 +142,21 @@ class Runner(Protocol):
 
 
 def select_batch(pending: Sequence[_Row], policy: BatchPolicy, share: int = 1) -> list[_Row]:
-    """Pick the oldest row plus same-task rows nearest to it in length, within the caps.
+    """Pick the oldest row plus rows of the same version nearest to it in length, within the
+    caps.
 
     `share` is how many workers could take rows now (this one and the idle ones): the batch takes
     at most its fair part of the waiting rows, so idle workers get the rest instead of waiting for
     one worker to finish one big batch.
     """
     oldest = pending[0]
-    same_task = [row for row in pending[1:] if row.task == oldest.task]
-    same_task.sort(key=lambda row: abs(row.encoded.length - oldest.encoded.length))
-    cap = min(policy.max_batch_size, -(-(len(same_task) + 1) // max(1, share)))
+    same_key = [row for row in pending[1:] if row.key == oldest.key]
+    same_key.sort(key=lambda row: abs(row.encoded.length - oldest.encoded.length))
+    cap = min(policy.max_batch_size, -(-(len(same_key) + 1) // max(1, share)))
     batch = [oldest]
     longest = oldest.encoded.length
     real_tokens = oldest.encoded.length
-    for row in same_task:
+    for row in same_key:
         if len(batch) >= cap:
             break
         width = max(longest, row.encoded.length)
@@ -180,7 +178,7 @@ class Batcher:
         self,
         runner: Runner,
         policy: BatchPolicy,
-        tasks: dict[str, TaskInputs],
+        inputs: Callable[[str], InputSpec],
         on_batch: Callable[[BatchStats], None] | None = None,
         on_drop: Callable[[int], None] | None = None,
         name: str = "",
@@ -189,7 +187,7 @@ class Batcher:
         self.traced = False  # tracing is on: write down batch times for traced requests
         self.runner = runner
         self.policy = policy
-        self.tasks = tasks
+        self.inputs = inputs  # version key -> how to build its feeds (the registry answers)
         self._on_batch = on_batch
         self._on_drop = on_drop
         self._pending: list[_Row] = []
@@ -205,7 +203,7 @@ class Batcher:
         """Whether `rows` more rows would pass the queue limit (checked before any parsing)."""
         return len(self._pending) + rows > self.policy.max_queue_rows
 
-    def submit(self, task: str, rows: Sequence[Row], traced: bool = False) \
+    def submit(self, key: str, rows: Sequence[Row], traced: bool = False) \
             -> asyncio.Future[Pending]:
         """Queue a request's rows; the future resolves with their logits in order (raises
         QueueFull when at capacity). Failing or cancelling the future drops rows not yet run."""
@@ -215,24 +213,25 @@ class Batcher:
         if traced:
             request.batches = []
         now = time.perf_counter()
-        self._pending.extend(_Row(task, row, request, i, now) for i, row in enumerate(rows))
+        self._pending.extend(_Row(key, row, request, i, now) for i, row in enumerate(rows))
         self._arrived.set()
         return request.future
 
-    def enqueue(self, task: str, rows: Sequence[Row], indices: Sequence[int],
+    def enqueue(self, key: str, rows: Sequence[Row], indices: Sequence[int],
                 request: Pending) -> None:
         """Queue some of a request's rows (`indices`: their places in it) for a request whose
         other rows may run on another pool; the caller checked `full` first."""
         now = time.perf_counter()
-        self._pending.extend(_Row(task, row, request, i, now)
+        self._pending.extend(_Row(key, row, request, i, now)
                              for row, i in zip(rows, indices, strict=True))
         self._arrived.set()
 
-    def take_waiting(self, tasks: set[str]) -> list[_Row]:
-        """Remove and return the waiting rows of `tasks` (to run them on another pool)."""
-        taken = [row for row in self._pending if row.task in tasks]
+    def take_waiting(self, keys: set[str]) -> list[_Row]:
+        """Remove and return the waiting rows of these versions (to run them on another pool,
+        or to forget them once their version is unloaded)."""
+        taken = [row for row in self._pending if row.key in keys]
         if taken:
-            self._pending = [row for row in self._pending if row.task not in tasks]
+            self._pending = [row for row in self._pending if row.key not in keys]
         return taken
 
     def adopt(self, rows: list[_Row]) -> None:
@@ -279,7 +278,7 @@ class Batcher:
         """Wait for rows, then until the batch is full or the oldest row's wait budget is spent."""
         await self._wait_for_rows()
         while True:
-            share = 1 + self.runner.idle_count() if self.policy.fair_share else 1
+            share = 1 + self.runner.idle_count()
             batch = select_batch(self._pending, self.policy, share)
             deadline = batch[0].enqueued + self.policy.max_wait_ms / 1000
             remaining = deadline - time.perf_counter()
@@ -339,7 +338,7 @@ class Batcher:
         started = time.perf_counter()
         work, width = self._work(batch)
         try:
-            result = await self.runner.run(worker, batch[0].task, work)
+            result = await self.runner.run(worker, batch[0].key, work)
         except Exception as exc:
             self._fail_or_retry(batch, exc)
             return
@@ -352,7 +351,7 @@ class Batcher:
             row.request.deliver(row.index, logits, scores, bool(truncated), self.name)
         if self._on_batch is not None:
             waits = [started - row.enqueued for row in batch]
-            self._on_batch(BatchStats(batch[0].task, len(batch), width, waits, result.seconds,
+            self._on_batch(BatchStats(batch[0].key, len(batch), width, waits, result.seconds,
                                       len(self._pending)))
 
     def _note_batch(self, worker: Any, batch: list[_Row], started: float, width: int) -> None:
@@ -374,6 +373,6 @@ class Batcher:
         width = max(row.encoded.length for row in batch)
         if isinstance(batch[0].encoded, TextRow):
             return [row.encoded.text for row in batch], width  # type: ignore[union-attr]
-        spec = self.tasks[batch[0].task]
+        spec = self.inputs(batch[0].key)
         rows = [row.encoded for row in batch]
         return pad_batch(rows, spec.input_names, spec.pad_token_id), width  # type: ignore[arg-type]

@@ -1,9 +1,10 @@
-"""Which loaded version answers a request for a model name, and each version's state.
+"""Which loaded version answers a request for a model name.
 
 A request that names a version gets it; one that does not gets the model's default version, or,
-when the model's config sets canary weights, a version drawn per request with those weights. The
-catalog is replaced whole when a load or unload changes it: a request resolves (name, version)
-to a key once, against one catalog, and nothing after that depends on the repository.
+when the model's config sets canary weights, a version drawn per request with those weights. A
+model's choice is replaced whole when a load or unload changes it (core/registry.py): a request
+resolves (name, version) once, against one choice, and nothing after that depends on the
+repository.
 """
 
 from __future__ import annotations
@@ -12,33 +13,25 @@ import bisect
 import itertools
 import random
 from dataclasses import dataclass
-from typing import Literal
+from typing import Generic, TypeVar
 
 from app.core.repository import ModelConfig
 
-State = Literal["READY", "LOADING", "UNLOADING", "UNAVAILABLE"]
-
-
-@dataclass
-class VersionState:
-    """A version's place in the repository index (Triton's states), with the reason when it
-    is not READY."""
-
-    state: State
-    reason: str = ""
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
-class Choice:
-    """How one model name resolves to the key of a loaded version."""
+class Choice(Generic[T]):
+    """How one model name resolves to one of its serving versions (the registry's loaded
+    copies; tests use plain keys)."""
 
-    keys: dict[str, str]  # version, as a client writes it -> key
-    default: str  # the key of the version that answers requests naming none
-    split_keys: tuple[str, ...] = ()  # canary: keys drawn per request ...
+    keys: dict[str, T]  # version, as a client writes it -> what answers
+    default: T  # what answers requests naming no version
+    split_keys: tuple[T, ...] = ()  # canary: drawn per request ...
     split_edges: tuple[float, ...] = ()  # ... with these cumulative weights (the last is 1)
 
-    def pick(self, version: str | None) -> str | None:
-        """The key that answers; None when `version` is not served."""
+    def pick(self, version: str | None) -> T | None:
+        """What answers; None when `version` is not served."""
         if version:
             return self.keys.get(version)
         if not self.split_keys:
@@ -50,10 +43,18 @@ class Choice:
     def default_version(self) -> str:
         return next(v for v, key in self.keys.items() if key == self.default)
 
+    def canary_weight(self, served: T) -> float | None:
+        """The share of requests naming no version that `served` answers (canary only)."""
+        if served not in self.split_keys:
+            return None
+        index = self.split_keys.index(served)
+        low = self.split_edges[index - 1] if index else 0.0
+        return round(self.split_edges[index] - low, 6)
 
-def choose(keys: dict[int, str], config: ModelConfig) -> tuple[Choice | None, list[str]]:
-    """The choice over the loaded versions `keys`, and what in the config could not be honoured
-    (a default or canary version that is not loaded)."""
+
+def choose(keys: dict[int, T], config: ModelConfig) -> tuple[Choice[T] | None, list[str]]:
+    """The choice over the serving versions `keys`, and what in the config could not be
+    honoured (a default or canary version that is not loaded)."""
     if not keys:
         return None, []
     problems = []

@@ -1,5 +1,5 @@
-"""Where a request's rows go: the task's pool; a hybrid task's long inputs to the GPU pool; and rows
-bound for a GPU pool that is down or saturated to the CPU pool instead (spill-over).
+"""Where a request's rows go: its route's pool; a hybrid route's long inputs to the GPU pool; and
+rows bound for a GPU pool that is down or saturated to the CPU pool instead (spill-over).
 
 An input is placed by its own length (all windows of a chunked input together), never by what
 else is in the request or the queue, except for spill-over: a row answered on the CPU pool gets
@@ -21,7 +21,7 @@ from app.settings import PoolName
 
 log = logging.getLogger(__name__)
 
-# task, from pool, to pool, reason ("down" or "saturated"), rows
+# model name, from pool, to pool, reason ("down" or "saturated"), rows
 SpillHook = Callable[[str, str, str, str, int], None]
 
 
@@ -31,7 +31,10 @@ class Readiness(Protocol):
 
 @dataclass
 class Dispatcher:
-    routes: dict[str, Route]
+    """Places each request's rows on its route's batchers (the registry says every loaded
+    version's route: `routes`)."""
+
+    routes: Callable[[], list[Route]]
     batchers: dict[PoolName, Batcher]
     pools: dict[PoolName, Readiness]
     spill_queue_rows: int
@@ -40,13 +43,13 @@ class Dispatcher:
     spilled: dict[tuple[str, str], int] = field(default_factory=dict)
     _watcher: asyncio.Task[None] | None = None
 
-    def submit(self, task: str, rows: Sequence[Row], groups: Sequence[int] | None = None,
+    def submit(self, route: Route, rows: Sequence[Row], groups: Sequence[int] | None = None,
                traced: bool = False) -> asyncio.Future[Pending]:
-        """Queue a request's rows; one future resolves with all their logits (QueueFull when a
-        pool they need has no room). `groups`: rows per input (chunked inputs), else one each."""
-        route = self.routes[task]
+        """Queue a request's rows on `route` (its version's); one future resolves with all their
+        logits (QueueFull when a pool they need has no room). `groups`: rows per input (chunked
+        inputs), else one each."""
         if route.single_pool:
-            return self.batchers[route.pool].submit(task, rows, traced)
+            return self.batchers[route.pool].submit(route.key, rows, traced)
         placed = self._place(route, rows, groups)
         for pool, indices in placed.items():
             if self.batchers[pool].full(len(indices)):
@@ -57,7 +60,7 @@ class Dispatcher:
         if traced:
             request.batches = []
         for pool, indices in placed.items():
-            self.batchers[pool].enqueue(task, [rows[i] for i in indices], indices, request)
+            self.batchers[pool].enqueue(route.key, [rows[i] for i in indices], indices, request)
         return request.future
 
     def _place(self, route: Route, rows: Sequence[Row], groups: Sequence[int] | None) \
@@ -78,8 +81,7 @@ class Dispatcher:
             if reason is not None:
                 moved = placed.pop(pool)
                 placed.setdefault(route.spill_pool, []).extend(moved)
-                self._count(route.name or route.task, pool, route.spill_pool, reason,
-                            len(moved))
+                self._count(route.name, pool, route.spill_pool, reason, len(moved))
         return placed
 
     def _trouble(self, pool: PoolName, rows: int) -> str | None:
@@ -91,30 +93,30 @@ class Dispatcher:
             return "saturated"
         return None
 
-    def _count(self, task: str, source: str, target: str, reason: str, rows: int) -> None:
+    def _count(self, name: str, source: str, target: str, reason: str, rows: int) -> None:
         self.spilled[(source, reason)] = self.spilled.get((source, reason), 0) + rows
         if self.on_spill is not None:
-            self.on_spill(task, source, target, reason, rows)
+            self.on_spill(name, source, target, reason, rows)
 
     def spill_waiting(self) -> None:
-        """Move rows waiting for a pool that is down to their task's spill pool."""
+        """Move rows waiting for a pool that is down to their route's spill pool."""
         for pool, batcher in self.batchers.items():
             if not batcher.depth or self.pools[pool].ready():
                 continue
-            for task, route in self.routes.items():
+            for route in self.routes():
                 if route.spill_pool is None or route.spill_pool == pool or \
                         pool not in route.pools:
                     continue
-                rows = batcher.take_waiting({task})
+                rows = batcher.take_waiting({route.key})
                 if rows:
                     log.warning("pool %s is down: %d waiting %s rows move to the %s pool", pool,
-                                len(rows), task, route.spill_pool)
+                                len(rows), route.key, route.spill_pool)
                     self.batchers[route.spill_pool].adopt(rows)
-                    self._count(route.name or task, pool, route.spill_pool, "down", len(rows))
+                    self._count(route.name, pool, route.spill_pool, "down", len(rows))
 
     def start(self, interval: float = 0.05) -> None:
         """Watch for pools going down (a crashed GPU worker) while rows wait for them."""
-        if any(route.spill_pool is not None for route in self.routes.values()):
+        if any(route.spill_pool is not None for route in self.routes()):
             self._watcher = asyncio.get_running_loop().create_task(self._watch(interval))
 
     async def _watch(self, interval: float) -> None:

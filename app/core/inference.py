@@ -1,7 +1,8 @@
-"""The one classification path every protocol shares: look up, validate, tokenize, batch, score.
+"""The one classification path every protocol shares: validate, tokenize, batch, score.
 
-The protocol modules (api/v1.py, api/v2.py, behind api/handle.py) only translate their request
-and response shapes; limits, rows, batching, deadline and error statuses are decided here once.
+The protocol doors (api/v1.py, api/v2.py, behind api/handle.py) translate their request and
+response shapes and map the typed errors raised here (core/errors.py) to their own codes; limits,
+rows, batching and the deadline are decided here once.
 """
 
 from __future__ import annotations
@@ -19,8 +20,17 @@ import numpy as np
 
 from app.core.answers import aggregation_for, fold_windows
 from app.core.batching import Pending, QueueFull, Row, TextRow
-from app.core.inputs import ClientError, parse_inputs
-from app.core.repository import TaskModel
+from app.core.errors import (
+    ClientGone,
+    DeadlinePassed,
+    InputTooLarge,
+    InvalidRequest,
+    Overloaded,
+    WorkerFailed,
+)
+from app.core.inputs import parse_inputs
+from app.core.registry import Loaded
+from app.core.repository import LoadedModel
 from app.core.routing import pool_variant
 from app.core.service import Service
 from app.core.tracing import current_trace
@@ -38,8 +48,6 @@ log = logging.getLogger(__name__)
 # task's short and long inputs, or rows that spilled): each result then names its own.
 MIXED = "mixed"
 TIMEOUT_HEADER = "X-Request-Timeout-Ms"
-# Not an HTTP status a client will see (it has gone); nginx's code for it, kept in the metrics.
-CLIENT_GONE = 499
 
 
 def deadline_for(service: Service, started: float, header: str | None,
@@ -55,26 +63,18 @@ def deadline_for(service: Service, started: float, header: str | None,
         try:
             asked = float(header) / 1000
         except ValueError:
-            raise ClientError(400, f"{TIMEOUT_HEADER} must be a number of milliseconds, "
-                                   f"got {header!r}") from None
+            raise InvalidRequest(f"{TIMEOUT_HEADER} must be a number of milliseconds, "
+                                 f"got {header!r}") from None
     if asked is not None and asked <= 0:
-        raise ClientError(400, f"the request timeout must be positive, got {asked * 1000:g} ms")
+        raise InvalidRequest(f"the request timeout must be positive, got {asked * 1000:g} ms")
     return started + min(limit, asked if asked is not None else limit)
-
-
-class ClientGone(Exception):
-    """The client closed its connection before the answer."""
-
-
-class DeadlinePassed(Exception):
-    """The request's deadline passed before its answer."""
 
 
 @dataclass(frozen=True)
 class Classified:
     """Scores of a request's inputs, in input order (a chunked input's windows folded)."""
 
-    task: str  # the model's name
+    name: str  # the model's name
     version: int  # the version that answered
     variant: str  # the variant that answered every input, or MIXED
     labels: list[str]
@@ -92,31 +92,11 @@ class Classified:
                 for n, i in enumerate(indices)]
 
 
-def resolve(service: Service, name: str, version: str | None = None) -> TaskModel:
-    """The version of model `name` that answers this request (the one named, else the default
-    or a canary draw), or a 404 / 503 saying why none can."""
-    choice = service.catalog.get(name)
-    if choice is None:
-        if name in service.unavailable:
-            raise ClientError(503, f"model {name!r} is unavailable: its artifact failed to load "
-                                   f"({service.unavailable[name]})")
-        if name in service.states:
-            raise ClientError(503, f"model {name!r} has no version loaded; load one with POST "
-                                   f"/v2/repository/models/{name}/load")
-        raise ClientError(404, f"unknown model {name!r}; this server has: "
-                               f"{', '.join(sorted(service.catalog))}")
-    key = choice.pick(version)
-    if key is None:
-        raise ClientError(404, f"model {name!r} has no version {version!r} loaded; it serves "
-                               f"version(s) {', '.join(choice.keys)}")
-    return service.models[key]
-
-
-async def classify(service: Service, model: TaskModel, raw_inputs: list[Any],
+async def classify(service: Service, loaded: Loaded, raw_inputs: list[Any],
                    deadline: float | None = None,
                    gone: asyncio.Future[None] | None = None) -> Classified:
-    """Validate and classify texts or [text, text] pairs with one version of a model (see
-    `resolve`); raises ClientError with the status.
+    """Validate and classify texts or [text, text] pairs with one loaded version of a model,
+    which the caller holds a lease on (`service.registry.lease`); raises the core's errors.
 
     One timer per request: at `deadline` (perf_counter time, default: now +
     limits.request_timeout_s) the request's future fails, even while its batch runs, and its rows
@@ -125,26 +105,20 @@ async def classify(service: Service, model: TaskModel, raw_inputs: list[Any],
     """
     trace = current_trace.get() if service.tracing is not None else None
     began = time.perf_counter()
-    task = model.served_name
-    key = model.key
+    model = loaded.model
+    name = model.served_name
     manifest = model.manifest
-    inputs = parse_inputs(raw_inputs, manifest.input_kind, task, service.settings.limits)
+    inputs = parse_inputs(raw_inputs, manifest.input_kind, name, service.settings.limits)
     if service.settings.log_payloads:
-        log.debug("payload for %s", task, extra={"task": task, "inputs": inputs})
+        log.debug("payload for %s", name, extra={"model": name, "inputs": inputs})
     rows, counts = _rows(service, model, inputs)
-    route = service.routes[key]
+    route = loaded.route
     if deadline is None:
         deadline = time.perf_counter() + service.settings.limits.request_timeout_s
     if trace is not None:
         trace.child("validate", began, time.perf_counter(),
                     {"ffs.inputs": len(inputs), "ffs.rows": len(rows)})
-    # Counted from here: an unload of this version waits until its requests are answered.
-    service.in_flight[key] = service.in_flight.get(key, 0) + 1
-    try:
-        scored = await _scored_rows(service, key, task, rows, counts, deadline, gone,
-                                    trace is not None)
-    finally:
-        service.in_flight[key] -= 1
+    scored = await _scored_rows(service, loaded, rows, counts, deadline, gone, trace is not None)
     if trace is not None:
         trace.answered = time.perf_counter()
         if scored.batches:
@@ -155,14 +129,14 @@ async def classify(service: Service, model: TaskModel, raw_inputs: list[Any],
     if counts is None:
         truncated = [row.truncated or cut for row, cut in zip(rows, scored.truncated, strict=True)]
         _refuse_truncated(service, model, truncated)
-        return Classified(task=task, version=model.version, variant=variant,
+        return Classified(name=name, version=model.version, variant=variant,
                           labels=manifest.labels,
                           problem_type=manifest.problem_type, truncated=truncated, chunks=None,
                           logits=stacked, probabilities=_stacked(scored.scores),
                           variants=variants)
     how = aggregation_for(manifest.problem_type, service.settings.limits.chunk_aggregation)
     folded, scores = fold_windows(stacked, counts, manifest.problem_type, how)
-    return Classified(task=task, version=model.version, variant=variant,
+    return Classified(name=name, version=model.version, variant=variant,
                       labels=manifest.labels,
                       problem_type=manifest.problem_type, truncated=[False] * len(counts),
                       chunks=counts, logits=folded, probabilities=scores, variants=variants)
@@ -183,37 +157,45 @@ def _answered_by(service: Service, pools: list[str], counts: list[int] | None) \
     return MIXED, ["+".join(names[p] for p in dict.fromkeys(group)) for group in groups]
 
 
-async def _scored_rows(service: Service, key: str, task: str, rows: Sequence[Row],
+async def _scored_rows(service: Service, loaded: Loaded, rows: Sequence[Row],
                        counts: list[int] | None, deadline: float,
                        gone: asyncio.Future[None] | None, traced: bool = False) -> Pending:
     """The rows' logits from the pools' batchers, within the deadline and while the client
     stays."""
     remaining = deadline - time.perf_counter()
+    name = loaded.name
     try:
         if remaining <= 0:
-            raise DeadlinePassed
+            raise _Expired
         assert service.dispatcher is not None, "the service was not started"
-        answer = service.dispatcher.submit(key, rows, counts, traced)
-        timer = asyncio.get_running_loop().call_later(remaining, _fail, answer, DeadlinePassed)
+        answer = service.dispatcher.submit(loaded.route, rows, counts, traced)
+        timer = asyncio.get_running_loop().call_later(remaining, _fail, answer, _Expired)
         if gone is not None:
             gone.add_done_callback(functools.partial(_client_left, answer))
         try:
             return await answer
         finally:
             timer.cancel()
-    except DeadlinePassed:
-        service.metrics.rejected.labels(task, "deadline").inc()
-        raise ClientError(504, "no answer within the request's deadline; it was dropped "
-                               "(raise X-Request-Timeout-Ms, up to limits.request_timeout_s, "
-                               "or retry when the server is less busy)") from None
-    except ClientGone:
-        raise ClientError(CLIENT_GONE, "the client disconnected before the answer") from None
+    except _Expired:
+        service.metrics.rejected.labels(name, "deadline").inc()
+        raise DeadlinePassed("no answer within the request's deadline; it was dropped "
+                             "(raise X-Request-Timeout-Ms, up to limits.request_timeout_s, "
+                             "or retry when the server is less busy)") from None
+    except _Left:
+        raise ClientGone("the client disconnected before the answer") from None
     except QueueFull as exc:
-        service.metrics.rejected.labels(task, "queue_full").inc()
-        raise ClientError(429, f"server is at capacity ({exc}); retry shortly",
-                          {"Retry-After": "1"}) from None
+        service.metrics.rejected.labels(name, "queue_full").inc()
+        raise Overloaded(f"server is at capacity ({exc}); retry shortly") from None
     except WorkerError as exc:
-        raise ClientError(503, f"the model worker failed: {exc}; retry the request") from None
+        raise WorkerFailed(f"the model worker failed: {exc}; retry the request") from None
+
+
+class _Expired(Exception):
+    """The request's timer fired (becomes DeadlinePassed)."""
+
+
+class _Left(Exception):
+    """The client's connection closed (becomes ClientGone)."""
 
 
 def _stacked(rows: list[np.ndarray]) -> np.ndarray:
@@ -227,7 +209,7 @@ def _fail(answer: asyncio.Future[Any], error: type[Exception]) -> None:
 
 def _client_left(answer: asyncio.Future[Any], watcher: asyncio.Future[None]) -> None:
     if not watcher.cancelled():
-        _fail(answer, ClientGone)
+        _fail(answer, _Left)
 
 
 _WORDS = re.compile(r"\w+|[^\w\s]")
@@ -241,7 +223,7 @@ def estimated_length(text: TextInput, max_length: int) -> int:
     return min(max_length, sum(len(_WORDS.findall(p)) for p in pieces) + 1 + len(pieces))
 
 
-def _rows(service: Service, model: TaskModel, inputs: list[TextInput]) \
+def _rows(service: Service, model: LoadedModel, inputs: list[TextInput]) \
         -> tuple[Sequence[Row], list[int] | None]:
     """Rows for the batcher and, when the server chunks long texts, how many windows belong to
     each input (None: one row per input)."""
@@ -256,39 +238,21 @@ def _rows(service: Service, model: TaskModel, inputs: list[TextInput]) \
     try:
         windows = encode_windows(model.window_tokenizer, inputs)
     except WindowError:
-        raise ClientError(413, f"an input's first text alone exceeds the model's {max_length} "
-                               "tokens; chunking cuts only the second text of a pair") from None
+        raise InputTooLarge(f"an input's first text alone exceeds the model's {max_length} "
+                            "tokens; chunking cuts only the second text of a pair") from None
     too_many = [i for i, w in enumerate(windows) if len(w) > limits.max_chunks_per_input]
     if too_many:
-        raise ClientError(413, f"inputs {too_many} need more than {limits.max_chunks_per_input} "
-                               f"windows of {max_length} tokens (limits.max_chunks_per_input); "
-                               "split them")
+        raise InputTooLarge(f"inputs {too_many} need more than {limits.max_chunks_per_input} "
+                            f"windows of {max_length} tokens (limits.max_chunks_per_input); "
+                            "split them")
     return [row for rows in windows for row in rows], [len(w) for w in windows]
 
 
-def _refuse_truncated(service: Service, model: TaskModel, truncated: list[bool]) -> None:
-    """truncation: reject answers 413 for inputs over max_length (found by the API's tokenizer
-    before the batch, or by the worker's after it)."""
+def _refuse_truncated(service: Service, model: LoadedModel, truncated: list[bool]) -> None:
+    """truncation: reject refuses inputs over max_length (found by the API's tokenizer before
+    the batch, or by the worker's after it)."""
     too_long = [i for i, cut in enumerate(truncated) if cut]
     if too_long and service.settings.limits.truncation == "reject":
-        raise ClientError(413, f"inputs {too_long} exceed the model's "
-                               f"{model.manifest.max_length} tokens; shorten them (this server "
-                               "does not truncate)")
-
-
-def record(service: Service, task: str, status: int, started: float, version: str = "") -> None:
-    """Count a classify request by model, version (when one answered) and final status, time
-    the successful ones, log it."""
-    known = task if task in service.catalog or task in service.states else "_unknown"
-    seconds = time.perf_counter() - started
-    # Counts and ids only: the input text never reaches the logs (see log_payloads). Refusals
-    # (4xx) at debug: under overload they come by the thousand, and logging each one would spend
-    # the CPU the workers need; 5xx are the server's fault and stay visible.
-    level = logging.DEBUG if status < 500 else logging.WARNING
-    if log.isEnabledFor(level):
-        log.log(level, "classify %s -> %d", known, status,
-                extra={"task": known, "version": version, "status": status,
-                       "latency_ms": round(1000 * seconds, 2)})
-    if status == CLIENT_GONE:
-        service.metrics.disconnects.labels(known).inc()
-    service.metrics.observe_request(known, version, status, seconds)
+        raise InputTooLarge(f"inputs {too_long} exceed the model's "
+                            f"{model.manifest.max_length} tokens; shorten them (this server "
+                            "does not truncate)")

@@ -25,7 +25,8 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        # task: the model's name; version: the version that answered ("" when none did).
+        # The label "task" holds the model's name (its name since the dashboards were built:
+        # docs/deployment.md); version: the version that answered ("" when none did).
         self.requests = Counter("ffs_requests_total", "Classify requests by model, version and "
                                 "HTTP status", ["task", "version", "status"], registry=r)
         self.latency = Histogram("ffs_request_latency_seconds", "Classify latency, end to end",
@@ -52,7 +53,7 @@ class Metrics:
                                    "before the answer", ["task"], registry=r)
         self.rejected = Counter("ffs_rejected_requests_total", "Requests refused before running",
                                 ["task", "reason"], registry=r)
-        self.route_fallback = Gauge("ffs_route_fallback", "1 when a task runs on another pool "
+        self.route_fallback = Gauge("ffs_route_fallback", "1 when a model runs on another pool "
                                     "than configured", ["task", "requested", "actual"],
                                     registry=r, multiprocess_mode="max")
 
@@ -73,24 +74,24 @@ class Metrics:
     def count_dropped(self, pool: str, rows: int) -> None:
         self.dropped_rows.labels(pool).inc(rows)
 
-    def start_series(self, pool: str, tasks: list[str], spills: dict[str, tuple[str, str]]) \
+    def start_series(self, pool: str, names: list[str], spills: dict[str, tuple[str, str]]) \
             -> None:
-        """Create the counters a pool and its tasks may raise at 0, so that their series exist
-        (and dashboards show 0, not "no data") before the first event. `spills`: task ->
-        (from pool, to pool)."""
+        """Create the counters a pool and the models it serves may raise at 0, so that their
+        series exist (and dashboards show 0, not "no data") before the first event. `spills`:
+        model name -> (from pool, to pool)."""
         self.dropped_rows.labels(pool)
         self.worker_restarts.labels(pool)
         self.queue_depth.labels(pool).set(0)
         self.pool_ready.labels(pool)
-        for task in tasks:
+        for name in names:
             for reason in ("queue_full", "deadline"):
-                self.rejected.labels(task, reason)
-            if task in spills:
+                self.rejected.labels(name, reason)
+            if name in spills:
                 for reason in ("down", "saturated"):
-                    self.spilled_rows.labels(task, *spills[task], reason)
+                    self.spilled_rows.labels(name, *spills[name], reason)
 
-    def count_spill(self, task: str, source: str, target: str, reason: str, rows: int) -> None:
-        self.spilled_rows.labels(task, source, target, reason).inc(rows)
+    def count_spill(self, name: str, source: str, target: str, reason: str, rows: int) -> None:
+        self.spilled_rows.labels(name, source, target, reason).inc(rows)
 
     def count_restart(self, pool: str) -> None:
         self.worker_restarts.labels(pool).inc()
@@ -113,13 +114,13 @@ class Metrics:
         for seconds in stats.queue_waits:
             wait.observe(seconds)
 
-    def observe_request(self, task: str, version: str, status: int, seconds: float) -> None:
+    def observe_request(self, name: str, version: str, status: int, seconds: float) -> None:
         """One classify request's final status (and its latency when it succeeded)."""
-        children = self._request_children.get((task, version, status))
+        children = self._request_children.get((name, version, status))
         if children is None:  # labels() takes a lock and builds a key: once per label set
-            children = (self.requests.labels(task, version, str(status)),
-                        self.latency.labels(task, version))
-            self._request_children[(task, version, status)] = children
+            children = (self.requests.labels(name, version, str(status)),
+                        self.latency.labels(name, version))
+            self._request_children[(name, version, status)] = children
         children[0].inc()
         if status == 200:
             children[1].observe(seconds)

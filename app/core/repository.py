@@ -38,7 +38,7 @@ def model_key(name: str, version: int) -> str:
 
 
 @dataclass(frozen=True)
-class TaskModel:
+class LoadedModel:
     """One version of a model as the server uses it: manifest, tokenizer and verified files."""
 
     folder: Path
@@ -227,8 +227,8 @@ def check_outputs(path: Path, labels: list[str]) -> None:
         )
 
 
-def load_task_model(folder: Path, variants: list[str], stride: int | None = None,
-                    name: str = "", version: int = 1) -> TaskModel:
+def load_model_version(folder: Path, variants: list[str], stride: int | None = None,
+                    name: str = "", version: int = 1) -> LoadedModel:
     """Read an artifact, verify the sha256 of each variant the server will load, and run the
     golden check of each CPU variant (do this CPU's answers match the build's?); with `stride`,
     also prepare the windowing tokenizer of truncation: chunk."""
@@ -249,5 +249,5 @@ def load_task_model(folder: Path, variants: list[str], stride: int | None = None
                                  pairs=manifest.input_kind == "pair")
     golden = {name: result for name, path in files.items()
               if (result := check_golden(folder, manifest, name, path)) is not None}
-    return TaskModel(folder=folder, manifest=manifest, tokenizer=tokenizer, files=files,
+    return LoadedModel(folder=folder, manifest=manifest, tokenizer=tokenizer, files=files,
                      window_tokenizer=windows, golden=golden, name=name, version=version)

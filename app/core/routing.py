@@ -1,4 +1,4 @@
-"""Which pool serves which task (and, for hybrid tasks, which rows), decided at start-up."""
+"""Which pool serves which model (and, for hybrid routes, which rows), decided at start-up."""
 
 from __future__ import annotations
 
@@ -20,11 +20,11 @@ def pool_variant(pool: PoolName, settings: Settings) -> str:
 
 @dataclass(frozen=True)
 class Route:
-    """Where a task's rows go. A hybrid task sends rows of at least `long_length` tokens to
-    `long_pool`; rows bound for the GPU go to `spill_pool` while the GPU pool is down or
-    saturated."""
+    """Where a model version's rows go. A hybrid route sends rows of at least `long_length`
+    tokens to `long_pool`; rows bound for the GPU go to `spill_pool` while the GPU pool is down
+    or saturated."""
 
-    task: str  # the model key (one version of a model) whose rows take this route
+    key: str  # the version key (one loaded version of a model) whose rows take this route
     requested_pool: RouteKind
     pool: PoolName  # every row, or a hybrid task's short rows
     variant: str  # what `pool` runs for this task
@@ -36,7 +36,7 @@ class Route:
 
     @property
     def pools(self) -> tuple[PoolName, ...]:
-        """Every pool that must load this task's model."""
+        """Every pool that must load this version."""
         named = (self.pool, self.long_pool, self.spill_pool)
         return tuple(dict.fromkeys(p for p in named if p is not None))
 
@@ -61,40 +61,39 @@ def gpu_unavailable_reason(settings: Settings) -> str | None:
             f"{hint}")
 
 
-def wants_gpu(tasks: list[str], settings: Settings) -> bool:
-    return any(settings.routing.get(t, settings.default_pool) != "cpu" for t in tasks)
+def wants_gpu(names: list[str], settings: Settings) -> bool:
+    return any(settings.routing.get(n, settings.default_pool) != "cpu" for n in names)
 
 
-def plan_routes(tasks: list[str], settings: Settings, gpu_problem: str | None) -> dict[str, Route]:
-    """A route per model name; `gpu_problem` says why no GPU pool can run (None: it can). Raises
-    ConfigError for routing of unknown names or a fallback the settings refuse."""
-    unknown = sorted(set(settings.routing) - set(tasks))
+def plan_routes(names: list[str], settings: Settings, gpu_problem: str | None) \
+        -> dict[str, Route]:
+    """A route per model name (its `key` is the name until a version takes it); `gpu_problem`
+    says why no GPU pool can run (None: it can). Raises ConfigError for routing of unknown names
+    or a fallback the settings refuse."""
+    unknown = sorted(set(settings.routing) - set(names))
     if unknown:
         raise ConfigError(
             f"routing names model(s) {unknown} that the model repository does not have "
-            f"(it has: {sorted(tasks)})"
+            f"(it has: {sorted(names)})"
         )
-    routes: dict[str, Route] = {}
-    for task in tasks:
-        wanted: RouteKind = settings.routing.get(task, settings.default_pool)
-        if wanted != "cpu" and gpu_problem is not None:
-            if settings.gpu_fallback == "fail":
-                raise ConfigError(
-                    f"task {task!r} is routed to the gpu pool ({wanted}) but {gpu_problem}; set "
-                    "gpu_fallback: cpu to serve it on CPU instead"
-                )
-            log.warning("task %s: routed %s, falling back to cpu: %s", task, wanted, gpu_problem)
-            routes[task] = Route(task, wanted, "cpu", CPU_VARIANT, fallback_reason=gpu_problem,
-                                 name=task)
-            continue
-        spill: PoolName | None = "cpu" if settings.gpu_pool.spill == "cpu" else None
-        if wanted == "gpu":
-            routes[task] = Route(task, wanted, "gpu", pool_variant("gpu", settings),
-                                 spill_pool=spill, name=task)
-        elif wanted == "hybrid":
-            routes[task] = Route(task, wanted, "cpu", CPU_VARIANT, long_pool="gpu",
-                                 long_length=settings.gpu_pool.min_length, spill_pool=spill,
-                                 name=task)
-        else:
-            routes[task] = Route(task, wanted, "cpu", CPU_VARIANT, name=task)
-    return routes
+    return {name: _route(name, settings, gpu_problem) for name in names}
+
+
+def _route(name: str, settings: Settings, gpu_problem: str | None) -> Route:
+    wanted: RouteKind = settings.routing.get(name, settings.default_pool)
+    if wanted != "cpu" and gpu_problem is not None:
+        if settings.gpu_fallback == "fail":
+            raise ConfigError(
+                f"model {name!r} is routed to the gpu pool ({wanted}) but {gpu_problem}; set "
+                "gpu_fallback: cpu to serve it on CPU instead"
+            )
+        log.warning("model %s: routed %s, falling back to cpu: %s", name, wanted, gpu_problem)
+        return Route(name, wanted, "cpu", CPU_VARIANT, fallback_reason=gpu_problem, name=name)
+    spill: PoolName | None = "cpu" if settings.gpu_pool.spill == "cpu" else None
+    if wanted == "gpu":
+        return Route(name, wanted, "gpu", pool_variant("gpu", settings), spill_pool=spill,
+                     name=name)
+    if wanted == "hybrid":
+        return Route(name, wanted, "cpu", CPU_VARIANT, long_pool="gpu",
+                     long_length=settings.gpu_pool.min_length, spill_pool=spill, name=name)
+    return Route(name, wanted, "cpu", CPU_VARIANT, name=name)

@@ -1,4 +1,5 @@
-"""The running service: models, routes, pools and batchers, prepared, started and stopped together."""
+"""The running service: the registry of models, the pools and batchers that run them, the
+dispatcher and the metrics, prepared, started and stopped together."""
 
 from __future__ import annotations
 
@@ -10,16 +11,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from app.core.batching import Batcher, BatchPolicy, Runner, TaskInputs
-from app.core.catalog import Choice, VersionState, choose
+from app.core.batching import Batcher, BatchPolicy, InputSpec, Runner
 from app.core.dispatch import Dispatcher
 from app.core.metrics import Metrics
+from app.core.registry import NOT_SELECTED, Loaded, Model, Registry
 from app.core.repository import (
-    ModelConfig,
+    LoadedModel,
     ModelEntry,
-    TaskModel,
-    load_task_model,
-    model_key,
+    load_model_version,
     scan_repository,
 )
 from app.core.routing import (
@@ -52,45 +51,25 @@ def slow_cpu_graphs(manifest: Manifest, variants: Iterable[str]) -> list[str]:
 
 @dataclass
 class Service:
-    """Models, routes and pools keyed by model key (one version of one model: `name:version`);
-    the catalog says which key answers a request for a name."""
+    """What runs: the registry (models, versions, loaded copies), the pools and their batchers,
+    the dispatcher that places rows, and the metrics."""
 
     settings: Settings
-    models: dict[str, TaskModel]
-    routes: dict[str, Route]
+    registry: Registry
     specs: dict[PoolName, list[WorkerSpec]]
     metrics: Metrics = field(default_factory=Metrics)
     pools: dict[PoolName, Pool] = field(default_factory=dict)
     batchers: dict[PoolName, Batcher] = field(default_factory=dict)
     draining: bool = False  # set on SIGTERM: readiness fails while in-flight work finishes
-    # Tasks (or folders) whose artifact failed its checks under artifact_errors: skip -> why.
-    unavailable: dict[str, str] = field(default_factory=dict)
     shard: Shard = field(default_factory=lambda: Shard())
     dispatcher: Dispatcher | None = None
     tracing: Tracing | None = None  # settings.tracing.enabled (tests put their own exporter)
-    catalog: dict[str, Choice] = field(default_factory=dict)  # name -> who answers
-    configs: dict[str, ModelConfig] = field(default_factory=dict)  # name -> its config.yaml
-    # name -> version -> state, for the repository index (every version found, not only loaded).
-    states: dict[str, dict[int, VersionState]] = field(default_factory=dict)
-    # key -> requests that resolved to it and are not answered yet (an unload waits for 0).
-    in_flight: dict[str, int] = field(default_factory=dict)
-    # name -> version -> key of the versions requests may resolve to.
-    serving: dict[str, dict[int, str]] = field(default_factory=dict)
 
-    def publish(self, name: str) -> list[str]:
-        """Rebuild the name's choice from the versions it serves now; what the config asked
-        for that could not be honoured is returned (and logged)."""
-        choice, problems = choose(self.serving.get(name, {}), self.configs.get(name, ModelConfig()))
-        if choice is None:
-            self.catalog.pop(name, None)
-        else:
-            self.catalog[name] = choice
-        for version in self.states.get(name, {}):
-            self.metrics.version_ready.labels(name, str(version)).set(
-                int(version in self.serving.get(name, {})))
-        for problem in problems:
-            log.warning("model %s: %s", name, problem)
-        return problems
+    def publish(self, model: Model) -> None:
+        """The registry switched what answers for `model`: its per-version gauges follow."""
+        serving = model.serving()
+        for number in model.versions:
+            self.metrics.version_ready.labels(model.name, str(number)).set(int(number in serving))
 
     def ready(self) -> bool:
         """Serving: every pool is up, except a pool whose rows can spill to another."""
@@ -98,31 +77,31 @@ class Service:
             return False
         return all(pool.ready() or self.can_spill(name) for name, pool in self.pools.items())
 
-    def task_ready(self, task: str) -> bool:
-        """The key's rows can run now: each pool it uses is up or can spill."""
-        pools = self.routes[task].pools
+    def route_ready(self, route: Route) -> bool:
+        """The route's rows can run now: each pool it uses is up or can spill."""
         return all(p in self.pools and (self.pools[p].ready() or self.can_spill(p))
-                   for p in pools)
+                   for p in route.pools)
 
     def can_spill(self, pool: str) -> bool:
-        """Every task that uses `pool` has another pool to run its rows while it is down."""
-        users = [route for route in self.routes.values() if pool in route.pools]
+        """Every version that uses `pool` has another pool to run its rows while it is down."""
+        users = [route for route in self.registry.routes() if pool in route.pools]
         return bool(users) and all(route.spill_pool not in (None, pool) for route in users)
 
     def fall_back_to_cpu(self, reason: str) -> None:
-        """Serve the gpu and hybrid tasks on the CPU pool alone (the GPU pool failed to start
+        """Serve the gpu and hybrid models on the CPU pool alone (the GPU pool failed to start
         and gpu_fallback is cpu)."""
-        log.error("the GPU pool cannot run: %s; its tasks fall back to the CPU pool", reason)
-        names = sorted({model.served_name for model in self.models.values()})
-        self.routes = routes_by_key(self.models, plan_routes(names, self.settings, reason))
-        self.specs = lay_out(self.settings, self.models, self.routes, self.shard)
+        log.error("the GPU pool cannot run: %s; its models fall back to the CPU pool", reason)
+        names = sorted({copy.name for copy in self.registry.copies()})
+        by_name = plan_routes(names, self.settings, reason)
+        self.registry.reroute(lambda copy: route_for(copy.model, by_name))
+        self.specs = lay_out(self.settings, self.registry.copies(), self.shard)
         self.count_fallbacks()
 
     def count_fallbacks(self) -> None:
-        for route in self.routes.values():
+        for route in self.registry.routes():
             if route.fallback_reason:
-                self.metrics.route_fallback.labels(route.name or route.task,
-                                                   route.requested_pool, route.pool).set(1)
+                self.metrics.route_fallback.labels(route.name, route.requested_pool,
+                                                   route.pool).set(1)
 
 
 # One API process per this many usable cores: one API core answers ~4,000-5,000 requests/s
@@ -174,13 +153,14 @@ def _core_split(settings: Settings, gpu_workers: int) -> tuple[list[int], list[i
     return cpu, gpu
 
 
-def lay_out(settings: Settings, models: dict[str, TaskModel], routes: dict[str, Route],
-            shard: Shard) -> dict[PoolName, list[WorkerSpec]]:
-    """Worker specs of each pool some task needs (this API process's shard of them)."""
-    gpu_tasks = [task for task, route in routes.items() if "gpu" in route.pools]
-    cpu_cores, gpu_cores = _core_split(settings, gpu_worker_count(settings) if gpu_tasks else 0)
-    gpu_specs = _gpu_specs(settings, models, gpu_tasks, shard, gpu_cores)
-    specs = {"cpu": _cpu_specs(settings, models, routes, shard, cpu_cores), "gpu": gpu_specs}
+def lay_out(settings: Settings, copies: list[Loaded], shard: Shard) \
+        -> dict[PoolName, list[WorkerSpec]]:
+    """Worker specs of each pool some loaded copy needs (this API process's shard of them)."""
+    on_gpu = [copy.model for copy in copies if "gpu" in copy.route.pools]
+    on_cpu = [copy.model for copy in copies if "cpu" in copy.route.pools]
+    cpu_cores, gpu_cores = _core_split(settings, gpu_worker_count(settings) if on_gpu else 0)
+    gpu_specs = _gpu_specs(settings, on_gpu, shard, gpu_cores)  # its errors first
+    specs = {"cpu": _cpu_specs(settings, on_cpu, shard, cpu_cores), "gpu": gpu_specs}
     return {name: found for name, found in specs.items() if found}  # type: ignore[misc]
 
 
@@ -197,13 +177,13 @@ def cuda_providers(gpu: GpuPoolSettings, device: int) -> tuple[Provider, ...]:
     return tuple((name, options) if name == CUDA_PROVIDER else name for name in gpu.providers)
 
 
-def _gpu_specs(settings: Settings, models: dict[str, TaskModel], tasks: list[str],
-               shard: Shard, cores: list[int]) -> list[WorkerSpec]:
-    if not tasks:
+def _gpu_specs(settings: Settings, models: list[LoadedModel], shard: Shard,
+               cores: list[int]) -> list[WorkerSpec]:
+    if not models:
         return []
     gpu = settings.gpu_pool
-    files = {task: _model_file(models[task], gpu.variant, _in_workers(settings))
-             for task in tasks}
+    files = {model.key: _model_file(model, gpu.variant, _in_workers(settings))
+             for model in models}
     slots = [device for device in gpu.device_ids for _ in range(gpu.instances_per_device)]
     if shard.count > len(slots):
         raise ConfigError(f"api_processes is {shard.count} but the gpu pool has {len(slots)} "
@@ -215,10 +195,9 @@ def _gpu_specs(settings: Settings, models: dict[str, TaskModel], tasks: list[str
             for i, device in enumerate(slots) if i % shard.count == shard.index]
 
 
-def _cpu_specs(settings: Settings, models: dict[str, TaskModel], routes: dict[str, Route],
-               shard: Shard, cores: list[int]) -> list[WorkerSpec]:
-    tasks = [task for task, route in routes.items() if "cpu" in route.pools]
-    if not tasks:
+def _cpu_specs(settings: Settings, models: list[LoadedModel], shard: Shard,
+               cores: list[int]) -> list[WorkerSpec]:
+    if not models:
         return []
     pool = settings.cpu_pool
     allowed = os.sched_getaffinity(0)
@@ -229,7 +208,8 @@ def _cpu_specs(settings: Settings, models: dict[str, TaskModel], routes: dict[st
         layout = cpu_layout(cores, pool.workers, pool.threads_per_worker)
     except ValueError as exc:
         raise ConfigError(f"cpu_pool: {exc}") from None
-    files = {task: _model_file(models[task], CPU_VARIANT, _in_workers(settings)) for task in tasks}
+    files = {model.key: _model_file(model, CPU_VARIANT, _in_workers(settings))
+             for model in models}
     if shard.count > len(layout):
         raise ConfigError(f"api_processes is {shard.count} but the cpu pool has {len(layout)} "
                           "workers; each API process needs at least one (lower api_processes)")
@@ -238,23 +218,29 @@ def _cpu_specs(settings: Settings, models: dict[str, TaskModel], routes: dict[st
             for i, group in enumerate(layout) if i % shard.count == shard.index]
 
 
-def model_file(settings: Settings, model: TaskModel, pool: PoolName) -> ModelFile:
+def model_file(settings: Settings, model: LoadedModel, pool: PoolName) -> ModelFile:
     """What a worker of `pool` loads for this model version."""
     return _model_file(model, pool_variant(pool, settings), _in_workers(settings))
 
 
-def _model_file(model: TaskModel, variant: str, tokenizer: bool) -> ModelFile:
+def _model_file(model: LoadedModel, variant: str, tokenizer: bool) -> ModelFile:
     manifest = model.manifest
     return ModelFile(str(model.files[variant]), tuple(manifest.model_inputs),
                      str(model.folder / manifest.tokenizer) if tokenizer else None,
                      manifest.max_length, manifest.pad_token_id, manifest.problem_type)
 
 
-def routes_by_key(models: dict[str, TaskModel], by_name: dict[str, Route]) -> dict[str, Route]:
-    """Each loaded version gets its model's route, under its key."""
-    return {key: dataclasses.replace(by_name[model.served_name], task=key,
-                                     name=model.served_name)
-            for key, model in models.items() if model.served_name in by_name}
+def route_for(model: LoadedModel, by_name: dict[str, Route]) -> Route:
+    """A loaded version's route: its model's, under its version key."""
+    return dataclasses.replace(by_name[model.served_name], key=model.key, name=model.served_name)
+
+
+def input_spec(model: LoadedModel) -> InputSpec:
+    return InputSpec(tuple(model.manifest.model_inputs), model.manifest.pad_token_id)
+
+
+def loaded_copy(model: LoadedModel, route: Route) -> Loaded:
+    return Loaded(model, route, input_spec(model))
 
 
 class Loader:
@@ -262,14 +248,14 @@ class Loader:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.unavailable: dict[str, str] = {}
 
-    def failed(self, name: str, error: ArtifactError) -> None:
+    def failed(self, what: str, error: ArtifactError) -> str:
+        """Stop (artifact_errors: fail) or log and return the reason, paths made relative."""
         if self.settings.artifact_errors == "fail":
             raise error
         reason = self.relative(str(error))
-        log.error("artifact %s is unavailable: %s", name, reason)
-        self.unavailable[name] = reason
+        log.error("artifact %s is unavailable: %s", what, reason)
+        return reason
 
     def scan(self) -> dict[str, ModelEntry]:
         return scan_repository(self.settings.model_repository, self.settings.model_name)
@@ -291,20 +277,20 @@ class Loader:
             variants.append(CPU_VARIANT)
         return list(dict.fromkeys(variants))
 
-    def entries(self) -> dict[str, ModelEntry]:
+    def entries(self, registry: Registry) -> dict[str, ModelEntry]:
         """Every model name in the repository that can be read (the others are failed)."""
         found = {}
         for name, entry in self.scan().items():
             if entry.error is not None:
-                self.failed(name, ArtifactError(entry.error))
+                registry.fail_model(name, self.failed(name, ArtifactError(entry.error)))
                 continue
             found[name] = entry
         return found
 
-    def load(self, entry: ModelEntry, version: int, route: Route) -> TaskModel:
+    def load(self, entry: ModelEntry, version: int, route: Route) -> LoadedModel:
         """Read and check one version (raises ArtifactError); warn about what the checks
         found that does not stop it."""
-        model = load_task_model(entry.folders[version], self._variants(route), self._stride(),
+        model = load_model_version(entry.folders[version], self._variants(route), self._stride(),
                                 name=entry.name, version=version)
         for result in model.golden.values():
             if not result.matches:
@@ -328,28 +314,31 @@ class Loader:
                             "--int8 static", entry.name, variant, served.quantization)
         return model
 
-    def models(self, entries: dict[str, ModelEntry], routes: dict[str, Route]) \
-            -> tuple[dict[str, TaskModel], dict[str, dict[int, VersionState]]]:
-        """Every version the policies select, loaded and checked, by key; and each version's
-        state."""
-        loaded: dict[str, TaskModel] = {}
-        states: dict[str, dict[int, VersionState]] = {}
+    def versions(self, registry: Registry, entries: dict[str, ModelEntry],
+                 by_name: dict[str, Route]) -> None:
+        """Load and check every version the policies select and commit each model's to the
+        registry; failures are recorded there (or stop the server: artifact_errors: fail)."""
         for name, entry in entries.items():
             served = entry.served_versions()
-            states[name] = {v: VersionState("UNAVAILABLE", "not selected by the version policy")
-                            for v in entry.folders if v not in served}
+            for version in entry.folders:
+                if version not in served:
+                    registry.set_state(name, version, "UNAVAILABLE", NOT_SELECTED)
+            serving: dict[int, Loaded] = {}
             for version in served:
                 try:
-                    loaded[model_key(name, version)] = self.load(entry, version, routes[name])
+                    model = self.load(entry, version, by_name[name])
                 except ArtifactError as exc:
-                    self.failed(name if len(served) == 1 else model_key(name, version), exc)
-                    states[name][version] = VersionState("UNAVAILABLE", str(exc))
+                    what = name if len(served) == 1 else f"{name}:{version}"
+                    registry.set_state(name, version, "UNAVAILABLE", self.failed(what, exc),
+                                       failed=True)
                     continue
-                states[name][version] = VersionState("READY")
-        if not loaded:
+                serving[version] = loaded_copy(model, route_for(model, by_name))
+                registry.add(serving[version])
+            for problem in registry.commit(name, entry.config, serving):
+                log.warning("model %s: %s", name, problem)
+        if not registry.copies():
             raise ArtifactError("no artifact could be loaded: " + "; ".join(
-                f"{name}: {why}" for name, why in self.unavailable.items()))
-        return loaded, states
+                f"{name}: {why}" for name, why in registry.unavailable().items()))
 
 
 def prepare_service(settings: Settings, shard: Shard | None = None) -> Service:
@@ -360,22 +349,14 @@ def prepare_service(settings: Settings, shard: Shard | None = None) -> Service:
     if shard is None:
         shard = Shard(0, api_process_count(settings))
     loader = Loader(settings)
-    entries = loader.entries()
+    service = Service(settings=settings, registry=Registry(), specs={}, shard=shard,
+                      tracing=tracing_from_settings(settings.tracing))
+    service.registry.on_publish = service.publish
+    entries = loader.entries(service.registry)
     names = sorted(entries)
     gpu_problem = gpu_unavailable_reason(settings) if wants_gpu(names, settings) else None
-    by_name = plan_routes(names, settings, gpu_problem)
-    models, states = loader.models(entries, by_name)
-    routes = routes_by_key(models, by_name)
-    service = Service(settings=settings, models=models, routes=routes,
-                      specs=lay_out(settings, models, routes, shard),
-                      unavailable=loader.unavailable, shard=shard,
-                      tracing=tracing_from_settings(settings.tracing),
-                      configs={name: entry.config for name, entry in entries.items()},
-                      states=states)
-    for key, model in models.items():
-        service.serving.setdefault(model.served_name, {})[model.version] = key
-    for name in names:
-        service.publish(name)
+    loader.versions(service.registry, entries, plan_routes(names, settings, gpu_problem))
+    service.specs = lay_out(settings, service.registry.copies(), shard)
     service.count_fallbacks()
     return service
 
@@ -436,25 +417,22 @@ async def start_service(service: Service, make_pool: PoolFactory = worker_pool) 
     if "cpu" in service.specs:
         await _start_pool(service, "cpu", make_pool)
     policies = {"cpu": _policy(settings.batching), "gpu": _policy(settings.gpu_pool.batching)}
+    registry = service.registry
     for name, pool in service.pools.items():
-        tasks = {
-            task: TaskInputs(tuple(service.models[task].manifest.model_inputs),
-                             service.models[task].manifest.pad_token_id)
-            for task, route in service.routes.items() if name in route.pools
-        }
-        batcher = Batcher(pool, policies[name], tasks,
+        routes = [route for route in registry.routes() if name in route.pools]
+        batcher = Batcher(pool, policies[name], registry.inputs,
                           on_batch=functools.partial(service.metrics.observe_batch, name),
                           on_drop=functools.partial(service.metrics.count_dropped, name),
                           name=name)
         batcher.traced = service.tracing is not None
         batcher.start()
         service.batchers[name] = batcher
-        service.metrics.start_series(name, sorted({service.routes[t].name for t in tasks}), {
-            route.name: (name, route.spill_pool) for route in service.routes.values()
-            if route.spill_pool is not None and route.spill_pool != name and name in route.pools})
+        service.metrics.start_series(name, sorted({route.name for route in routes}), {
+            route.name: (name, route.spill_pool) for route in routes
+            if route.spill_pool is not None and route.spill_pool != name})
         log.info("pool %s: %d workers serving %s", name, len(service.specs[name]),
-                 sorted(tasks))
-    service.dispatcher = Dispatcher(service.routes, service.batchers, service.pools,  # type: ignore[arg-type]
+                 sorted(route.key for route in routes))
+    service.dispatcher = Dispatcher(registry.routes, service.batchers, service.pools,  # type: ignore[arg-type]
                                     settings.gpu_pool.spill_queue_rows,
                                     on_spill=service.metrics.count_spill)
     service.dispatcher.start()

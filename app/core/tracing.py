@@ -57,9 +57,11 @@ class RequestTrace:
                        {"ffs.batch.size": t.rows, "ffs.batch.padded_length": t.padded_length,
                         "ffs.worker.index": t.worker, "ffs.pool": t.pool})
 
-    def end(self, status: int, end: float) -> None:
+    def end(self, status: int, end: float, failed: bool) -> None:
+        """Close the request's span with the status its door answered; `failed`: the server's
+        fault (the door decides what that is)."""
         self.span.set_attribute("http.response.status_code", status)
-        if status >= 500:
+        if failed:
             from opentelemetry.trace import Status, StatusCode
 
             self.span.set_status(Status(StatusCode.ERROR))
@@ -83,7 +85,7 @@ class Tracing:
     def ns(self, perf_seconds: float) -> int:
         return int(perf_seconds * 1e9) + self._offset
 
-    def begin(self, protocol: str, task: str, path: str, headers: dict[bytes, bytes],
+    def begin(self, protocol: str, name: str, path: str, headers: dict[bytes, bytes],
               started: float, request_id: str) -> RequestTrace | None:
         """The request's span (continuing a client's `traceparent`), or None when not sampled."""
         carrier = {name: headers[key].decode("latin-1")
@@ -92,7 +94,7 @@ class Tracing:
         span = self.tracer.start_span(
             "classify", context=self._extract(carrier) if carrier else None, kind=self._server,
             start_time=self.ns(started),
-            attributes={"http.request.method": "POST", "url.path": path, "ffs.task": task,
+            attributes={"http.request.method": "POST", "url.path": path, "ffs.task": name,
                         "ffs.protocol": protocol, "ffs.request_id": request_id})
         if not span.is_recording():
             return None

@@ -4,8 +4,8 @@ No pickle and no JSON on the hot path: a batch is one `struct` header plus the f
 one header plus the logits' bytes. Every frame starts with its length (4 bytes, little-endian), so
 either side reads whole frames from a stream socket.
 
-    batch   <I length> <B BATCH> <B task> <H rows> <H width> <B inputs>  then inputs x int64[rows, width]
-    texts   <I length> <B TEXTS> <B task> <H rows> <B pair>  then per text <I bytes> UTF-8 (2 if pair)
+    batch   <I length> <B BATCH> <B slot> <H rows> <H width> <B inputs>  then inputs x int64[rows, width]
+    texts   <I length> <B TEXTS> <B slot> <H rows> <B pair>  then per text <I bytes> UTF-8 (2 if pair)
     logits  <I length> <B LOGITS> <H rows> <H labels> <d seconds>  then float32[rows, labels],
             float64[rows, labels] of scores (softmax or sigmoid, as the task's problem type says:
             computed once per batch in the worker, not per request in the API) and one byte per
@@ -48,13 +48,13 @@ class FrameError(Exception):
 
 @dataclass(frozen=True)
 class Batch:
-    task: int
+    slot: int  # the model's index in the worker's list
     feeds: list[np.ndarray]  # int64 [rows, width] each, in the model's input order
 
 
 @dataclass(frozen=True)
 class Texts:
-    task: int
+    slot: int  # the model's index in the worker's list
     texts: list[str | tuple[str, str]]
 
 
@@ -93,18 +93,18 @@ def _framed(body: bytes) -> bytes:
     return LENGTH.pack(len(body)) + body
 
 
-def batch_frame(task: int, feeds: Sequence[np.ndarray]) -> bytes:
-    """One batch: the task's index in the worker's model list and its padded feeds."""
+def batch_frame(slot: int, feeds: Sequence[np.ndarray]) -> bytes:
+    """One batch: the model's slot (index in the worker's model list) and its padded feeds."""
     rows, width = feeds[0].shape
-    header = BATCH_HEADER.pack(BATCH, task, rows, width, len(feeds))
+    header = BATCH_HEADER.pack(BATCH, slot, rows, width, len(feeds))
     arrays = [np.ascontiguousarray(feed, dtype=np.int64).tobytes() for feed in feeds]
     return _framed(header + b"".join(arrays))
 
 
-def texts_frame(task: int, texts: Sequence[str | tuple[str, str]]) -> bytes:
+def texts_frame(slot: int, texts: Sequence[str | tuple[str, str]]) -> bytes:
     """Texts for a worker that tokenizes itself (all single texts, or all pairs)."""
     pair = not isinstance(texts[0], str)
-    parts = [TEXTS_HEADER.pack(TEXTS, task, len(texts), int(pair))]
+    parts = [TEXTS_HEADER.pack(TEXTS, slot, len(texts), int(pair))]
     for text in texts:
         for piece in ((text,) if isinstance(text, str) else text):
             raw = piece.encode("utf-8")
@@ -149,7 +149,7 @@ def parse_work(body: memoryview) -> Batch | Texts | Load | Unload:
         if kind == UNLOAD:
             return Unload(slot)
         return Load(slot, json.loads(bytes(body[CONTROL_HEADER.size:])))
-    kind, task, rows, width, count = BATCH_HEADER.unpack_from(body)
+    kind, slot, rows, width, count = BATCH_HEADER.unpack_from(body)
     if kind != BATCH:
         raise FrameError(f"expected a batch frame, got kind {kind}")
     size = rows * width * 8
@@ -158,11 +158,11 @@ def parse_work(body: memoryview) -> Batch | Texts | Load | Unload:
                          f"[{rows}, {width}] int64 arrays")
     feeds = [np.frombuffer(body, np.int64, rows * width, BATCH_HEADER.size + i * size)
              .reshape(rows, width) for i in range(count)]
-    return Batch(task, feeds)
+    return Batch(slot, feeds)
 
 
 def _parse_texts(body: memoryview) -> Texts:
-    _, task, rows, pair = TEXTS_HEADER.unpack_from(body)
+    _, slot, rows, pair = TEXTS_HEADER.unpack_from(body)
     offset = TEXTS_HEADER.size
     pieces = []
     for _ in range(rows * (2 if pair else 1)):
@@ -174,7 +174,7 @@ def _parse_texts(body: memoryview) -> Texts:
         raise FrameError(f"texts frame of {len(body)} bytes holds {offset} bytes of texts")
     texts: list[str | tuple[str, str]] = list(pieces) if not pair else \
         [(pieces[i], pieces[i + 1]) for i in range(0, len(pieces), 2)]
-    return Texts(task, texts)
+    return Texts(slot, texts)
 
 
 def parse_reply(body: bytes | memoryview) -> Logits | Failure | Ready:

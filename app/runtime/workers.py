@@ -1,4 +1,4 @@
-"""Model execution: worker processes pinned to their own cores, one ORT session per task each.
+"""Model execution: worker processes pinned to their own cores, one ORT session per model version each.
 
 Only numpy and onnxruntime are imported in a worker. The API process talks to it over a Unix stream
 socket in compact binary frames (frames.py), read and written by the event loop itself: no executor
@@ -65,7 +65,8 @@ class ModelFile:
 
 @dataclass(frozen=True)
 class WorkerSpec:
-    """What one worker process runs and where: the cores it is pinned to and its models by task."""
+    """What one worker process runs and where: the cores it is pinned to and its models by
+    version key."""
 
     index: int
     cores: tuple[int, ...]
@@ -147,7 +148,7 @@ class _SocketReader:
 
 
 class _Model:
-    """A worker's predictor for one task (the build's evaluation uses the same one)."""
+    """A worker's predictor for one model version (the build's evaluation uses the same one)."""
 
     def __init__(self, model: ModelFile, spec: WorkerSpec) -> None:
         self.file = model
@@ -161,7 +162,7 @@ class _Model:
             return self.predictor.run_feeds(dict(zip(self.file.input_names, work.feeds,
                                                      strict=True))), None
         if self.predictor.tokenizer is None:
-            raise WorkerError("this worker was not given the task's tokenizer")
+            raise WorkerError("this worker was not given the model's tokenizer")
         rows = self.predictor.encode(work.texts)
         return self.predictor.run_rows(rows), np.array([row.truncated for row in rows])
 
@@ -191,7 +192,7 @@ def worker_main(spec: WorkerSpec, sock: socket.socket) -> None:
                 reply = _control(work, models, spec)
                 sock.sendall(reply)
                 continue
-            model = models[work.task]
+            model = models[work.slot]
             logits, truncated = model.run(work)
             scores = probabilities(logits, model.file.problem_type)
             reply = frames.logits_frame(logits, scores, time.perf_counter() - started, truncated)
@@ -311,10 +312,10 @@ class Worker:
             raise WorkerError(f"worker {self.spec.index} failed to start: {reason}")
         self.pid, self.cores = message.pid, message.cores
 
-    async def run(self, task: str, work: dict[str, np.ndarray] | Sequence[TextInput]) \
+    async def run(self, key: str, work: dict[str, np.ndarray] | Sequence[TextInput]) \
             -> frames.Logits:
         """Logits of one batch: padded feeds by input name, or texts the worker tokenizes."""
-        index, model = self.loaded[task]
+        index, model = self.loaded[key]
         if isinstance(work, dict):
             frame = frames.batch_frame(index, [work[n] for n in model.input_names])
         else:
@@ -443,9 +444,9 @@ class WorkerPool:
             if not worker.retired:
                 self._schedule_restart(worker)
 
-    async def run(self, worker: Worker, task: str,
+    async def run(self, worker: Worker, key: str,
                   work: dict[str, np.ndarray] | Sequence[TextInput]) -> frames.Logits:
-        return await worker.run(task, work)
+        return await worker.run(key, work)
 
     async def load(self, key: str, model: ModelFile) -> None:
         """Load a model into every worker, one worker at a time between its batches (the others

@@ -2,7 +2,7 @@
 POST /v2/repository/index, /v2/repository/models/{name}/load and .../unload.
 
 Cold routes: a load reads and checks files and starts sessions in the workers; the work and its
-rules live in core/reload.py.
+rules live in core/model_control.py, the states in core/registry.py.
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError
 
-from app.core.reload import LoadError, Repository, repository_index
+from app.api.errors import http_error
+from app.core.errors import InvalidRequest, ServingError
+from app.core.model_control import ModelControl
 
 
 class IndexRequest(BaseModel):
@@ -27,8 +29,9 @@ class IndexRow(BaseModel):
     reason: str = Field(description="why it is not READY ('' when it is)")
 
 
-def _failed(exc: LoadError) -> JSONResponse:
-    return JSONResponse({"error": exc.message}, status_code=exc.status)
+def _failed(exc: ServingError) -> JSONResponse:
+    answer = http_error(exc, "v2")
+    return JSONResponse({"error": answer.message}, status_code=answer.status)
 
 
 async def _json_body(request: Request) -> dict[str, Any]:
@@ -40,13 +43,13 @@ async def _json_body(request: Request) -> dict[str, Any]:
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise LoadError(f"the body is not valid JSON ({exc})") from None
+        raise InvalidRequest(f"the body is not valid JSON ({exc})") from None
     if not isinstance(body, dict):
-        raise LoadError("the body must be a JSON object")
+        raise InvalidRequest("the body must be a JSON object")
     return body
 
 
-def build_router(repository: Repository) -> APIRouter:
+def build_router(control: ModelControl) -> APIRouter:
     """The repository routes for one running service."""
     router = APIRouter(prefix="/v2/repository", tags=["Model repository"])
     errors: dict[int | str, dict[str, Any]] = {
@@ -58,11 +61,11 @@ def build_router(repository: Repository) -> APIRouter:
         not READY. Body (optional): {"ready": true} for the READY ones only."""
         try:
             wanted = IndexRequest.model_validate(await _json_body(request))
-        except LoadError as exc:
+        except ServingError as exc:
             return _failed(exc)
         except ValidationError as exc:
-            return _failed(LoadError(f"invalid index request: {exc.errors()[0]['msg']}"))
-        return [row.__dict__ for row in repository_index(repository.service, wanted.ready)]
+            return _failed(InvalidRequest(f"invalid index request: {exc.errors()[0]['msg']}"))
+        return [row.__dict__ for row in control.registry.index(wanted.ready)]
 
     @router.post("/models/{name}/load", responses=errors)
     async def load(name: str, request: Request) -> JSONResponse:
@@ -71,8 +74,8 @@ def build_router(repository: Repository) -> APIRouter:
         unloaded once their requests are answered. A failure leaves what served serving."""
         try:
             await _json_body(request)  # Triton's optional parameters: accepted, not used
-            await repository.load(name)
-        except LoadError as exc:
+            await control.load(name)
+        except ServingError as exc:
             return _failed(exc)
         return JSONResponse({})
 
@@ -81,8 +84,8 @@ def build_router(repository: Repository) -> APIRouter:
         """Stop serving every version of this model; accepted requests are answered first."""
         try:
             await _json_body(request)
-            await repository.unload(name)
-        except LoadError as exc:
+            await control.unload(name)
+        except ServingError as exc:
             return _failed(exc)
         return JSONResponse({})
 

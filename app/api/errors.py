@@ -1,0 +1,70 @@
+"""The one place the core's typed errors (app/core/errors.py) become HTTP statuses, for each
+protocol door. A new door (gRPC, ...) adds its own table here; the core never names a status."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from app.core.errors import (
+    ClientGone,
+    Conflict,
+    DeadlinePassed,
+    InputTooLarge,
+    InvalidInput,
+    InvalidRequest,
+    LoadRefused,
+    ModelUnavailable,
+    Overloaded,
+    ServingError,
+    UnknownModel,
+    UnknownVersion,
+    WorkerFailed,
+)
+
+Door = str  # "v1" or "v2": the protocol whose codes an error gets
+# nginx's code for a client that closed the connection: nobody sees it, the metrics count it.
+CLIENT_CLOSED = 499
+
+
+class UnsupportedMediaType(InvalidRequest):
+    """The body is not in a media type the door reads."""
+
+
+# Checked in order: the first class the error is an instance of decides (subclasses first).
+_STATUS: tuple[tuple[type[ServingError], int], ...] = (
+    (UnsupportedMediaType, 415),
+    (InputTooLarge, 413),
+    (InvalidInput, 422),
+    (InvalidRequest, 400),
+    (UnknownModel, 404),
+    (UnknownVersion, 404),
+    (ModelUnavailable, 503),
+    (Overloaded, 429),
+    (DeadlinePassed, 504),
+    (ClientGone, CLIENT_CLOSED),
+    (WorkerFailed, 503),
+    (LoadRefused, 400),
+    (Conflict, 409),
+)
+# The v2 protocol answers input it cannot use with 400 (it has no 422).
+_V2_STATUS = {422: 400}
+
+
+@dataclass(frozen=True)
+class HttpError:
+    """How one door answers one error."""
+
+    status: int
+    message: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def http_error(error: ServingError, door: Door = "v1") -> HttpError:
+    """The status, message and headers `door` answers `error` with."""
+    status = next((code for kind, code in _STATUS if isinstance(error, kind)), 500)
+    if door == "v2":
+        status = _V2_STATUS.get(status, status)
+    headers = {}
+    if isinstance(error, Overloaded):
+        headers["Retry-After"] = f"{error.retry_after_s:g}"
+    return HttpError(status, error.message, headers)
