@@ -72,12 +72,8 @@ class DistilConfig(TrainingConfig):
                              "e.g. 0.999")
 
     def key_part(self) -> dict[str, Any]:
-        """The settings a stage's cache key holds; a setting left off is left out, so stages
-        built before it existed keep their keys."""
-        settings = asdict(self)
-        if not self.ema_decay:
-            del settings["ema_decay"]
-        return settings
+        """The settings a stage's cache key holds: all of them."""
+        return asdict(self)
 
     def steps_for(self, examples: int) -> int:
         """Optimizer steps over `examples` rows: `epochs` passes, capped by `max_steps`."""

@@ -420,9 +420,7 @@ def _pruned_stage(run: _Run, teacher: Stage, student: Stage, scored: tuple[Impor
 
     payload = {"student": student.key, "teacher": teacher.key, "level": asdict(level),
                "importance": importance_key, "distil": section.distil.key_part(),
-               **run.training_key("prune")}
-    if section.distil.needs_online_teacher:  # keys of logits-only levels stay as they were
-        payload["layers_from"] = section.layers_from
+               "layers_from": section.layers_from, **run.training_key("prune")}
     return run_stage(run.out / "prune" / level.name, payload, build)
 
 
@@ -442,12 +440,9 @@ def _variants_stage(run: _Run, checkpoint: Stage, name: str) -> Stage:
                 "quantization": made.quantization, "calibration": made.calibration,
                 "fp32_nodes": list(made.fp32_nodes)}
 
-    # The node count enters the key only when set: earlier stages keep their keys.
-    keep: dict[str, float] = ({"int8_keep_fp32": run.recipe.int8_keep_fp32}
-                              if run.recipe.int8_keep_fp32 else {})
-    if run.recipe.int8 == "static" and run.recipe.int8_smooth_alpha:
-        keep["int8_smooth_alpha"] = run.recipe.int8_smooth_alpha
-    payload = {"checkpoint": checkpoint.key, "int8": run.recipe.int8, **keep,
+    smooth = run.recipe.int8_smooth_alpha if run.recipe.int8 == "static" else 0.0
+    payload = {"checkpoint": checkpoint.key, "int8": run.recipe.int8,
+               "int8_keep_fp32": run.recipe.int8_keep_fp32, "int8_smooth_alpha": smooth,
                "cpu_graph": CPU_GRAPH_FORM,
                "calibration": examples_digest(Examples(calibration.texts,
                                                        [0] * len(calibration.texts)))}

@@ -35,6 +35,7 @@ def test_server_metadata_names_the_server_and_its_extensions(client: httpx.Clien
     body = client.get("/v2").json()
     assert body["name"] == "fastformers-serve"
     assert "binary_tensor_data" in body["extensions"]
+    assert "model_repository" in body["extensions"]
 
 
 def test_liveness_and_readiness_are_200(client: httpx.Client) -> None:
