@@ -1,6 +1,7 @@
 # The two commands of the README:
 #   make serve   set up, build the demo SST-2 classifier if models/ has none, serve on 127.0.0.1:8000
 #   make test    set up, then lint, type-check and run the test suite
+# (make test-fast: only the tests that build no model and start no process)
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -17,7 +18,7 @@ PORT ?= 8000
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: serve test setup demo lint typecheck pytest bench compress mpnet table3 levers clean wrk
+.PHONY: serve test test-fast setup demo lint typecheck pytest bench compress mpnet table3 levers clean wrk
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +51,10 @@ pytest: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 test: lint typecheck pytest
+
+# The in-process tests alone (no model built, no process started): under a minute.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 # The benchmarks load the server with wrk: installed when missing (apt-get, as root), or a message.
 wrk:

@@ -36,10 +36,10 @@ class CpuPoolSettings(BaseModel):
     spin_ms: float = Field(
         default=0.0, ge=0, le=50,
         description="after a batch, a worker polls for the next one this long before it sleeps "
-                    "(costs that much CPU per idle gap; see docs/benchmarks.md)",
+                    "(costs that much CPU per idle gap; see docs/benchmarks-log.md)",
     )
     # Off: measured on 2 cores, 1 worker x 2 threads, spinning cost 12% more worker CPU per request
-    # at the same throughput and a higher p99 at 1 and 32 clients (docs/benchmarks.md).
+    # at the same throughput and a higher p99 at 1 and 32 clients (docs/benchmarks-log.md).
     ort_spinning: bool = Field(
         default=False, description="with threads_per_worker > 1: whether ORT's intra-op threads "
         "spin after a run (ORT's own default; here off)")
@@ -53,7 +53,7 @@ class BatchPolicySettings(BaseModel):
         default=8192, ge=1, description="rows x padded length per batch at most"
     )
     # 0 on CPU: waiting to fill a batch never paid here, queue build-up under load batches anyway
-    # (docs/benchmarks.md); accelerators, where a batch costs about what one row does, want more.
+    # (docs/benchmarks-log.md); accelerators, where a batch costs about what one row does, want more.
     max_wait_ms: float = Field(
         default=0.0, ge=0, description="how long the oldest row may wait for a batch to fill"
     )
@@ -69,7 +69,7 @@ class BatchPolicySettings(BaseModel):
 class BatchingSettings(BatchPolicySettings):
     # Clients that retry a 429 at once (ignoring Retry-After) turn overload into a busy loop whose
     # requests and refusals take the CPU the workers need: at 4x overload on 2 cores, answering
-    # refusals at once halved the answered rate (docs/benchmarks.md). A held refusal costs a timer.
+    # refusals at once halved the answered rate (docs/benchmarks-log.md). A held refusal costs a timer.
     refusal_delay_ms: float = Field(
         default=100.0, ge=0, le=5000,
         description="a request refused for a full queue gets its 429 after this long (0: at once)",
@@ -257,7 +257,7 @@ class Settings(BaseSettings):
         default="workers",
         description="where texts are tokenized: in the API process, or in the workers (texts "
                     "cross, the batcher groups by an estimated length; measured cheaper for the "
-                    "API tier, docs/benchmarks.md). truncation: chunk always tokenizes in the API",
+                    "API tier, docs/benchmarks-log.md). truncation: chunk always tokenizes in the API",
     )
     api_processes: int | None = Field(
         default=None, ge=1,

@@ -1,6 +1,6 @@
 """The API tier: one or several API processes sharing one listening socket.
 
-One API process answers a few thousand requests/s (docs/benchmarks.md), so on larger machines the
+One API process answers a few thousand requests/s (docs/benchmarks-log.md), so on larger machines the
 tier runs several: this (supervisor) process binds the port once and spawns `count` API processes
 that accept on it; each owns every count-th worker of the pool (its shard) with its own batcher,
 so queue limits, deadlines, drain and worker restarts behave in each exactly as in a single one.

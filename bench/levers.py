@@ -30,7 +30,7 @@ LEVERS = ("logits only", "+ augmentation", "+ intermediate layers", "+ both")
 # Used when the recipe has no section of its own for a lever. The intermediate stage is the one
 # docs/compression.md measured (16,000 rows: the teacher runs live at every step); its layer map
 # spreads the student's layers evenly over the teacher's.
-DEFAULT_AUGMENT = AugmentSection(variants=4, min_words=12)
+DEFAULT_AUGMENT = AugmentSection(copies=4, min_words=12)
 DEFAULT_INTERMEDIATE = DistilConfig(epochs=1.0, batch_size=32, learning_rate=1e-4,
                                     max_examples=16000, hidden_weight=1.0, attention_weight=1.0,
                                     logit_weight=0.0)

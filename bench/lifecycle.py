@@ -8,12 +8,13 @@ version each answer names), starts the server on it and drives closed-loop load 
 keep-alive clients while it loads version 2, loads version 3, rolls back to version 2 and is asked
 to load a version whose model file has a flipped byte. Then it starts a fresh server `sigterm_runs`
 times and sends SIGTERM under the same load. Last, the resident memory of a swap
-(`--memory-only`: that alone). Per phase it prints requests, non-2xx, lost (sent and
+(`--memory-only`: that alone). `--soak-swaps N`: only a soak of N swaps under load, with the
+processes' resident memory along the way. Per phase it prints requests, non-2xx, lost (sent and
 never answered: the connection closed under the request) and refused (never sent: the listener
 was closed), and for the swaps how long after the load call returned the last answer of an old
 version came. Traffic goes to 127.0.0.1 only, and every phase stops by itself.
 
-The tests run the same scenarios, shorter (tests/test_model_lifecycle.py).
+The tests run the same scenarios, shorter (tests/app/served/test_model_lifecycle.py).
 """
 
 from __future__ import annotations
@@ -307,6 +308,73 @@ def memory(artifact: Path, workers: int, swaps: int = 7) -> list[tuple[str, floa
     return rows
 
 
+@dataclass(frozen=True)
+class SoakPoint:
+    swaps: int
+    workers_mib: float
+    api_mib: float
+
+
+async def _swap_soak(url: str, root: Path, artifact: Path, clients: int, swaps: int,
+                     checkpoints: set[int], pids: Callable[[], list[int]],
+                     api_pid: int) -> tuple[Tally, list[SoakPoint], list[str]]:
+    """`swaps` load calls, each serving a new version and retiring the one before, under load."""
+    from app.core.model_control import resident_bytes
+
+    points: list[SoakPoint] = []
+    failures: list[str] = []
+
+    async def action() -> None:
+        for done in range(1, swaps + 1):
+            await asyncio.to_thread(shutil.copytree, artifact, root / "model" / str(done + 1))
+            status, text, _ = await _load(url, "model")
+            if status != 200:
+                failures.append(f"swap {done}: {status} {text[:200]}")
+            await asyncio.to_thread(shutil.rmtree, root / "model" / str(done))
+            if done in checkpoints:
+                workers = await asyncio.to_thread(pids)
+                points.append(SoakPoint(done, resident_bytes(workers) / 2**20,
+                                        resident_bytes([api_pid]) / 2**20))
+
+    tally = await under_load(url, "/v1/classify/model", clients, action)
+    return tally, points, failures
+
+
+def swap_soak(artifact: Path, clients: int, swaps: int, workers: int) \
+        -> tuple[dict[str, int], list[SoakPoint], list[str]]:
+    """A new version loaded and the old one retired `swaps` times under `clients` keep-alive
+    clients: the answers' counts, resident memory at checkpoints, and failed load calls."""
+    work = Path(tempfile.mkdtemp(prefix="ffs-lifecycle-soak-"))
+    root = versioned_repository(artifact, work / "models", "model", 1)
+    port = serving.free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = serving.start(root, port, work / "server.log",
+                           {"FFS_CPU_POOL__WORKERS": str(workers)})
+
+    def pids() -> list[int]:
+        pools = httpx.get(f"{url}/v1/pools").json()["pools"]
+        return [w["pid"] for pool in pools for w in pool["workers"]]
+
+    checkpoints = {1, 10, 25, 50, 75, swaps} | {n for n in range(100, swaps, 100)}
+    try:
+        tally, points, failures = asyncio.run(
+            _swap_soak(url, root, artifact, clients, swaps, checkpoints, pids, server.pid))
+    finally:
+        serving.stop(server)
+        shutil.rmtree(work, ignore_errors=True)
+    return Tally.summary(tally.answers), points, failures
+
+
+def _print_soak(counts: dict[str, int], points: list[SoakPoint], failures: list[str]) -> None:
+    print(f"requests {counts['requests']}, non-2xx {counts['non_2xx']}, lost {counts['lost']}, "
+          f"refused {counts['refused']}, failed load calls {len(failures)}")
+    for failure in failures[:5]:
+        print(f"  {failure}")
+    print("\n| after swaps | workers MiB | API process MiB |\n|---:|---:|---:|")
+    for point in points:
+        print(f"| {point.swaps} | {point.workers_mib:.1f} | {point.api_mib:.1f} |")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench lifecycle",
                                      description=__doc__.split("\n\n")[0])
@@ -316,7 +384,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--memory-only", action="store_true",
                         help="only the resident memory after each load call")
+    parser.add_argument("--soak-swaps", type=int, metavar="N",
+                        help="only a soak: N swaps (a new version in, the old one out) under "
+                             "--clients clients, with resident memory along the way")
     args = parser.parse_args(argv)
+    if args.soak_swaps:
+        counts, points, failures = swap_soak(args.artifact, args.clients, args.soak_swaps,
+                                             args.workers)
+        _print_soak(counts, points, failures)
+        return 0 if not failures and counts["non_2xx"] == counts["lost"] == 0 else 1
     if not args.memory_only:
         print(_table(run(args.artifact, args.clients, args.sigterm_runs, args.workers)))
     print("\n| after | workers MiB | API process MiB |\n|---|---:|---:|")

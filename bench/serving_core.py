@@ -1,4 +1,4 @@
-"""Figures of the serving core (docs/benchmarks.md, "Serving core"), side by side in one run:
+"""Figures of the serving core (docs/benchmarks-log.md, "Serving core"), side by side in one run:
 
     python -m bench serving-core cpu --artifact models/sst2 [--baseline ../older-checkout]
     python -m bench serving-core one-client --artifact models/sst2

@@ -1,7 +1,7 @@
 """Teacher-labelled data augmentation for distillation (Tang et al. 2019, "Distilling Task-Specific
 Knowledge from BERT into Simple Neural Networks", section 3.3; TinyBERT's data augmentation).
 
-Each chosen training text yields up to `variants` new texts. Word by word, a word is masked with
+Each chosen training text yields up to `copies` augmented texts. Word by word, a word is masked with
 probability `mask_prob`, or with probability `replace_prob` replaced by a word the training data
 itself uses in the same place (seen between the same left and right neighbours, else after the
 same left neighbour: a cheap stand-in for Tang et al.'s same-part-of-speech replacement, with no
@@ -9,9 +9,9 @@ tagger to download); then, with probability `ngram_prob`, an n-gram (n from 1 to
 sampled from the result. Pairs keep their structure: each side is varied on its own, and n-gram
 sampling (which could cut a premise or question in half) is not applied to them.
 
-Variants are deduplicated (against each other and against every training text) and seeded per
-source row, so the set does not depend on the order or the count of the rows chosen. The labels a
-variant is trained on are the teacher's (its logits, cached per row like the training split's).
+Augmented texts are deduplicated (against each other and against every training text) and seeded per
+source row, so the set does not depend on the order or the count of the rows chosen. The labels an
+augmented text is trained on are the teacher's (its logits, cached per row like the training split's).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from compress.tasks import Examples
 
-# The mask a variant carries; each tokenizer sees its own mask token in its place
+# The mask an augmented text carries; each tokenizer sees its own mask token in its place
 # (`compress.finetune.hf_tokenize`): MPNet's is <mask>, BERT's [MASK].
 MASK = "[MASK]"
 Text = str | tuple[str, str]
@@ -32,9 +32,9 @@ _START, _END = "\x02", "\x03"  # sentence boundaries as neighbours in the contex
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """How many variants of which texts, and how each is made."""
+    """How many augmented texts of which sources, and how each is made."""
 
-    variants: int = 10
+    copies: int = 10  # augmented texts made of each chosen source text
     # Only texts of at least this many words are varied (SST-2: the full sentences rather than
     # every short sub-phrase, where the teacher's time pays most).
     min_words: int = 0
@@ -51,8 +51,8 @@ class AugmentConfig:
                 raise ValueError(f"augment {name} must be in [0, 1]")
         if self.mask_prob + self.replace_prob > 1.0:
             raise ValueError("augment mask_prob + replace_prob must be at most 1")
-        if self.variants < 1 or self.max_ngram < 1:
-            raise ValueError("augment variants and max_ngram must be at least 1")
+        if self.copies < 1 or self.max_ngram < 1:
+            raise ValueError("augment copies and max_ngram must be at least 1")
 
 
 class ContextIndex:
@@ -108,7 +108,7 @@ def _ngram(words: list[str], config: AugmentConfig, rng: random.Random) -> list[
 
 
 def vary(text: Text, index: ContextIndex, config: AugmentConfig, rng: random.Random) -> Text:
-    """One variant of `text` (a pair stays a pair)."""
+    """One augmented copy of `text` (a pair stays a pair)."""
     sides = [_vary_side(words, index, config, rng) for words in _words(text)]
     if len(sides) == 1:
         return " ".join(_ngram(sides[0], config, rng))
@@ -125,7 +125,7 @@ def sources(train: Examples, config: AugmentConfig) -> list[int]:
 
 
 def augment(train: Examples, config: AugmentConfig) -> Examples:
-    """The variants of `train`'s chosen rows, deduplicated; each carries its source row's label
+    """The augmented texts of `train`'s chosen rows, deduplicated; each carries its source row's label
     until the teacher labels it."""
     index = ContextIndex(side for text in train.texts for side in _words(text))
     seen: set[Text] = set(train.texts)
@@ -135,16 +135,16 @@ def augment(train: Examples, config: AugmentConfig) -> Examples:
         source = train.texts[row]
         rng = random.Random(f"{config.seed}:{row}")
         made = 0
-        # A few more draws than variants: duplicates and unchanged copies are dropped.
-        for _ in range(config.variants * 3):
-            variant = vary(source, index, config, rng)
-            if variant in seen or not _has_words(variant):
+        # A few more draws than copies: duplicates and unchanged copies are dropped.
+        for _ in range(config.copies * 3):
+            copy = vary(source, index, config, rng)
+            if copy in seen or not _has_words(copy):
                 continue
-            seen.add(variant)
-            texts.append(variant)
+            seen.add(copy)
+            texts.append(copy)
             labels.append(train.labels[row])
             made += 1
-            if made == config.variants:
+            if made == config.copies:
                 break
     return Examples(texts, labels)
 

@@ -117,7 +117,7 @@ def split_skip_layer_norm(path: Path) -> int:
 
     ORT's CPU SkipLayerNormalization kernel is a scalar loop with a division per element: 50 us on
     a 25x384 block where LayerNormalization takes 7 (ORT 1.31; a third of the Table 3 student's
-    time at batch 1, docs/benchmarks.md). The same arithmetic (sum, then row normalisation), so
+    time at batch 1, docs/benchmarks-log.md). The same arithmetic (sum, then row normalisation), so
     labels do not change and each row is still computed on its own (batch-invariant). CPU sessions
     keep ORT from fusing them back at load (contract/session.py); the GPU graph keeps the fused
     kernel, which is fast on CUDA.

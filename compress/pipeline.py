@@ -62,7 +62,7 @@ from contract.predictor import OnnxPredictor
 log = logging.getLogger(__name__)
 Texts = list[str | tuple[str, str]]
 UNFUSED_INT8 = "int8-unfused.onnx"
-VARIANTS_FILE = "variants.jsonl"
+AUGMENTED_FILE = "augmented.jsonl"
 
 
 @dataclass
@@ -79,7 +79,7 @@ class _Run:
     def cache(self) -> Path:
         return self.recipe.cache
 
-    def variants_for(self, stage: AugmentStage) -> Examples | None:
+    def augmented_for(self, stage: AugmentStage) -> Examples | None:
         """The augmented rows a distillation stage trains on, if the recipe gives it any."""
         section = self.recipe.augment
         return self.augmented if section is not None and stage in section.stages else None
@@ -87,7 +87,7 @@ class _Run:
     def training_key(self, stage: AugmentStage) -> dict[str, Any]:
         """What a training stage's key adds: its augmentation and a non-fp32 precision."""
         section = self.recipe.augment
-        augment = section.model_dump(mode="json") if self.variants_for(stage) is not None \
+        augment = section.model_dump(mode="json") if self.augmented_for(stage) is not None \
             and section is not None else None
         return {"augment": augment, **self.runtime.key_part()}
 
@@ -175,7 +175,7 @@ def build_stages(recipe: Recipe, data_dir: Path | None,
 
 def build_teacher(recipe: Recipe, data_dir: Path | None,
                   runtime: TrainRuntime | None = None) -> Path:
-    """The recipe's teacher alone (built or reused): a shared starting point for variants of the
+    """The recipe's teacher alone (built or reused): a shared starting point for versions of the
     recipe (bench levers)."""
     spec = recipe_spec(recipe, data_dir)
     train, dev = task_splits(recipe, data_dir)
@@ -254,17 +254,17 @@ def _augment_stage(run: _Run) -> Examples | None:
 
     def build(folder: Path) -> dict[str, Any]:
         made = augment(run.train, section.config())
-        with (folder / VARIANTS_FILE).open("w", encoding="utf-8") as out:
+        with (folder / AUGMENTED_FILE).open("w", encoding="utf-8") as out:
             for text, label in zip(made.texts, made.labels, strict=True):
                 out.write(json.dumps({"text": text, "label": label}) + "\n")
-        return {"variants": len(made), "sources": len(augment_sources(run.train,
+        return {"augmented": len(made), "sources": len(augment_sources(run.train,
                                                                       section.config()))}
 
     payload = {"train": examples_digest(run.train), "augment": section.config().__dict__}
     stage = run_stage(run.out / "augment", payload, build)
     rows = [json.loads(line) for line in
-            (stage.folder / VARIANTS_FILE).read_text(encoding="utf-8").splitlines()]
-    log.info("augmentation: %d variants of %d texts", len(rows), stage.record.get("sources", 0))
+            (stage.folder / AUGMENTED_FILE).read_text(encoding="utf-8").splitlines()]
+    log.info("augmentation: %d augmented texts of %d sources", len(rows), stage.record.get("sources", 0))
     return Examples([tuple(r["text"]) if isinstance(r["text"], list) else r["text"] for r in rows],
                     [r["label"] for r in rows])
 
@@ -278,7 +278,7 @@ def _intermediate_stage(run: _Run, teacher: Stage, config: DistilConfig) -> Stag
     def build(folder: Path) -> dict[str, Any]:
         model, tokenizer = init_student(init, run.spec, section.layers)
         distil(model, tokenizer, teacher.folder, run.train, config, folder, run.cache,
-               run.runtime, resume_of(folder), run.variants_for("intermediate"))
+               run.runtime, resume_of(folder), run.augmented_for("intermediate"))
         return _trained_on(run.runtime)
 
     payload = {"teacher": teacher.key, "init": section.init, "layers": section.layers,
@@ -299,7 +299,7 @@ def _student_stage(run: _Run, teacher: Stage) -> Stage:
         else:
             model, tokenizer = init_student(init, run.spec, section.layers)
         distil(model, tokenizer, teacher.folder, run.train, run.recipe.distil, folder, run.cache,
-               run.runtime, resume_of(folder), run.variants_for("student"))
+               run.runtime, resume_of(folder), run.augmented_for("student"))
         return _trained_on(run.runtime)
 
     payload = {"teacher": teacher.key, "init": section.init, "layers": section.layers,
@@ -414,7 +414,7 @@ def _pruned_stage(run: _Run, teacher: Stage, student: Stage, scored: tuple[Impor
     def build(folder: Path) -> dict[str, Any]:
         prune_checkpoint(student.folder, teacher.folder, run.train, level,
                          section.importance_examples, section.distil, folder, run.cache,
-                         importance, run.runtime, resume_of(folder), run.variants_for("prune"),
+                         importance, run.runtime, resume_of(folder), run.augmented_for("prune"),
                          section.layers_from == "student")
         return _trained_on(run.runtime)
 

@@ -31,7 +31,7 @@ from contract.session import open_session
 
 Quantization = Literal["static", "dynamic"]
 Feeds = dict[str, np.ndarray]
-# Measured on SST-2 dev with the demo artifact (docs/benchmarks.md, "INT8 variants"): labels agreed
+# Measured on SST-2 dev with the demo artifact (docs/benchmarks-log.md, "INT8 variants"): labels agreed
 # with fp32 on 98.74% of sentences at min/max (100), 98.97% at 99.
 CALIBRATION_PERCENTILE = 99.0
 

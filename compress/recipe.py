@@ -70,9 +70,9 @@ def _default_augmented_stages() -> list[AugmentStage]:
 
 
 class AugmentSection(_Section):
-    """Teacher-labelled variants of the training texts (compress/augment.py)."""
+    """Teacher-labelled augmented texts made from the training texts (compress/augment.py)."""
 
-    variants: int = Field(default=10, ge=1, description="variants made of each chosen text")
+    copies: int = Field(default=10, ge=1, description="augmented texts made of each chosen text")
     min_words: int = Field(default=0, ge=0, description="vary only texts of this many words")
     max_sources: int | None = Field(default=None, gt=0, description="vary at most this many")
     mask_prob: float = Field(default=0.1, ge=0, le=1)
@@ -82,7 +82,8 @@ class AugmentSection(_Section):
     seed: int = 0
     stages: list[AugmentStage] = Field(
         default_factory=_default_augmented_stages,
-        description="distillation stages that train on the variants besides the training split")
+        description="distillation stages that train on the augmented texts besides the training "
+                    "split")
 
     def config(self) -> AugmentConfig:
         return AugmentConfig(**self.model_dump(exclude={"stages"}))
@@ -163,7 +164,7 @@ class Recipe(_Section):
     student: StudentSection = Field(default_factory=StudentSection)
     distil: DistilConfig = Field(default_factory=DistilConfig)
     augment: AugmentSection | None = Field(
-        default=None, description="teacher-labelled variants of the training texts (off if absent)")
+        default=None, description="teacher-labelled augmented texts (off if absent)")
     prune: PruneSection = Field(default_factory=PruneSection)
     evaluate: EvaluateSection = Field(default_factory=EvaluateSection)
     int8: Literal["static", "dynamic"] = Field(

@@ -150,8 +150,9 @@ def fast_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests that build trained models or start real processes are `slow`: `pytest -m "not
-    slow"` runs the fast tier (logic, and the app against a fake pool) in seconds."""
+    """Tests that need the tiny trained models (to compress them, load them or serve them in real
+    processes) are `slow`; `make test-fast` (`pytest -m "not slow"`) runs the others: logic, and
+    the app in-process against fake pools (tests/app/inprocess)."""
     for item in items:
         if "tiny_repo" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)

@@ -1,4 +1,5 @@
-"""A worker pool with no processes: the fast tier tests the app and the batcher against it.
+"""A worker pool with no processes, and the app served in-process over it (`app_client`): the
+in-process tests (tests/app/inprocess) test the app and the batcher against it.
 
 Its "model" is a fixed function of the text (or of the token ids), so a test knows every answer:
 logits = [number of characters % 7, number of words] per text.
@@ -7,14 +8,19 @@ logits = [number of characters % 7, number of words] per text.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 
-from app.core.service import Pool, Service
+from app.api.app import create_app
+from app.core.service import Pool, Service, prepare_service, start_service, stop_service
 from app.runtime.frames import Logits
 from app.runtime.workers import WorkerCrashed, WorkerSpec
+from app.settings import load_settings
 from contract.encoding import TextInput, softmax
 
 
@@ -107,3 +113,19 @@ def fake_pools(**options: Any) -> tuple[dict[str, FakePool], Any]:
 
 
 __all__ = ["FakePool", "WorkerCrashed", "fake_logits", "fake_pools"]
+
+
+@asynccontextmanager
+async def app_client(repo: Path, delay: float = 0.0, **settings: Any) \
+        -> AsyncIterator[tuple[httpx.AsyncClient, FakePool, Service]]:
+    """The app for the repository `repo` over fake pools, and a client that calls it in-process
+    (no socket, no worker process)."""
+    service = prepare_service(load_settings(model_repository=repo, **settings))
+    made, make = fake_pools(delay=delay)
+    await start_service(service, make)
+    transport = httpx.ASGITransport(app=create_app(service))
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            yield client, made["cpu"], service
+    finally:
+        await stop_service(service)

@@ -181,11 +181,19 @@ def _fastapi_app(service: Service) -> FastAPI:
                   description="Native API under /v1; the Open Inference Protocol v2 under /v2.",
                   docs_url=None, redoc_url=None)
     _serve_docs_offline(app)
-    metrics = service.metrics
     app.include_router(oip.build_router(service, VERSION, auth))
     app.include_router(repository_routes(control))
     _add_middleware(app, service.settings)
     _document_request_bodies(app)
+    _add_error_handlers(app, service)
+    _add_v1_routes(app, service, auth)
+    return app
+
+
+def _add_error_handlers(app: FastAPI, service: Service) -> None:
+    """Every error of the cold endpoints in the /v1 body; the core's typed errors mapped by
+    api/errors.py."""
+    metrics = service.metrics
 
     @app.exception_handler(StarletteHTTPException)
     async def no_route(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -208,6 +216,12 @@ def _fastapi_app(service: Service) -> FastAPI:
         metrics.requests.labels(name if service.registry.knows(name) else "_unknown", "",
                                 "422").inc()
         return _error(422, validation_message(exc.errors()))
+
+
+def _add_v1_routes(app: FastAPI, service: Service, auth: AuthPolicy) -> None:
+    """/v1 classify (documented here, answered by the hot routes), models, pools, health and
+    metrics."""
+    metrics = service.metrics
 
     @app.post("/v1/classify/{name}", response_model=ClassifyResponse,
               response_model_exclude_none=True, responses=ERRORS,
@@ -264,5 +278,3 @@ def _fastapi_app(service: Service) -> FastAPI:
             metrics.pool_ready.labels(name).set(int(service.pools[name].ready()))
         return PlainTextResponse(metrics.exposition(),
                                  media_type=CONTENT_TYPE_LATEST)
-
-    return app

@@ -37,7 +37,7 @@ class BatchPolicy:
     max_wait_ms: float
     max_queue_rows: int
     # Real tokens / padded tokens a batch must keep: padding is paid in full by the model, and on
-    # CPU it costs more than batching saves (measured: docs/benchmarks.md).
+    # CPU it costs more than batching saves (measured: docs/benchmarks-log.md).
     min_fill: float = 0.9
 
 

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 
 # Resident bytes an ORT session adds to a worker per byte of its model file: 1.7 measured for a
-# 4-layer INT8 student (docs/benchmarks.md, "Model lifecycle"), rounded up.
+# 4-layer INT8 student (docs/benchmarks-log.md, "Model lifecycle"), rounded up.
 SESSION_PER_FILE_BYTE = 2
 
 

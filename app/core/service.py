@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 def slow_cpu_graphs(manifest: Manifest, variants: Iterable[str]) -> list[str]:
     """The variants among `variants` that run on the CPU provider and still hold
     SkipLayerNormalization nodes (artifacts built before the build split them: the same answers,
-    slower; docs/benchmarks.md "SkipLayerNormalization on the CPU")."""
+    slower; docs/benchmarks-log.md "SkipLayerNormalization on the CPU")."""
     return [name for name in variants
             if manifest.variants[name].execution_provider == "CPUExecutionProvider"
             and manifest.variants[name].operators.get("SkipLayerNormalization", 0) > 0]
@@ -105,7 +105,7 @@ class Service:
 
 
 # One API process per this many usable cores: one API core answers ~4,000-5,000 requests/s
-# (docs/benchmarks.md), what 8 or more worker cores produce with the models served here.
+# (docs/benchmarks-log.md), what 8 or more worker cores produce with the models served here.
 CORES_PER_API_PROCESS = 8
 
 

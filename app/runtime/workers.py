@@ -75,7 +75,7 @@ class WorkerSpec:
     providers: tuple[Provider, ...] = ("CPUExecutionProvider",)
     io_binding: bool = False
     # After a batch, keep polling the socket this long before blocking: a worker that sleeps in
-    # the kernel wakes slowly on these VMs (measured in docs/benchmarks.md); 0 = block at once.
+    # the kernel wakes slowly on these VMs (measured in docs/benchmarks-log.md); 0 = block at once.
     spin_s: float = 0.0
     ort_spinning: bool | None = None  # ORT's intra-op threads spin after a run (None: ORT's default)
     # The slot each model has in the worker, in `models` order (None: 0, 1, ...): the number a

@@ -13,14 +13,14 @@ from compress import pipeline
 from compress.recipe import Recipe, RecipeError, load_recipe
 from compress.stages import read_record
 from compress.tasks import Examples
+from tests.compress.test_recipe_run import _recipe
 from tests.conftest import TinyRepo
-from tests.test_recipe_run import _recipe
 
 LEVERS = {
     "student__intermediate": {"epochs": 2, "batch_size": 16, "learning_rate": 2e-3,
                               "max_length": 64, "hidden_weight": 1.0, "attention_weight": 1.0,
                               "logit_weight": 0.0, "layer_map": [2]},
-    "augment": {"variants": 3, "min_words": 4, "max_sources": 100},
+    "augment": {"copies": 3, "min_words": 4, "max_sources": 100},
     "prune__levels": [1.0, 0.5],
 }
 
@@ -60,9 +60,9 @@ def test_variants_are_made_once_and_trained_on_by_the_student_and_pruned_stages(
         levered: tuple[Recipe, list[tuple[str, int]]]) -> None:
     recipe, calls = levered
     record = read_record(recipe.output / "augment")
-    assert record is not None and record.details["variants"] > 0
-    lines = (recipe.output / "augment" / pipeline.VARIANTS_FILE).read_text().splitlines()
-    assert len(lines) == record.details["variants"]
+    assert record is not None and record.details["augmented"] > 0
+    lines = (recipe.output / "augment" / pipeline.AUGMENTED_FILE).read_text().splitlines()
+    assert len(lines) == record.details["augmented"]
     made = dict(calls)
     assert made["student-intermediate.partial"] == 0  # default stages: student and prune
     assert made["student.partial"] == made["h1-f32.partial"] == len(lines)
@@ -71,7 +71,7 @@ def test_variants_are_made_once_and_trained_on_by_the_student_and_pruned_stages(
 def test_the_teacher_labels_every_variant_once_in_its_own_cache(
         levered: tuple[Recipe, list[tuple[str, int]]]) -> None:
     recipe, _ = levered
-    count = len((recipe.output / "augment" / pipeline.VARIANTS_FILE).read_text().splitlines())
+    count = len((recipe.output / "augment" / pipeline.AUGMENTED_FILE).read_text().splitlines())
     # One rows cache for the training split, one for the variants.
     caches = list((recipe.output / "cache").glob("teacher-logits-*.rows.npz"))
     sizes = sorted(int(np.load(path)["done"].sum()) for path in caches)

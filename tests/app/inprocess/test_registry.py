@@ -15,7 +15,7 @@ from app.core.registry import NOT_SELECTED, Loaded, Registry, plan_load, settle
 from app.core.repository import LoadedModel, ModelConfig
 from app.core.routing import CPU_VARIANT, Route
 from contract.artifact import read_manifest
-from tests.test_core_fast import app_client
+from tests.fakes import app_client
 
 
 def _copy(name: str, version: int) -> Loaded:

@@ -181,6 +181,15 @@ def test_tritonclient_lists_loads_and_unloads_models(
         client.close()
 
 
+def test_a_soak_of_swaps_loses_no_request_and_every_load_succeeds(tiny_repo: TinyRepo) -> None:
+    counts, points, failures = lifecycle.swap_soak(tiny_repo.root / "sst2", clients=4, swaps=5,
+                                                   workers=1)
+    assert failures == []
+    assert counts["requests"] > 0 and counts["non_2xx"] == counts["lost"] == 0
+    assert [p.swaps for p in points] == [1, 5]
+    assert all(p.workers_mib > 0 and p.api_mib > 0 for p in points)
+
+
 def test_sigterm_under_keep_alive_clients_loses_no_request(tiny_repo: TinyRepo,
                                                           tmp_path: Path) -> None:
     running = start_server(tiny_repo.root, tmp_path / "server.log", FFS_CPU_POOL__WORKERS="2",

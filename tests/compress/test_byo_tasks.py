@@ -24,6 +24,7 @@ from compress.tiny_models import build_tiny_classifier
 from contract.artifact import Manifest, read_manifest
 from contract.encoding import encode_windows, load_tokenizer, pad_batch, softmax
 from contract.predictor import OnnxPredictor
+from tests.compress.test_architectures import corpus
 from tests.conftest import (
     FILLER,
     NEGATIVE,
@@ -34,7 +35,6 @@ from tests.conftest import (
     start_server,
     stop_server,
 )
-from tests.test_architectures import corpus
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data not present")]

@@ -147,7 +147,7 @@ def test_the_base_kustomization_lists_every_file_of_its_folder() -> None:
 def test_the_health_paths_the_rules_accept_are_routes_of_the_app(fast_repo: Path) -> None:
     import asyncio
 
-    from tests.test_core_fast import app_client
+    from tests.fakes import app_client
 
     async def statuses() -> list[int]:
         async with app_client(fast_repo) as (client, _, _):

@@ -4,8 +4,6 @@ retries in milliseconds. The same behaviours are tested through real processes e
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,31 +13,17 @@ import pytest
 
 from app.api.app import _fastapi_app, create_app
 from app.core.inference import estimated_length
-from app.core.service import Service, prepare_service, start_service, stop_service
+from app.core.service import prepare_service, start_service, stop_service
 from app.runtime import frames
 from app.runtime.workers import WorkerCrashed
 from app.settings import load_settings
-from tests.fakes import FakePool, fake_logits, fake_pools
+from tests.fakes import FakePool, app_client, fake_logits, fake_pools
 
 LABELS = ["negative", "positive"]
 
 
 def _expected_label(text: str) -> str:
     return LABELS[int(np.argmax(fake_logits(text)))]
-
-
-@asynccontextmanager
-async def app_client(repo: Path, delay: float = 0.0, **settings: Any) \
-        -> AsyncIterator[tuple[httpx.AsyncClient, FakePool, Service]]:
-    service = prepare_service(load_settings(model_repository=repo, **settings))
-    made, make = fake_pools(delay=delay)
-    await start_service(service, make)
-    transport = httpx.ASGITransport(app=create_app(service))
-    try:
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            yield client, made["cpu"], service
-    finally:
-        await stop_service(service)
 
 
 def _run(coroutine: Any) -> Any:
@@ -182,7 +166,7 @@ def test_a_batch_frame_carries_the_feeds_unchanged() -> None:
     feeds = [np.arange(6, dtype=np.int64).reshape(2, 3), np.ones((2, 3), np.int64)]
     body = memoryview(frames.batch_frame(3, feeds))[frames.LENGTH.size:]
     work = frames.parse_work(body)
-    assert isinstance(work, frames.Batch) and work.task == 3
+    assert isinstance(work, frames.Batch) and work.slot == 3
     assert all(np.array_equal(a, b) for a, b in zip(work.feeds, feeds, strict=True))
 
 
@@ -190,7 +174,7 @@ def test_a_batch_frame_carries_the_feeds_unchanged() -> None:
 def test_a_texts_frame_carries_single_texts_and_pairs(texts: list[Any]) -> None:
     body = memoryview(frames.texts_frame(1, texts))[frames.LENGTH.size:]
     work = frames.parse_work(body)
-    assert isinstance(work, frames.Texts) and work.texts == texts and work.task == 1
+    assert isinstance(work, frames.Texts) and work.texts == texts and work.slot == 1
 
 
 def test_a_logits_frame_carries_logits_scores_and_truncation() -> None:

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
-from bench.__main__ import quick_recipe
 from bench.instances import Layout, layouts_for
+from bench.recipe_runs import quick_recipe
 from bench.table3 import PAIRED_MIN_ROUNDS, Table3, check_ratio, ratio_line
 from compress.recipe import Recipe
 from compress.stages import cache_root
@@ -145,7 +145,7 @@ def test_quick_caps_every_example_count() -> None:
 
 def test_quick_caps_the_levers_too() -> None:
     recipe = Recipe.model_validate({
-        "name": "t3", "task": "sst2", "augment": {"variants": 4},
+        "name": "t3", "task": "sst2", "augment": {"copies": 4},
         "student": {"intermediate": {"hidden_weight": 1.0, "logit_weight": 0.0}}})
     quick = quick_recipe(recipe)
     assert quick.student.intermediate is not None

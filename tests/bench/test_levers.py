@@ -12,8 +12,8 @@ from compress.device import TrainRuntime
 from compress.recipe import Recipe
 from compress.stages import read_record
 from compress.tasks import get_task, load_split
+from tests.compress.test_recipe_run import _recipe
 from tests.conftest import TinyRepo
-from tests.test_recipe_run import _recipe
 
 INTERMEDIATE = {"epochs": 1, "batch_size": 16, "learning_rate": 2e-3, "max_length": 64,
                 "hidden_weight": 1.0, "attention_weight": 1.0, "logit_weight": 0.0}
@@ -23,7 +23,7 @@ INTERMEDIATE = {"epochs": 1, "batch_size": 16, "learning_rate": 2e-3, "max_lengt
 def measured(tiny_repo: TinyRepo, tmp_path_factory: pytest.TempPathFactory) -> \
         tuple[Recipe, list[levers.LeverRow]]:
     base = _recipe(tiny_repo, tmp_path_factory.mktemp("levers") / "run",
-                   augment={"variants": 2, "min_words": 4, "max_sources": 150},
+                   augment={"copies": 2, "min_words": 4, "max_sources": 150},
                    student__intermediate=INTERMEDIATE)
     return base, levers.measure(base, None, TrainRuntime("cpu", "fp32", 1), log=lambda _: None)
 

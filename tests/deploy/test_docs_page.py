@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.app.inprocess.test_app import _run
 from tests.conftest import start_server, stop_server
-from tests.test_core_fast import _run, app_client
+from tests.fakes import app_client
 
 
 def _page_and_assets(repo: Path, page: str) -> tuple[str, dict[str, int]]:

@@ -19,7 +19,7 @@ from app.core.catalog import choose
 from app.core.repository import ModelConfig, VersionPolicy, scan_repository
 from app.settings import load_settings
 from contract.artifact import ArtifactError, read_manifest, write_manifest
-from tests.test_core_fast import app_client
+from tests.fakes import app_client
 
 
 def _run(coroutine: Any) -> Any:

@@ -1,4 +1,4 @@
-"""The serving-overhead benchmark runs end to end (its figures live in docs/benchmarks.md)."""
+"""The serving-overhead benchmark runs end to end (its figures live in docs/benchmarks-log.md)."""
 
 from __future__ import annotations
 

@@ -17,8 +17,8 @@ from tests.conftest import RunningServer
 
 CONFIG = """
 [parameters]
-# Real task names, so that fuzzing reaches validation and the model instead of stopping at 404.
-"path.task" = "sst2"
+# Real model names, so that fuzzing reaches validation and the model instead of stopping at 404.
+"path.name" = "sst2"
 "path.model_version" = "1"
 """
 

@@ -1,6 +1,6 @@
 """The GPU pool's routing in-process, against fake pools: per task, by length (hybrid), spill-over
 to the CPU pool when the GPU pool is down or saturated, and what start-up does without CUDA.
-tests/test_gpu_pool.py runs the same pool for real (worker processes on the CPU provider)."""
+tests/app/served/test_gpu_pool.py runs the same pool for real (worker processes on the CPU provider)."""
 
 from __future__ import annotations
 
