@@ -42,7 +42,7 @@ serve: demo
 	FFS_HOST=$(HOST) FFS_PORT=$(PORT) $(BIN)/python -m app
 
 lint: $(STAMP)
-	$(BIN)/ruff check app bench compress contract loadtest tests
+	$(BIN)/ruff check app bench compress contract deploy loadtest tests
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

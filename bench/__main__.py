@@ -1,6 +1,7 @@
-"""`python -m bench NAME [options]`: the benchmarks behind the figures in docs/benchmarks.md, and
-the checks the deploy/ scripts run. `python -m bench` lists them; `python -m bench NAME --help`
-gives each one's options. Every benchmark measures side by side in one run and names the CPU.
+"""`python -m bench NAME [options]`: the benchmarks behind the figures in docs/benchmarks.md.
+`python -m bench` lists them; `python -m bench NAME --help` gives each one's options. Every
+benchmark measures side by side in one run and names the CPU. (The deploy checks live with
+deploy/: deploy/checks, run by deploy/*.sh.)
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from dataclasses import dataclass
 class Entry:
     module: str  # bench.<module> has main(argv) -> exit status
     summary: str
-    deploy_check: bool = False  # run by a deploy/ script, not behind a figure in the docs
     prefix: tuple[str, ...] = ()  # arguments main() takes before the user's
 
 
@@ -32,24 +32,15 @@ BENCHMARKS: dict[str, Entry] = {
     "int8": Entry("int8", "the INT8 variants of one artifact against its fp32 graph"),
     "lifecycle": Entry("lifecycle", "version swaps, a failed load and SIGTERM under load"),
     "soak": Entry("soak", "a steady load for a bounded time: errors, latency drift, memory"),
-    "fleet": Entry("fleet", "replicas behind HAProxy: kill -9, rolling restart, rollout "
-                   "(deploy/fleet-check.sh)", deploy_check=True),
-    "gpu-check": Entry("gpu_check", "the GPU pool through the real server "
-                       "(deploy/gpu-check.sh)", deploy_check=True),
-    "monitoring-check": Entry("monitoring_check", "Prometheus scrapes the service, every "
-                              "dashboard query answers (deploy/monitoring-check.sh)",
-                              deploy_check=True),
+    "fleet": Entry("fleet", "replicas behind HAProxy: kill -9, rolling restart, rollout, "
+                   "queue depth against p99 (deploy/fleet-check.sh runs it)"),
 }
 
 
 def listing() -> str:
     lines = ["usage: python -m bench NAME [options]   (python -m bench NAME --help)", "",
              "benchmarks:"]
-    lines += [f"  {name:18s} {entry.summary}" for name, entry in BENCHMARKS.items()
-              if not entry.deploy_check]
-    lines += ["", "deploy checks:"]
-    lines += [f"  {name:18s} {entry.summary}" for name, entry in BENCHMARKS.items()
-              if entry.deploy_check]
+    lines += [f"  {name:18s} {entry.summary}" for name, entry in BENCHMARKS.items()]
     return "\n".join(lines)
 
 

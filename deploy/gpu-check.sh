@@ -8,7 +8,7 @@
 #   PROVIDER=cpu deploy/gpu-check.sh        dry run: the GPU pool on ORT's CPU provider
 #
 # Sets up what is missing: the venv (make setup), then onnxruntime-gpu (the `gpu` extra) in place
-# of onnxruntime. Extra arguments for python -m bench gpu-check go in GPU_CHECK_ARGS.
+# of onnxruntime. Extra arguments for python -m deploy.checks.gpu_check go in GPU_CHECK_ARGS.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -43,5 +43,5 @@ if [ ! -f "$ARTIFACT/manifest.json" ]; then
 fi
 
 read -r -a extra <<< "${GPU_CHECK_ARGS:-}"
-timeout "$LIMIT_S" "$python" -m bench gpu-check --artifact "$ARTIFACT" --provider "$PROVIDER" \
+timeout "$LIMIT_S" "$python" -m deploy.checks.gpu_check --artifact "$ARTIFACT" --provider "$PROVIDER" \
     --out "$OUT" "${extra[@]}"

@@ -22,5 +22,5 @@ fi
 if [ ! -x "$python" ]; then
     make setup
 fi
-exec "$python" -m bench monitoring-check --repository "$repository" \
+exec "$python" -m deploy.checks.monitoring_check --repository "$repository" \
     --out "${OUT:-runs/monitoring-check}"

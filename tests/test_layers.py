@@ -8,6 +8,7 @@
     app/api/       HTTP: core, runtime, settings, contract; maps the core's errors (api/errors.py)
     loadtest/      black-box HTTP client: contract and compress.tasks (task data) only
     bench/         benchmarks that drive servers or pools: may import anything
+    deploy/        the deploy checks (deploy/checks): may import anything
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import pytest
 
 from tests.conftest import ROOT
 
-OURS = ("app", "bench", "compress", "contract", "loadtest", "tests")
+OURS = ("app", "bench", "compress", "contract", "deploy", "loadtest", "tests")
 # module prefix -> prefixes of ours it may import (the first matching prefix decides)
 ALLOWED: list[tuple[str, tuple[str, ...]]] = [
     ("contract", ("contract",)),
@@ -31,6 +32,7 @@ ALLOWED: list[tuple[str, tuple[str, ...]]] = [
     ("app", ("app", "contract")),
     ("loadtest", ("loadtest", "contract", "compress.tasks")),
     ("bench", OURS[:-1]),
+    ("deploy", OURS[:-1]),
 ]
 
 

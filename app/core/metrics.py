@@ -118,11 +118,13 @@ class Metrics:
         """One classify request's final status (and its latency when it succeeded)."""
         children = self._request_children.get((name, version, status))
         if children is None:  # labels() takes a lock and builds a key: once per label set
+            # A latency series only for answers: a refusal's empty one (no version) would show
+            # on the dashboard as a series of nothing.
             children = (self.requests.labels(name, version, str(status)),
-                        self.latency.labels(name, version))
+                        self.latency.labels(name, version) if status == 200 else None)
             self._request_children[(name, version, status)] = children
         children[0].inc()
-        if status == 200:
+        if children[1] is not None:
             children[1].observe(seconds)
 
     def _batch_children(self, pool: str) -> tuple[Any, ...]:

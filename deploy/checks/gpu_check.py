@@ -1,7 +1,7 @@
-"""`python -m bench gpu-check`: the GPU pool measured in one run, layout by layout, through the real
-server (deploy/gpu-check.sh sets up and calls this).
+"""`python -m deploy.checks.gpu_check`: the GPU pool measured in one run, layout by layout,
+through the real server (deploy/gpu-check.sh sets up and calls this).
 
-    python -m bench gpu-check --artifact models/sst2 --provider cuda
+    python -m deploy.checks.gpu_check --artifact models/sst2 --provider cuda
 
 Layouts, each a fresh server over the same artifact and inputs:
   gpu-fp16   every input on the GPU pool, FP16 graph (no spill-over: the GPU alone)
@@ -262,7 +262,7 @@ def agreement_lines(results: list[LayoutFigures]) -> list[str]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bench gpu-check", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m deploy.checks.gpu_check", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--artifact", type=Path, default=Path("models/sst2"))
     p.add_argument("--data-dir", type=Path, default=None,
@@ -338,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [f"# GPU check: {provider}" + ("" if args.provider == "cuda" else
                                           " (dry run on the CPU provider: not GPU figures)"),
              "",
-             f"Command: python -m bench gpu-check {' '.join(argv or sys.argv[1:])}",
+             f"Command: python -m deploy.checks.gpu_check {' '.join(argv or sys.argv[1:])}",
              f"Artifact: {args.artifact} ({manifest.architecture.layers} layers, hidden "
              f"{manifest.architecture.hidden}); BoolQ inputs up to {args.max_length} tokens; "
              f"usable cores: {len(os.sched_getaffinity(0))}; {time.perf_counter() - started:.0f}"
@@ -350,3 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "results.json").write_text(json.dumps([asdict(r) for r in results], indent=2))
     print(text)
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

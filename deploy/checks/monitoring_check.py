@@ -1,8 +1,8 @@
-"""`python -m bench monitoring-check`: a real Prometheus scrapes the service, and every query of the
-Grafana dashboard must answer with data (deploy/monitoring-check.sh finds or installs Prometheus and
-calls this).
+"""`python -m deploy.checks.monitoring_check`: a real Prometheus scrapes the service, and every
+query of the Grafana dashboard must answer with data (deploy/monitoring-check.sh finds or installs
+Prometheus and calls this).
 
-    python -m bench monitoring-check --repository models
+    python -m deploy.checks.monitoring_check --repository models
 
 1. `promtool check config` on deploy/prometheus/prometheus.yml.
 2. The service starts on the repository with both pools: the GPU pool on ORT's CPU provider, every
@@ -36,7 +36,7 @@ import yaml
 
 from bench import serving
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the checkout: deploy/checks/ is two below it
 CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yml"
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "fastformers-serve.json"
 SERVICE_JOB = "fastformers-serve"
@@ -158,7 +158,7 @@ def table(answers: list[Answer]) -> list[str]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bench monitoring-check", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m deploy.checks.monitoring_check", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repository", type=Path, default=Path("models"))
     p.add_argument("--prometheus", default=shutil.which("prometheus") or "prometheus")
@@ -209,3 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "results.md").write_text(text)
     print(text)
     return 0 if all(a.ok for a in answers) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

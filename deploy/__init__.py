@@ -1,0 +1,1 @@
+"""Deployment: images, manifests, and the checks that run them (deploy/checks)."""

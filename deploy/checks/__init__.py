@@ -1,0 +1,1 @@
+"""Deploy checks: the deploy/*.sh scripts run these against a real server."""
