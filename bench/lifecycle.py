@@ -267,23 +267,28 @@ def run(artifact: Path, clients: int, sigterm_runs: int, workers: int) -> list[P
     return phases
 
 
+def _one_version_server(artifact: Path, workers: int, purpose: str) \
+        -> tuple[Path, Path, str, subprocess.Popen[bytes]]:
+    """A work folder, a repository of `model/1`, and a server on it: (work, root, url, process)."""
+    work = Path(tempfile.mkdtemp(prefix=f"ffs-lifecycle-{purpose}-"))
+    root = versioned_repository(artifact, work / "models", "model", 1)
+    port = serving.free_port()
+    server = serving.start(root, port, work / "server.log",
+                           {"FFS_CPU_POOL__WORKERS": str(workers)})
+    return work, root, f"http://127.0.0.1:{port}", server
+
+
 def memory(artifact: Path, workers: int, swaps: int = 7) -> list[tuple[str, float, float]]:
     """Resident MiB of the workers and of the API process after each load call: a second
     version beside the first, the first unloaded, then `swaps` more swaps."""
     from app.core.model_control import resident_bytes
 
-    work = Path(tempfile.mkdtemp(prefix="ffs-lifecycle-memory-"))
-    root = versioned_repository(artifact, work / "models", "model", 1)
-    port = serving.free_port()
-    url = f"http://127.0.0.1:{port}"
-    server = serving.start(root, port, work / "server.log",
-                           {"FFS_CPU_POOL__WORKERS": str(workers)})
+    work, root, url, server = _one_version_server(artifact, workers, "memory")
     rows: list[tuple[str, float, float]] = []
 
     def measure(label: str) -> None:
-        pools = httpx.get(f"{url}/v1/pools").json()["pools"]
-        pids = [w["pid"] for pool in pools for w in pool["workers"]]
-        rows.append((label, resident_bytes(pids) / 2**20, resident_bytes([server.pid]) / 2**20))
+        rows.append((label, resident_bytes(serving.worker_pids(url)) / 2**20,
+                     resident_bytes([server.pid]) / 2**20))
 
     def load() -> None:
         response = httpx.post(f"{url}/v2/repository/models/model/load", timeout=120)
@@ -316,8 +321,7 @@ class SoakPoint:
 
 
 async def _swap_soak(url: str, root: Path, artifact: Path, clients: int, swaps: int,
-                     checkpoints: set[int], pids: Callable[[], list[int]],
-                     api_pid: int) -> tuple[Tally, list[SoakPoint], list[str]]:
+                     checkpoints: set[int], api_pid: int) -> tuple[Tally, list[SoakPoint], list[str]]:
     """`swaps` load calls, each serving a new version and retiring the one before, under load."""
     from app.core.model_control import resident_bytes
 
@@ -332,7 +336,7 @@ async def _swap_soak(url: str, root: Path, artifact: Path, clients: int, swaps: 
                 failures.append(f"swap {done}: {status} {text[:200]}")
             await asyncio.to_thread(shutil.rmtree, root / "model" / str(done))
             if done in checkpoints:
-                workers = await asyncio.to_thread(pids)
+                workers = await asyncio.to_thread(serving.worker_pids, url)
                 points.append(SoakPoint(done, resident_bytes(workers) / 2**20,
                                         resident_bytes([api_pid]) / 2**20))
 
@@ -344,21 +348,11 @@ def swap_soak(artifact: Path, clients: int, swaps: int, workers: int) \
         -> tuple[dict[str, int], list[SoakPoint], list[str]]:
     """A new version loaded and the old one retired `swaps` times under `clients` keep-alive
     clients: the answers' counts, resident memory at checkpoints, and failed load calls."""
-    work = Path(tempfile.mkdtemp(prefix="ffs-lifecycle-soak-"))
-    root = versioned_repository(artifact, work / "models", "model", 1)
-    port = serving.free_port()
-    url = f"http://127.0.0.1:{port}"
-    server = serving.start(root, port, work / "server.log",
-                           {"FFS_CPU_POOL__WORKERS": str(workers)})
-
-    def pids() -> list[int]:
-        pools = httpx.get(f"{url}/v1/pools").json()["pools"]
-        return [w["pid"] for pool in pools for w in pool["workers"]]
-
+    work, root, url, server = _one_version_server(artifact, workers, "soak")
     checkpoints = {1, 10, 25, 50, 75, swaps} | {n for n in range(100, swaps, 100)}
     try:
         tally, points, failures = asyncio.run(
-            _swap_soak(url, root, artifact, clients, swaps, checkpoints, pids, server.pid))
+            _swap_soak(url, root, artifact, clients, swaps, checkpoints, server.pid))
     finally:
         serving.stop(server)
         shutil.rmtree(work, ignore_errors=True)

@@ -67,3 +67,9 @@ def stop(process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(timeout=10)
+
+
+def worker_pids(url: str) -> list[int]:
+    """The worker processes of the server at `url`, from its /v1/pools."""
+    pools = httpx.get(f"{url}/v1/pools", timeout=10).json()["pools"]
+    return [int(w["pid"]) for pool in pools for w in pool["workers"]]

@@ -15,8 +15,6 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import httpx
-
 from bench import serving
 from compress.tasks import get_task, load_split
 from contract.artifact import read_manifest
@@ -43,11 +41,6 @@ def rss_mb(pid: int) -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return 0.0
-
-
-def worker_pids(url: str) -> list[int]:
-    pools = httpx.get(f"{url}/v1/pools", timeout=10).json()["pools"]
-    return [int(w["pid"]) for pool in pools for w in pool["workers"]]
 
 
 def paced_script(url: str, task: str, texts: list[TextInput], rate: float) -> Path:
@@ -82,7 +75,7 @@ def soak(artifact: Path, data_dir: Path, minutes: int, load: float, port: int,
             measured = wrk.run(url, script, CONNECTIONS, 60)
             minute = Minute(index, measured.requests_per_s, measured.latency_ms.get("50", 0.0),
                             measured.latency_ms.get("99", 0.0), measured.errors,
-                            rss_mb(process.pid), sum(rss_mb(p) for p in worker_pids(url)))
+                            rss_mb(process.pid), sum(rss_mb(p) for p in serving.worker_pids(url)))
             results.append(minute)
             print(f"minute {index}: {minute.requests_per_s:.0f} req/s, p50 {minute.p50_ms:.1f} "
                   f"ms, p99 {minute.p99_ms:.1f} ms, errors {minute.errors}, RSS api "

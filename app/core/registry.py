@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Literal
@@ -204,9 +204,6 @@ class Registry:
         return UnknownModel(f"unknown model {name!r}; this server has: "
                             f"{', '.join(self.serving_names())}")
 
-    def loaded(self, key: str) -> Loaded:
-        return self._loaded[key]
-
     def inputs(self, key: str) -> InputSpec:
         """How to build feeds for the copy's graph (the batchers ask)."""
         return self._loaded[key].inputs
@@ -328,6 +325,3 @@ class Registry:
             elif failures:
                 found |= {f"{name}:{number}": why for number, why in failures.items()}
         return found
-
-    def __iter__(self) -> Iterator[Model]:
-        return iter(self.models.values())

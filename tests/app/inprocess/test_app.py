@@ -199,3 +199,17 @@ def test_the_length_estimate_counts_words_punctuation_and_special_tokens() -> No
     assert estimated_length("a fine, film.", 64) == 5 + 2
     assert estimated_length(("a b", "c"), 64) == 3 + 3
     assert estimated_length("word " * 500, 64) == 64
+
+
+def test_a_refused_request_leaves_no_latency_series(fast_repo: Path) -> None:
+    async def scenario() -> str:
+        async with app_client(fast_repo) as (client, _, _):
+            await client.post("/v1/classify/nonesuch", json={"inputs": ["fine"]})
+            await client.post("/v1/classify/sst2", json={"inputs": ["a fine film"]})
+            return (await client.get("/metrics")).text
+
+    text = _run(scenario())
+    assert 'ffs_requests_total{status="404",task="_unknown",version=""} 1.0' in text
+    latency = [line for line in text.splitlines()
+               if line.startswith("ffs_request_latency_seconds_count")]
+    assert latency == ['ffs_request_latency_seconds_count{task="sst2",version="1"} 1.0']
