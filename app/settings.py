@@ -253,6 +253,12 @@ class Settings(BaseSettings):
         default="fail", description="an artifact that fails its checks: refuse to start, or start "
                                     "without that task (listed as unavailable)"
     )
+    golden_mismatch: Literal["serve", "fp32", "refuse"] = Field(
+        default="serve", description="a CPU variant that answers its golden texts differently "
+        "on this CPU than where its accuracy was measured (another integer-kernel family): serve "
+        "it with a warning, serve the model's fp32 graph on the CPU pool instead (exact, slower), "
+        "or refuse the model version (as an artifact error)"
+    )
     tokenize: Literal["api", "workers"] = Field(
         default="workers",
         description="where texts are tokenized: in the API process, or in the workers (texts "

@@ -1,10 +1,11 @@
 """`python -m bench int8 ARTIFACT`: the INT8 variants side by side on the artifact's task.
 
-From the artifact's fp32 graph: ORT fusion, then dynamic INT8 (`quantize_dynamic`, one activation
-scale per tensor per call) and static INT8 (the same graph with scales calibrated on train texts).
-For each: label agreement and the largest logit change between batch 1 and mixed batches (random
-dev sentences batched together, as a busy server batches strangers), dev accuracy both ways, and
-speed at batch 1 and in length-sorted batches, 1 thread, timed in interleaved rounds.
+From the artifact's fp32 graph: ORT fusion, then (with --dynamic) dynamic INT8 (`quantize_dynamic`,
+one activation scale per tensor per call) and static INT8 graphs (scales calibrated on train texts),
+one per `--static` WEIGHTS:ALPHA (weight format x SmoothQuant alpha). For each: label agreement and
+the largest logit change between batch 1 and mixed batches (random dev sentences batched together,
+as a busy server batches strangers), dev accuracy both ways, and speed at batch 1 and in
+length-sorted batches, 1 thread, timed in interleaved rounds.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import numpy as np
 from compress.optimize import optimize
 from compress.quantize import (
     CALIBRATION_PERCENTILE,
+    WEIGHT_FORMATS,
+    WeightFormat,
     calibration_batches,
     quantize_int8,
     quantize_static_int8,
@@ -99,28 +102,49 @@ def speeds(runners: dict[str, Runner], rows: list[EncodedText], batch: int, roun
     return interleaved(runs, rounds)
 
 
+@dataclass(frozen=True)
+class StaticConfig:
+    """One static INT8 graph to build: weight format and SmoothQuant strength."""
+
+    weights: WeightFormat
+    smooth_alpha: float
+
+    @classmethod
+    def parse(cls, spec: str) -> StaticConfig:
+        """`s7:0.8` -> s7 weights, alpha 0.8."""
+        weights, _, alpha = spec.partition(":")
+        if weights not in WEIGHT_FORMATS:
+            raise argparse.ArgumentTypeError(f"{spec}: weights must be one of {WEIGHT_FORMATS}")
+        return cls(weights, float(alpha or SMOOTH_ALPHA))
+
+    @property
+    def name(self) -> str:
+        return f"int8 static {self.weights} a{self.smooth_alpha:g}"
+
+
 def build_graphs(artifact: Path, manifest: Manifest, train: Examples, folder: Path,
-                 calibration: int, percentile: float, smooth_alpha: float) -> dict[str, Path]:
-    """fp32 (fused), dynamic INT8 and static INT8 (with and without SmoothQuant) graphs of the
-    artifact, written to `folder`."""
+                 calibration: int, percentile: float, configs: list[StaticConfig],
+                 dynamic: bool) -> dict[str, Path]:
+    """fp32 (fused), optionally dynamic INT8, and one static INT8 graph per config, written to
+    `folder`; every static graph is calibrated on the same train texts."""
     fused = folder / "fused.onnx"
     optimize(artifact / manifest.variants["fp32"].file, fused, manifest.architecture)
-    dynamic, static = folder / "dynamic.onnx", folder / "static.onnx"
-    unsmoothed = folder / "static-unsmoothed.onnx"
-    quantize_int8(fused, dynamic)
+    graphs = {"fp32 fused": fused}
+    if dynamic:
+        graphs["int8 dynamic s8"] = folder / "dynamic.onnx"
+        quantize_int8(fused, graphs["int8 dynamic s8"], weights="s8")
     texts = [train.texts[i] for i in random.Random(0).sample(range(len(train)),
                                                              min(calibration, len(train)))]
-    started = time.perf_counter()
-    quantize_static_int8(fused, static, calibration_batches(
-        artifact / manifest.tokenizer, texts, manifest.model_inputs, manifest.max_length,
-        manifest.pad_token_id), percentile, smooth_alpha=smooth_alpha)
-    print(f"static INT8: calibrated on {len(texts)} train texts (percentile {percentile}, "
-          f"SmoothQuant alpha {smooth_alpha:g}) in {time.perf_counter() - started:.1f} s")
-    quantize_static_int8(fused, unsmoothed, calibration_batches(
-        artifact / manifest.tokenizer, texts, manifest.model_inputs, manifest.max_length,
-        manifest.pad_token_id), percentile, smooth_alpha=0)
-    return {"fp32 fused": fused, "int8 dynamic": dynamic, "int8 static, no smoothing": unsmoothed,
-            "int8 static": static}
+    for index, config in enumerate(configs):
+        graphs[config.name] = folder / f"static-{index}.onnx"
+        started = time.perf_counter()
+        quantize_static_int8(fused, graphs[config.name], calibration_batches(
+            artifact / manifest.tokenizer, texts, manifest.model_inputs, manifest.max_length,
+            manifest.pad_token_id), percentile, smooth_alpha=config.smooth_alpha,
+            weights=config.weights)
+        print(f"{config.name}: calibrated on {len(texts)} train texts (percentile "
+              f"{percentile}) in {time.perf_counter() - started:.1f} s")
+    return graphs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,8 +155,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--calibration", type=int, default=500, help="train texts to calibrate on")
     parser.add_argument("--percentile", type=float, default=CALIBRATION_PERCENTILE)
-    parser.add_argument("--smooth-alpha", type=float, default=SMOOTH_ALPHA,
-                        help="SmoothQuant migration strength of the static graph (compress/smooth.py)")
+    parser.add_argument("--static", type=StaticConfig.parse, nargs="+",
+                        default=[StaticConfig("s7", SMOOTH_ALPHA), StaticConfig("s8", SMOOTH_ALPHA)],
+                        help="static graphs as WEIGHTS:ALPHA (weights s7, s8 or u8; SmoothQuant "
+                             "alpha, 0 = off), e.g. s7:0.8 s8:0")
+    parser.add_argument("--dynamic", action="store_true", help="also the dynamic INT8 graph")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--speed-examples", type=int, default=400)
     args = parser.parse_args(argv)
@@ -146,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     labels = np.asarray(dev.labels)
     with tempfile.TemporaryDirectory() as tmp:
         graphs = build_graphs(args.artifact, manifest, train, Path(tmp), args.calibration,
-                              args.percentile, args.smooth_alpha)
+                              args.percentile, args.static, args.dynamic)
         runners = {name: Runner(path, manifest) for name, path in graphs.items()}
         reference = runners["fp32 fused"].batch1(rows)
         print(f"\n{len(rows)} {spec.name} dev texts; mixed batches of {args.batch} (random order)")

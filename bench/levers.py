@@ -79,7 +79,7 @@ def measure(base: Recipe, data_dir: Path | None, runtime: TrainRuntime,
             log: Callable[[str], None] = print) -> list[LeverRow]:
     """Build every variant (reusing finished stages) and score its student."""
     teacher = build_teacher(base, data_dir, runtime)
-    train, _ = task_splits(base, data_dir)
+    train, _, _ = task_splits(base, data_dir)
     rows = []
     finished: list[Path] = []
     for lever, recipe in lever_recipes(base, teacher, len(train)).items():
@@ -90,7 +90,7 @@ def measure(base: Recipe, data_dir: Path | None, runtime: TrainRuntime,
         row = LeverRow(lever=lever,
                        fp32_accuracy=accuracy(TorchPredictor(student, built.run.spec.max_length),
                                               built.dev),
-                       int8_accuracy=built.chosen.int8_accuracy,
+                       int8_accuracy=accuracy(built.int8_predictor(), built.dev),
                        steps=recipe.distil.max_steps or 0)
         for stage in STAGES:
             record = read_record(recipe.output / stage)

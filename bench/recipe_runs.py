@@ -70,8 +70,10 @@ def quick_recipe(recipe: Recipe) -> Recipe:
         "importance_examples": min(recipe.prune.importance_examples, caps.importance_examples),
         "distil": replace(recipe.prune.distil, max_examples=_cap(recipe.prune.distil.max_examples,
                                                                  caps.prune_examples))})
+    # The seed spread was measured on the full recipe, not on this capped one.
     evaluate = recipe.evaluate.model_copy(update={
-        "max_dev_examples": _cap(recipe.evaluate.max_dev_examples, caps.dev_examples)})
+        "max_dev_examples": _cap(recipe.evaluate.max_dev_examples, caps.dev_examples),
+        "seed_accuracies": None})
     student, augment = recipe.student, recipe.augment
     if student.intermediate is not None:
         student = student.model_copy(update={"intermediate": replace(
@@ -154,7 +156,7 @@ def _levers(recipe: Recipe, args: argparse.Namespace) -> int:
 
     runtime = choose_runtime(args.device, args.precision)
     rows = levers.measure(recipe, args.data_dir, runtime)
-    dev = len(levers.task_splits(recipe, args.data_dir)[1])
+    dev = len(levers.task_splits(recipe, args.data_dir)[2]())
     path = levers.write(rows, recipe.output / "levers", dev)
     print(levers.markdown(rows, dev))
     print(f"written: {path} (training on {runtime.describe()})")

@@ -31,16 +31,18 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from onnxruntime import InferenceSession
+from tokenizers import Tokenizer
 
 from bench import serving
 from compress.tasks import get_task, load_split
-from contract.artifact import read_manifest, verified_variant_path
+from contract.artifact import Manifest, read_manifest, verified_variant_path
 from contract.encoding import TextInput, encode, load_tokenizer, pad_batch, softmax
 from contract.session import open_session
 from loadtest import wrk
@@ -182,44 +184,85 @@ def one_client(args: argparse.Namespace) -> None:
     texts = dev_texts(args.artifact, args.data_dir, args.requests)
     session = open_session(str(verified_variant_path(args.artifact, manifest, "cpu-int8")), 1)
     tokenizer = load_tokenizer(args.artifact / manifest.tokenizer, manifest.max_length)
+    cores = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {0})  # the in-process reference runs on one core, as a worker does
+    try:
+        _one_client_rounds(args, repo, texts, session, tokenizer, manifest)
+    finally:
+        os.sched_setaffinity(0, cores)  # a caller in the same process keeps its cores
 
+
+def _one_client_rounds(args: argparse.Namespace, repo: Path, texts: list[TextInput],
+                       session: InferenceSession, tokenizer: Tokenizer,
+                       manifest: Manifest) -> None:
     def in_process(text: TextInput) -> None:
         feeds = pad_batch(encode(tokenizer, [text]), manifest.model_inputs, manifest.pad_token_id)
         softmax(session.run(None, feeds)[0])
 
-    env = {"FFS_CPU_POOL__SPIN_MS": str(args.spin_ms)}
-    with server(repo, env) as process:
-        connection = http.client.HTTPConnection("127.0.0.1", PORT)
+    contenders: dict[str, tuple[dict[str, str], Path | None]] = \
+        {"this checkout": ({}, None)} if not args.only_also else {}
+    if args.baseline is not None:
+        contenders[f"older checkout {args.baseline}"] = ({}, args.baseline.resolve())
+    contenders.update({extra: (dict(pair.split("=", 1) for pair in extra.split(",")), None)
+                       for extra in args.also})  # e.g. FFS_CPU_POOL__SPIN_MS=2
+    rows: dict[tuple[str, float], list[OneClient]] = {}
+    for _ in range(args.rounds):
+        for name, (env, checkout) in contenders.items():
+            with server(repo, env, checkout) as process:
+                for gap_ms in args.gaps:
+                    rows.setdefault((name, gap_ms), []).append(
+                        _one_client_round(process.pid, manifest.task, texts, in_process, gap_ms))
+    print(f"one client, {len(texts)} sentences a round, in-process on core 0 against HTTP, "
+          f"interleaved; medians of {args.rounds} rounds (rounds in brackets):")
+    for (name, gap_ms), found in rows.items():
+        overhead = [r.http_p50 - r.local_p50 for r in found]
+        print(f"  {name:40s} gap {gap_ms:4.0f} ms: in-process p50 "
+              f"{statistics.median(r.local_p50 for r in found):.2f} ms, HTTP p50 "
+              f"{statistics.median(r.http_p50 for r in found):.2f} ms (p99 "
+              f"{statistics.median(r.http_p99 for r in found):.2f}), overhead "
+              f"{statistics.median(overhead):+.2f} ms {[round(o, 2) for o in overhead]}, API CPU "
+              f"{statistics.median(r.api_ms for r in found):.2f} ms, workers "
+              f"{statistics.median(r.worker_ms for r in found):.2f} ms per request")
 
-        def over_http(text: TextInput) -> None:
-            body = json.dumps({"inputs": [text if isinstance(text, str) else list(text)]})
-            connection.request("POST", f"/v1/classify/{manifest.task}", body,
-                               {"Content-Type": "application/json"})
-            response = connection.getresponse()
-            response.read()
-            if response.status != 200:
-                raise RuntimeError(f"HTTP {response.status}")
 
-        for gap_ms in args.gaps:
-            local: list[float] = []
-            remote: list[float] = []
-            cpu = ServerCpu(process.pid)
-            for text in texts:
-                for call, out in ((in_process, local), (over_http, remote)):
-                    time.sleep(gap_ms / 1000)
-                    started = time.perf_counter()
-                    call(text)
-                    out.append(1000 * (time.perf_counter() - started))
-            api_s, worker_s = cpu.spent()
-            p_local, p_remote = np.percentile(local, [50, 99]), np.percentile(remote, [50, 99])
-            print(f"gap {gap_ms:4.0f} ms, {len(texts)} sentences, spin_ms {args.spin_ms}: "
-                  f"in-process p50 {p_local[0]:.2f} ms (p99 {p_local[1]:.2f})   HTTP p50 "
-                  f"{p_remote[0]:.2f} ms (p99 {p_remote[1]:.2f})   overhead p50 "
-                  f"{p_remote[0] - p_local[0]:+.2f} ms   server CPU per request: API "
-                  f"{1000 * api_s / len(texts):.2f} ms, workers {1000 * worker_s / len(texts):.2f}"
-                  " ms")
-        connection.close()
+@dataclass(frozen=True)
+class OneClient:
+    local_p50: float
+    http_p50: float
+    http_p99: float
+    api_ms: float  # API process CPU per request
+    worker_ms: float
+
+
+def _one_client_round(pid: int, task: str, texts: list[TextInput],
+                      in_process: Callable[[TextInput], None], gap_ms: float) -> OneClient:
+    """Each text in-process then over HTTP, `gap_ms` before each call."""
+    connection = http.client.HTTPConnection("127.0.0.1", PORT)
+
+    def over_http(text: TextInput) -> None:
+        body = json.dumps({"inputs": [text if isinstance(text, str) else list(text)]})
+        connection.request("POST", f"/v1/classify/{task}", body,
+                           {"Content-Type": "application/json"})
+        response = connection.getresponse()
+        response.read()
+        if response.status != 200:
+            raise RuntimeError(f"HTTP {response.status}")
+
+    over_http(texts[0])  # connect and warm up
+    local: list[float] = []
+    remote: list[float] = []
+    cpu = ServerCpu(pid)
+    for text in texts:
+        for call, out in ((in_process, local), (over_http, remote)):
+            time.sleep(gap_ms / 1000)
+            started = time.perf_counter()
+            call(text)
+            out.append(1000 * (time.perf_counter() - started))
+    api_s, worker_s = cpu.spent()
+    connection.close()
+    return OneClient(float(np.percentile(local, 50)), float(np.percentile(remote, 50)),
+                     float(np.percentile(remote, 99)), 1000 * api_s / len(texts),
+                     1000 * worker_s / len(texts))
 
 
 # -- tier --------------------------------------------------------------------------------------
@@ -369,7 +412,10 @@ def main(argv: list[str] | None = None) -> int:
     p_one.add_argument("--artifact", type=Path, default=Path("models/sst2"))
     p_one.add_argument("--requests", type=int, default=300)
     p_one.add_argument("--gaps", type=float, nargs="+", default=[0.0, 10.0])
-    p_one.add_argument("--spin-ms", type=float, default=0.0)
+    p_one.add_argument("--also", nargs="*", default=[], metavar="ENV=VALUE,...",
+                       help="more servers of this checkout with these settings, side by side")
+    p_one.add_argument("--only-also", action="store_true", help="run only the --also settings")
+    p_one.add_argument("--baseline", type=Path, help="an older checkout of this project")
     p_tier = commands.add_parser("tier")
     p_tier.add_argument("--processes", type=int, nargs="+", default=[1, 2])
     p_tier.add_argument("--connections", type=int, default=64)

@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from compress.device import DEVICES, PRECISIONS
-from compress.tasks import TaskDataError, TaskSpec, builtin_tasks, default_data_dir
+from compress.quantize import Int8Settings
+from compress.tasks import Examples, Split, TaskSpec, builtin_tasks, default_data_dir
 from contract.artifact import CompressError, Manifest
 
 STAGE_VERBS = ("finetune", "export", "optimize", "quantize")
@@ -86,16 +87,20 @@ def _add_int8_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--int8-smooth-alpha", type=float, default=None, metavar="A",
                    help="static INT8: SmoothQuant's migration strength in [0, 1] (outlier "
                    "activation channels moved into the weights; default 0.8; 0 turns it off)")
+    p.add_argument("--int8-weights", choices=("s7", "s8", "u8"), default="s7",
+                   help="INT8 weight format: s7 (default: int8 in [-64, 64], the same integers "
+                   "on every x86 CPU family), s8 (full int8; saturates on AVX2 / AVX-512 without "
+                   "VNNI) or u8 (slower kernels)")
 
 
-def _smooth_alpha(args: argparse.Namespace) -> float:
-    """--int8-smooth-alpha, checked to lie in [0, 1] (the default when not given)."""
+def _int8_settings(args: argparse.Namespace) -> Int8Settings:
+    """The --int8* flags; --int8-smooth-alpha checked to lie in [0, 1]."""
     from compress.smooth import DEFAULT_ALPHA
 
     alpha = DEFAULT_ALPHA if args.int8_smooth_alpha is None else float(args.int8_smooth_alpha)
     if not 0.0 <= alpha <= 1.0:
         raise SystemExit(f"--int8-smooth-alpha {alpha}: expected a value from 0 (off) to 1")
-    return alpha
+    return Int8Settings(args.int8, args.int8_keep_fp32, alpha, args.int8_weights)
 
 
 def _add_baseline_arg(p: argparse.ArgumentParser) -> None:
@@ -197,6 +202,15 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="metrics of an artifact variant on a dev split")
     p.add_argument("artifact", type=Path, help="artifact folder, e.g. models/sst2")
     p.add_argument("--variant", default="cpu-int8")
+    _add_task_args(p, required=False)
+
+
+def _add_check(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("check", help="measure an artifact's CPU variants on this machine (its "
+                       "integer kernels) and record the result in its manifest")
+    p.add_argument("artifact", type=Path, help="artifact folder, e.g. models/sst2")
+    p.add_argument("--split", choices=("dev", "train"), default="dev",
+                   help="the labelled split to measure on (default dev, as the build reported)")
     _add_task_args(p, required=False)
 
 
@@ -334,28 +348,57 @@ def _run(args: argparse.Namespace) -> int:
         return _inspect(args)
     if args.verb == "evaluate":
         return _evaluate(args)
+    if args.verb == "check":
+        return _check(args)
     if args.verb == "package":
         return _package(args)
     return _build(args)
 
 
-def _evaluate(args: argparse.Namespace) -> int:
-    from compress.evaluate import evaluate_artifact
+def _artifact_split(args: argparse.Namespace, manifest: Manifest, split: Split) -> Examples:
+    """The labelled split of the artifact's own (shipped) task, or of --task / --task-file."""
     from compress.tasks import get_task, load_split
-    from contract.artifact import read_manifest, verified_variant_path
 
-    manifest = read_manifest(args.artifact)
-    path = verified_variant_path(args.artifact, manifest, args.variant)
-    if args.task is None and args.task_file is None:  # the artifact's own (shipped) task
+    if args.task is None and args.task_file is None:
         spec = get_task(manifest.task)
         data_dir = None if args.hub else args.data_dir or default_data_dir()
     else:
         spec, data_dir = _task_of(args)
-    dev = load_split(spec.with_labels(manifest.labels), "dev", data_dir, args.hub)
+    return load_split(spec.with_labels(manifest.labels), split, data_dir, args.hub)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from compress.evaluate import evaluate_artifact
+    from contract.artifact import read_manifest, verified_variant_path
+
+    manifest = read_manifest(args.artifact)
+    path = verified_variant_path(args.artifact, manifest, args.variant)
+    dev = _artifact_split(args, manifest, "dev")
     result = evaluate_artifact(args.artifact, manifest, args.variant, path, dev)
     for name, value in result.scored.values.items():
         print(f"{manifest.task} {args.variant}: {name} {value:.4f} (majority baseline "
               f"{result.scored.baseline[name]:.4f}) on {result.examples} dev examples")
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from compress.validation import check_artifact
+    from contract.artifact import read_manifest
+
+    examples = _artifact_split(args, read_manifest(args.artifact), args.split)
+    result = check_artifact(args.artifact, examples, args.split)
+    for name, record in result.here.items():
+        built = result.built.get(name)
+        was = f"; the build measured {built.value:.4f} on {built.int8_kernels}" \
+            if built is not None else ""
+        same = "" if record.labels_equal_fp32 is None else \
+            f", labels equal to fp32 on {100 * record.labels_equal_fp32:.2f}%"
+        print(f"{name}: {record.metric} {record.value:.4f} on {record.examples} {args.split} "
+              f"examples here ({record.int8_kernels}, {record.cpu}){same}{was}")
+    if result.golden_recorded:
+        print(f"recorded this CPU family's golden answers: servers on "
+              f"{next(iter(result.here.values())).int8_kernels} compare with them at load")
+    print(f"written to {args.artifact / 'manifest.json'}")
     return 0
 
 
@@ -371,8 +414,7 @@ def _build(args: argparse.Namespace) -> int:
                             max_examples=args.max_train_examples, seed=args.seed)
     plan = BuildPlan(spec=spec, base_model=args.model, out_dir=out, work_dir=work,
                      data_dir=data_dir, hub=args.hub, finetune=config,
-                     max_dev_examples=args.max_dev_examples, int8=args.int8,
-                     int8_keep_fp32=args.int8_keep_fp32, int8_smooth_alpha=_smooth_alpha(args))
+                     max_dev_examples=args.max_dev_examples, int8=_int8_settings(args))
     manifest = _named(build_artifact(plan), out, args.name)
     return _report(manifest, out, args.accept_below_baseline)
 
@@ -398,8 +440,7 @@ def _package(args: argparse.Namespace) -> int:
     work = args.work_dir or Path("runs") / spec.name / "package"
     plan = BuildPlan(spec=spec, base_model=str(args.checkpoint), out_dir=out, work_dir=work,
                      data_dir=data_dir, hub=args.hub, max_dev_examples=args.max_dev_examples,
-                     int8=args.int8, int8_keep_fp32=args.int8_keep_fp32,
-                     int8_smooth_alpha=_smooth_alpha(args))
+                     int8=_int8_settings(args))
     texts = check_texts_file(args.check_texts, spec.input_kind) if args.check_texts else None
     calibration = None
     if task is not None and (args.hub or task.data.train is not None):
@@ -454,6 +495,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_stages(sub)
     _add_package(sub)
     _add_evaluate(sub)
+    _add_check(sub)
     _add_distil_prune(sub)
     _add_run(sub)
     _add_inspect(sub)
@@ -463,7 +505,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("compress").setLevel(logging.INFO)
     try:
         return _run(args)
-    except (CompressError, TaskDataError, OSError) as exc:  # files: missing, unreadable, full disk
+    except (CompressError, OSError) as exc:  # files: missing, unreadable, full disk
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -24,13 +24,15 @@ from compress.optimize import FusionReport, operator_counts, optimize, split_ski
 from compress.pretrained import resolve_model
 from compress.quantize import (
     CALIBRATION_PERCENTILE,
+    Int8Settings,
     Quantization,
+    WeightFormat,
     calibration_batches,
     quantize_int8,
     quantize_static_int8,
 )
-from compress.smooth import DEFAULT_ALPHA as SMOOTH_ALPHA
-from compress.tasks import Examples, TaskSpec, TextInput, ensure_labels, load_split
+from compress.tasks import Examples, TaskSpec, TextInput, ensure_labels, hold_out, load_split
+from compress.validation import validations
 from contract.artifact import (
     AgreementCheck,
     CompressError,
@@ -38,12 +40,13 @@ from contract.artifact import (
     Manifest,
     Metric,
     Provenance,
+    Validation,
     Variant,
     describe_variant,
     write_manifest,
 )
 from contract.encoding import encode, load_tokenizer, probabilities
-from contract.golden import record_golden
+from contract.golden import CPU_VARIANTS, record_golden
 from contract.predictor import OnnxPredictor
 
 log = logging.getLogger(__name__)
@@ -61,9 +64,7 @@ class BuildPlan:
     hub: bool = False
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     max_dev_examples: int | None = None
-    int8: Quantization = "static"
-    int8_keep_fp32: int = 0  # the most sensitive nodes kept in fp32 (static INT8)
-    int8_smooth_alpha: float = SMOOTH_ALPHA  # SmoothQuant before static INT8 (0: off)
+    int8: Int8Settings = field(default_factory=Int8Settings)
 
 
 def _versions() -> dict[str, str]:
@@ -85,14 +86,18 @@ def build_artifact(plan: BuildPlan) -> Manifest:
     """Run the chain and write `plan.out_dir` (built aside, then moved in whole)."""
     spec = ensure_labels(plan.spec, plan.data_dir, plan.hub)
     train = load_split(spec, "train", plan.data_dir, plan.hub)
-    dev = load_split(spec, "dev", plan.data_dir, plan.hub).head(plan.max_dev_examples)
+    validation = None
+    if spec.problem_type == "multi_label":  # thresholds are chosen: on data held out of train
+        train, validation = hold_out(train, VALIDATION_FRACTION, MAX_VALIDATION_EXAMPLES)
     base = resolve_model(plan.base_model)
 
     started = _stage("finetune")
     finetuned = finetune(base, spec, train, plan.finetune, plan.work_dir / "finetuned")
     log.info("finetune done in %.0f s", time.perf_counter() - started)
+    dev = load_split(spec, "dev", plan.data_dir, plan.hub).head(plan.max_dev_examples)
     return package_artifact(spec, finetuned, dev, plan,
-                            calibration=calibration_texts(train.texts, "train"))
+                            calibration=calibration_texts(train.texts, "train"),
+                            validation=validation)
 
 
 @dataclass(frozen=True)
@@ -108,6 +113,7 @@ class Variants:
     quantization: Quantization = "dynamic"
     calibration: str | None = None
     fp32_nodes: tuple[str, ...] = ()
+    weights: WeightFormat | None = None  # None: made before the format was recorded
 
 
 @dataclass(frozen=True)
@@ -118,6 +124,10 @@ class Calibration:
     source: str
 
 
+# `compress build` holds this much of train out to tune multi-label thresholds on (recipes: the
+# evaluate section's settings).
+VALIDATION_FRACTION = 0.1
+MAX_VALIDATION_EXAMPLES = 1000
 CALIBRATION_TEXTS = 500
 MIN_CALIBRATION_TEXTS = 100
 # Dev texts each checked alone and in mixed batches (one run per text per variant).
@@ -135,13 +145,13 @@ def calibration_texts(texts: Sequence[TextInput], source: str,
 
 def make_variants(checkpoint: Path, folder: Path, check_texts: Sequence[TextInput],
                   calibration: Calibration | None = None, max_length: int = 512,
-                  int8: Quantization = "static", keep_fp32: int = 0,
-                  smooth_alpha: float = SMOOTH_ALPHA) -> Variants:
+                  int8: Int8Settings | None = None) -> Variants:
     """Export (logit-checked), fuse, quantize to INT8 and convert to FP16 into `folder`.
 
-    Static INT8 is SmoothQuant-ed (`smooth_alpha`, 0 = off) and calibrated on `calibration` (the
-    check texts when none are given); with `keep_fp32`, that many of its most sensitive nodes (a
-    per-node sweep) stay fp32."""
+    Static INT8 is SmoothQuant-ed (`int8.smooth_alpha`, 0 = off) and calibrated on `calibration`
+    (the check texts when none are given); with `int8.keep_fp32`, that many of its most sensitive
+    nodes (a per-node sweep) stay fp32 (default: `Int8Settings()`)."""
+    int8 = int8 or Int8Settings()
     _stage("export")
     exported = export_onnx(checkpoint, folder / "fp32.onnx", list(check_texts))
     log.info("export: inputs %s, max |logit diff| vs PyTorch = %.2e", exported.input_names,
@@ -154,57 +164,62 @@ def make_variants(checkpoint: Path, folder: Path, check_texts: Sequence[TextInpu
     for name, why in fusion.unsupported.items():
         log.warning("no %s fusion for %s: %s", name, exported.architecture.model_type, why)
     log.info("fusions applied: %s", fusion.applied)
-    _stage(f"quantize ({int8})")
+    _stage(f"quantize ({int8.quantization}, {int8.describe()})")
     source = None
     fp32_nodes: list[str] = []
-    if int8 == "static":
+    if int8.quantization == "static":
         calibration = calibration or Calibration(list(check_texts), f"{len(check_texts)} check texts")
         source = (f"{calibration.source}, percentile {CALIBRATION_PERCENTILE:g} of per-text "
-                  "ranges" + (f", SmoothQuant alpha {smooth_alpha:g}" if smooth_alpha else ""))
+                  f"ranges, {int8.describe()}")
         if len(calibration.texts) < MIN_CALIBRATION_TEXTS:
             log.warning("static INT8 calibrated on only %d texts: activation ranges may not cover "
                         "real inputs; give train data or more --check-texts (%d+)",
                         len(calibration.texts), MIN_CALIBRATION_TEXTS)
         batches = list(calibration_batches(checkpoint / "tokenizer.json", calibration.texts,
                                            exported.input_names, max_length))
-        if keep_fp32:
+        if int8.keep_fp32:
             scores = sensitivity(folder / "fused.onnx", lambda: batches[:SENSITIVITY_TEXTS],
-                                 smooth_alpha)
-            fp32_nodes = most_sensitive(scores, keep_fp32)
+                                 int8.smooth_alpha, int8.weights)
+            fp32_nodes = most_sensitive(scores, int8.keep_fp32)
             log.info("INT8 sensitivity (logit MSE against fp32, label flips of %d texts): %s; "
                      "kept in fp32: %s", min(len(batches), SENSITIVITY_TEXTS),
                      ", ".join(f"{s.node} {s.mse:.2e} {s.label_flips}" for s in scores[:8]),
                      ", ".join(fp32_nodes))
         quantize_static_int8(folder / "fused.onnx", folder / "int8.onnx", batches,
-                             keep_fp32=fp32_nodes, smooth_alpha=smooth_alpha)
+                             keep_fp32=fp32_nodes, smooth_alpha=int8.smooth_alpha,
+                             weights=int8.weights)
     else:
-        quantize_int8(folder / "fused.onnx", folder / "int8.onnx")
+        quantize_int8(folder / "fused.onnx", folder / "int8.onnx", weights=int8.weights)
     log.info("CPU graph: %d SkipLayerNormalization split into Add + LayerNormalization",
              split_skip_layer_norm(folder / "int8.onnx"))
     _stage("fp16")
     convert_fp16(folder / "fused.onnx", folder / "fp16.onnx")
     return Variants(exported, fusion, exported.path, folder / "fused.onnx", folder / "int8.onnx",
-                    folder / "fp16.onnx", int8, source, tuple(fp32_nodes))
+                    folder / "fp16.onnx", int8.quantization, source, tuple(fp32_nodes),
+                    int8.weights)
 
 
 def package_artifact(spec: TaskSpec, checkpoint: Path, dev: Examples | None, plan: BuildPlan,
                      check_texts: Sequence[TextInput] | None = None,
-                     calibration: Calibration | None = None) -> Manifest:
+                     calibration: Calibration | None = None,
+                     validation: Examples | None = None) -> Manifest:
     """Export, fuse, quantize and (with dev data) evaluate a fine-tuned checkpoint into an
     artifact folder; without dev data the variants are checked against fp32 on `check_texts`.
-    Static INT8 is calibrated on `calibration`, else on the check texts."""
+    Static INT8 is calibrated on `calibration`, else on the check texts; multi-label thresholds
+    are tuned on `validation` (else on dev, and the manifest says so)."""
     texts = check_texts_for(checkpoint, spec, dev, check_texts)
     calibration = calibration or calibration_texts(texts, "check")
     variants = make_variants(checkpoint, plan.work_dir / "onnx", texts[:8], calibration,
-                             served_max_length(spec, checkpoint), plan.int8, plan.int8_keep_fp32,
-                             plan.int8_smooth_alpha)
+                             served_max_length(spec, checkpoint), plan.int8)
     recipe: dict[str, object] = {
         "stages": ["finetune", "export", "optimize", "quantize", "fp16", "evaluate"],
         "data": "hub" if plan.hub else str(plan.data_dir or spec.source or ""),
         "finetune": plan.finetune.as_dict(),
+        **plan.int8.key(),
     }
     return assemble_artifact(spec, checkpoint, variants, dev, plan.out_dir,
-                             Provenance(teacher=plan.base_model, recipe=recipe, created=""), texts)
+                             Provenance(teacher=plan.base_model, recipe=recipe, created=""), texts,
+                             validation)
 
 
 def check_texts_for(checkpoint: Path, spec: TaskSpec, dev: Examples | None,
@@ -282,7 +297,8 @@ def _variant_entries(staging: Path, made: Variants) -> dict[str, Variant]:
                                      fusions_unsupported=fusion.unsupported,
                                      quantization=made.quantization,
                                      calibration=made.calibration,
-                                     fp32_nodes=list(made.fp32_nodes)),
+                                     fp32_nodes=list(made.fp32_nodes),
+                                     weights=made.weights),
         "gpu-fp16": describe_variant(staging, "gpu-fp16/model.onnx", "fp16",
                                      "CUDAExecutionProvider", OPSET,
                                      operators=operator_counts(made.fp16),
@@ -297,13 +313,16 @@ class Quality:
     thresholds: list[float] | None
     checks: list[AgreementCheck]
     batch_invariant: dict[str, bool]
+    validations: dict[str, Validation] = field(default_factory=dict)  # CPU variants, on dev
+    thresholds_split: str | None = None  # the split multi-label thresholds were tuned on
 
 
 def _measure_quality(spec: TaskSpec, staging: Path, variants: dict[str, Variant],
                      dev: Examples | None, check_texts: Sequence[TextInput], inputs: list[str],
-                     max_length: int, pad_id: int) -> Quality:
-    """Every variant's metrics on dev (thresholds tuned on the served INT8 variant for
-    multi-label), and INT8 / FP16 agreement with fp32 on the check texts."""
+                     max_length: int, pad_id: int, validation: Examples | None = None) -> Quality:
+    """Every variant's metrics on dev (multi-label: with thresholds tuned for the served INT8
+    variant on `validation`, else on dev), and INT8 / FP16 agreement with fp32 on the check
+    texts."""
     predictors = {name: OnnxPredictor(staging / v.file, staging / "tokenizer.json", inputs,
                                      max_length, pad_id) for name, v in variants.items()}
     checks = [agreement(predictors[name], predictors["fp32"], check_texts, name,
@@ -324,8 +343,13 @@ def _measure_quality(spec: TaskSpec, staging: Path, variants: dict[str, Variant]
     _stage("evaluate")
     scores = {name: probabilities(p.logits_in_batches(dev.texts), spec.problem_type)
               for name, p in predictors.items()}
-    thresholds = tune_thresholds(scores["cpu-int8"], dev.labels) \
-        if spec.problem_type == "multi_label" else None
+    thresholds, tuned_on = None, None
+    if spec.problem_type == "multi_label":
+        tuning = validation if validation is not None and len(validation) else dev
+        tuned_on = "validation" if tuning is validation else "dev"
+        tuning_scores = scores["cpu-int8"] if tuning is dev else probabilities(
+            predictors["cpu-int8"].logits_in_batches(tuning.texts), spec.problem_type)
+        thresholds = tune_thresholds(tuning_scores, tuning.labels)
     metrics: list[Metric] = []
     for name, probs in scores.items():
         scored = score(spec.problem_type, probs, dev.labels, thresholds)
@@ -336,14 +360,20 @@ def _measure_quality(spec: TaskSpec, staging: Path, variants: dict[str, Variant]
             metrics.append(Metric(name=metric, value=round(value, 6), dataset=spec.name,
                                   split="dev", variant=name, examples=len(dev),
                                   baseline=round(baseline, 6)))
-    return Quality(metrics, thresholds, checks, invariant)
+    on_this_cpu = validations(spec.problem_type, {name: scores[name] for name in CPU_VARIANTS},
+                              dev.labels, thresholds, "dev", "build")
+    return Quality(metrics, thresholds, checks, invariant, on_this_cpu, tuned_on)
 
 
 def assemble_artifact(spec: TaskSpec, checkpoint: Path, made: Variants, dev: Examples | None,
                       out_dir: Path, provenance: Provenance,
-                      check_texts: Sequence[TextInput] | None = None) -> Manifest:
+                      check_texts: Sequence[TextInput] | None = None,
+                      validation: Examples | None = None, chosen_on: str | None = None) \
+        -> Manifest:
     """Copy the variants, tokenizer and model config into `out_dir` (built aside, moved in whole),
-    measure every variant (on `dev` when given) and write the manifest."""
+    measure every variant (on `dev` when given) and write the manifest. Multi-label thresholds
+    are tuned on `validation` when given; `chosen_on` names the split earlier choices (a
+    recipe's pruning level) were made on."""
     staging = out_dir.with_name(out_dir.name + ".building")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -357,7 +387,7 @@ def assemble_artifact(spec: TaskSpec, checkpoint: Path, made: Variants, dev: Exa
     variants = _variant_entries(staging, made)
     exported, fusion = made.exported, made.fusion
     quality = _measure_quality(spec, staging, variants, dev, texts, exported.input_names,
-                               max_length, pad_id)
+                               max_length, pad_id, validation)
     recipe = {**provenance.recipe, "export_max_abs_logit_diff": exported.max_abs_diff,
               "fusions_missing": fusion.missing}
     manifest = Manifest(
@@ -369,12 +399,14 @@ def assemble_artifact(spec: TaskSpec, checkpoint: Path, made: Variants, dev: Exa
         max_length=max_length,
         pad_token_id=pad_id,
         model_inputs=exported.input_names,
-        variants={name: v.model_copy(update={"batch_invariant":
-                                             quality.batch_invariant.get(name)})
+        variants={name: v.model_copy(update={
+            "batch_invariant": quality.batch_invariant.get(name),
+            "validations": [quality.validations[name]] if name in quality.validations else []})
                   for name, v in variants.items()},
         architecture=exported.architecture,
         metrics=quality.metrics,
         evaluated=dev is not None,
+        choices_split=quality.thresholds_split or chosen_on,
         checks=quality.checks,
         provenance=provenance.model_copy(update={
             "recipe": recipe, "versions": _versions(),

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from compress.quantize import Feeds, quantize_static_int8
+from compress.quantize import Feeds, WeightFormat, quantize_static_int8
 from compress.smooth import DEFAULT_ALPHA
 from contract.session import open_session
 
@@ -51,7 +51,8 @@ def _logits(graph: Path, batches: Sequence[Feeds]) -> np.ndarray:
 
 
 def sensitivity(fused: Path, calibration: Callable[[], Sequence[Feeds]],
-                smooth_alpha: float = DEFAULT_ALPHA) -> list[NodeSensitivity]:
+                smooth_alpha: float = DEFAULT_ALPHA,
+                weights: WeightFormat = "s7") -> list[NodeSensitivity]:
     """Every quantizable node, most sensitive first (`calibration`: one text per batch)."""
     batches = calibration()
     reference = _logits(fused, batches)
@@ -59,7 +60,8 @@ def sensitivity(fused: Path, calibration: Callable[[], Sequence[Feeds]],
     with tempfile.TemporaryDirectory() as scratch:
         graph = Path(scratch) / "one.onnx"
         for name, op_type in quantizable_nodes(fused):
-            quantize_static_int8(fused, graph, batches, only=[name], smooth_alpha=smooth_alpha)
+            quantize_static_int8(fused, graph, batches, only=[name], smooth_alpha=smooth_alpha,
+                                 weights=weights)
             got = _logits(graph, batches)
             scores.append(NodeSensitivity(
                 name, op_type, float(np.mean((got - reference) ** 2)),

@@ -1,5 +1,6 @@
 """Quality of a classifier's answers: accuracy and F1 for single- and multi-label tasks, the
-majority-class baseline of the same split, and per-label thresholds tuned on dev (torch-free)."""
+majority-class baseline of the same split, and per-label thresholds tuned on a labelled split
+(torch-free)."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -54,7 +54,7 @@ from compress.stages import (
     stage_key,
     stage_seconds,
 )
-from compress.tasks import Examples, TaskSpec, ensure_labels, load_split
+from compress.tasks import Examples, TaskSpec, ensure_labels, hold_out, load_split
 from compress.training import Resume
 from contract.artifact import Architecture, Provenance
 from contract.predictor import OnnxPredictor
@@ -70,14 +70,24 @@ class _Run:
     recipe: Recipe
     spec: TaskSpec
     train: Examples
-    dev: Examples
+    validation: Examples  # held out of train: every choice is made on it
+    read_dev: Callable[[], Examples]  # the final report's split, read once every choice is made
     out: Path
     runtime: TrainRuntime
     augmented: Examples | None = None
+    _dev: Examples | None = None
 
     @property
     def cache(self) -> Path:
         return self.recipe.cache
+
+    @property
+    def dev(self) -> Examples:
+        """The dev split, read on first use: only the final report and artifact use it."""
+        if self._dev is None:
+            self._dev = self.read_dev()
+            log.info("dev split read for the final report: %d examples", len(self._dev))
+        return self._dev
 
     def augmented_for(self, stage: AugmentStage) -> Examples | None:
         """The augmented rows a distillation stage trains on, if the recipe gives it any."""
@@ -121,23 +131,42 @@ class Built:
     def dev(self) -> Examples:
         return self.run.dev
 
+    def int8_predictor(self, candidate: Candidate | None = None) -> OnnxPredictor:
+        """A level's INT8 graph (default: the chosen level's), as the sweep ran it."""
+        candidate = candidate or self.chosen
+        variants = _variants_of(candidate)
+        return _ort(self.run, Path(candidate.checkpoint), variants.int8,
+                    variants.exported.input_names)
 
-def task_splits(recipe: Recipe, data_dir: Path | None) -> tuple[Examples, Examples]:
-    """Train and dev examples of the recipe's task (train carved out of dev if so asked)."""
+
+def task_splits(recipe: Recipe, data_dir: Path | None) \
+        -> tuple[Examples, Examples, Callable[[], Examples]]:
+    """Train, validation (held out of train) and a reader of dev, of the recipe's task. Dev is
+    read only when the reader is called (with train_from_dev, train is carved out of dev first;
+    the rest is still scored only at the end)."""
     spec = recipe_spec(recipe, data_dir)
     source = data_source(recipe, data_dir)
-    dev = load_split(spec, "dev", source, recipe.hub)
+    most = recipe.evaluate.max_dev_examples
     if recipe.train_from_dev is None:
         train = load_split(spec, "train", source, recipe.hub)
+
+        def read_dev() -> Examples:
+            return load_split(spec, "dev", source, recipe.hub).head(most)
     else:
+        dev = load_split(spec, "dev", source, recipe.hub)
         if recipe.train_from_dev >= len(dev):
             raise RecipeError(f"train_from_dev: {recipe.train_from_dev} leaves no dev examples "
                               f"of {len(dev)}")
         order = list(range(len(dev)))
         random.Random(0).shuffle(order)
         cut = recipe.train_from_dev
-        train, dev = dev.pick(order[:cut]), dev.pick(order[cut:])
-    return train, dev.head(recipe.evaluate.max_dev_examples)
+        train, rest = dev.pick(order[:cut]), dev.pick(order[cut:]).head(most)
+
+        def read_dev() -> Examples:
+            return rest
+    train, validation = hold_out(train, recipe.evaluate.validation_fraction,
+                                 recipe.evaluate.max_validation_examples)
+    return train, validation, read_dev
 
 
 def data_source(recipe: Recipe, data_dir: Path | None) -> Path | None:
@@ -157,10 +186,11 @@ def build_stages(recipe: Recipe, data_dir: Path | None,
                  runtime: TrainRuntime | None = None) -> Built:
     """Teacher, student, pruning sweep and the servable artifact of `recipe` (no report)."""
     spec = recipe_spec(recipe, data_dir)
-    train, dev = task_splits(recipe, data_dir)
+    train, validation, read_dev = task_splits(recipe, data_dir)
     runtime = runtime or choose_runtime()
-    log.info("training on %s", runtime.describe())
-    run = _Run(recipe, spec, train, dev, recipe.output, runtime)
+    log.info("training on %s; choices on %d validation examples held out of train",
+             runtime.describe(), len(validation))
+    run = _Run(recipe, spec, train, validation, read_dev, recipe.output, runtime)
     run.out.mkdir(parents=True, exist_ok=True)
     run.augmented = _augment_stage(run)
     teacher = _teacher_stage(run)
@@ -178,15 +208,16 @@ def build_teacher(recipe: Recipe, data_dir: Path | None,
     """The recipe's teacher alone (built or reused): a shared starting point for versions of the
     recipe (bench levers)."""
     spec = recipe_spec(recipe, data_dir)
-    train, dev = task_splits(recipe, data_dir)
-    run = _Run(recipe, spec, train, dev, recipe.output, runtime or choose_runtime())
+    train, validation, read_dev = task_splits(recipe, data_dir)
+    run = _Run(recipe, spec, train, validation, read_dev, recipe.output,
+               runtime or choose_runtime())
     return _teacher_stage(run).folder
 
 
 def _choice_stage(run: _Run, made: list[_Level], full: PruneLevel, teacher: Stage,
                   student: Stage) -> tuple[list[Candidate], Candidate, float | None]:
     """Judge every level (INT8 accuracy and speed) and pick one; kept like a stage, so that a
-    rerun does not evaluate the teacher and every graph on the dev split again."""
+    rerun does not evaluate the teacher and every graph on the validation split again."""
 
     def build(folder: Path) -> dict[str, Any]:
         candidates = _evaluate_candidates(run, made, full)
@@ -194,7 +225,8 @@ def _choice_stage(run: _Run, made: list[_Level], full: PruneLevel, teacher: Stag
         return {"candidates": [asdict(c) for c in candidates], "reference_accuracy": reference}
 
     payload = {"levels": [[m.level.name, m.checkpoint.key, m.variants.key] for m in made],
-               "teacher": teacher.key, "student": student.key, "dev": examples_digest(run.dev),
+               "teacher": teacher.key, "student": student.key,
+               "validation": examples_digest(run.validation),
                "evaluate": run.recipe.evaluate.model_dump(mode="json"),
                "budget": [run.recipe.prune.max_accuracy_drop, run.recipe.prune.budget_reference]}
     stage = run_stage(run.out / "choice", payload, build)
@@ -209,7 +241,8 @@ def assemble_level(built: Built, candidate: Candidate, out_dir: Path) -> Path:
     recipe = built.run.recipe
     record = read_record(Path(candidate.variants))
     source = json.dumps({"variants": candidate.variants, "key": record and record.key,
-                         "dev": examples_digest(built.run.dev)})
+                         "dev": examples_digest(built.run.dev),
+                         "validation": examples_digest(built.run.validation)})
     marker = out_dir / "source.json"
     if (out_dir / "manifest.json").is_file() and marker.is_file() \
             and marker.read_text(encoding="utf-8") == source:
@@ -218,7 +251,8 @@ def assemble_level(built: Built, candidate: Candidate, out_dir: Path) -> Path:
                       built.run.dev, out_dir,
                       Provenance(teacher=str(built.teacher.folder),
                                  student_init=recipe.student.init,
-                                 recipe=recipe.model_dump(mode="json"), created=""))
+                                 recipe=recipe.model_dump(mode="json"), created=""),
+                      validation=built.run.validation, chosen_on="validation")
     marker.write_text(source, encoding="utf-8")
     return out_dir
 
@@ -428,9 +462,9 @@ def _variants_stage(run: _Run, checkpoint: Stage, name: str) -> Stage:
     calibration = calibration_texts(run.train.texts, "train")
 
     def build(folder: Path) -> dict[str, Any]:
-        made = make_variants(checkpoint.folder, folder, run.dev.texts[:8], calibration,
-                             served_max_length(run.spec, checkpoint.folder), run.recipe.int8,
-                             run.recipe.int8_keep_fp32, run.recipe.int8_smooth_alpha)
+        made = make_variants(checkpoint.folder, folder, run.validation.texts[:8], calibration,
+                             served_max_length(run.spec, checkpoint.folder),
+                             run.recipe.int8_settings())
         # A control for the report: INT8 of the plain export, without ORT's offline fusion.
         quantize_int8(made.fp32, folder / UNFUSED_INT8)
         return {"input_names": made.exported.input_names,
@@ -438,11 +472,9 @@ def _variants_stage(run: _Run, checkpoint: Stage, name: str) -> Stage:
                 "architecture": made.exported.architecture.model_dump(),
                 "fusions": made.fusion.applied, "fusions_missing": made.fusion.missing,
                 "quantization": made.quantization, "calibration": made.calibration,
-                "fp32_nodes": list(made.fp32_nodes)}
+                "fp32_nodes": list(made.fp32_nodes), "weights": made.weights}
 
-    smooth = run.recipe.int8_smooth_alpha if run.recipe.int8 == "static" else 0.0
-    payload = {"checkpoint": checkpoint.key, "int8": run.recipe.int8,
-               "int8_keep_fp32": run.recipe.int8_keep_fp32, "int8_smooth_alpha": smooth,
+    payload = {"checkpoint": checkpoint.key, **run.recipe.int8_settings().key(),
                "cpu_graph": CPU_GRAPH_FORM,
                "calibration": examples_digest(Examples(calibration.texts,
                                                        [0] * len(calibration.texts)))}
@@ -463,7 +495,7 @@ def _evaluate_candidates(run: _Run, made: list[_Level], full: PruneLevel) -> lis
         names = item.variants.record["input_names"]
         predictors[item.level.name] = _ort(run, item.checkpoint.folder,
                                            item.variants.folder / "int8.onnx", names)
-    texts = run.dev.texts[: run.recipe.evaluate.speed_examples]
+    texts = run.validation.texts[: run.recipe.evaluate.speed_examples]
     speeds = batch1_side_by_side(predictors, texts, rounds=2, threads=run.recipe.evaluate.threads)
     candidates = []
     for item in made:
@@ -472,7 +504,7 @@ def _evaluate_candidates(run: _Run, made: list[_Level], full: PruneLevel) -> lis
             level=item.level.name, pruned=item.level != full,
             checkpoint=str(item.checkpoint.folder), variants=str(item.variants.folder),
             parameters=stats.total_parameters,
-            int8_accuracy=accuracy(predictors[item.level.name], run.dev),
+            int8_accuracy=accuracy(predictors[item.level.name], run.validation),
             int8_ms=speeds[item.level.name].ms_per_sentence))
     return candidates
 
@@ -485,7 +517,8 @@ def _choose(run: _Run, candidates: list[Candidate], teacher: Stage, student: Sta
     if budget is not None:
         reference_dir = teacher.folder if run.recipe.prune.budget_reference == "teacher" \
             else student.folder
-        reference = accuracy(TorchPredictor(reference_dir, run.spec.max_length), run.dev)
+        reference = accuracy(TorchPredictor(reference_dir, run.spec.max_length),
+                             run.validation)
         floor = reference - budget / 100.0
     return pick_level(candidates, floor), reference
 
@@ -518,7 +551,7 @@ def _variants_of(candidate: Candidate) -> Variants:
     return Variants(exported, fusion, folder / "fp32.onnx", folder / "fused.onnx",
                     folder / "int8.onnx", folder / "fp16.onnx",
                     record.get("quantization", "dynamic"), record.get("calibration"),
-                    tuple(record.get("fp32_nodes", ())))
+                    tuple(record.get("fp32_nodes", ())), record.get("weights"))
 
 
 def _measure(run: _Run, teacher: Stage, student: Stage, chosen: Candidate,
@@ -561,7 +594,8 @@ def _measure(run: _Run, teacher: Stage, student: Stage, chosen: Candidate,
     fp32 = plan[-3][3]
     agreement = _agreement(fp16, fp32, run.dev)
     return Report(recipe=run.recipe.model_dump(mode="json"), task=run.spec.name,
-                  dev_examples=len(run.dev), speed_examples=len(texts),
+                  dev_examples=len(run.dev), validation_examples=len(run.validation),
+                  speed_examples=len(texts),
                   rounds=run.recipe.evaluate.rounds, threads=run.recipe.evaluate.threads,
                   rows=rows, candidates=candidates,
                   budget=run.recipe.prune.max_accuracy_drop,

@@ -30,26 +30,59 @@ from contract.encoding import TextInput, encode, load_tokenizer, pad_batch
 from contract.session import open_session
 
 Quantization = Literal["static", "dynamic"]
+# How the weights of the integer GEMMs are stored (activations are always uint8):
+# - s7: int8 per channel in [-64, 64] (ORT's reduce_range). Two u8 x s7 products fit the 16-bit
+#   intermediate of AVX2 / AVX-512BW's `vpmaddubsw`, so no CPU family saturates and every x86
+#   family computes the same integers: the answers measured at build hold on any x86 CPU.
+# - s8: int8 per channel in [-128, 127]; exact on VNNI / AMX, saturates on AVX2 / AVX-512BW.
+# - u8: uint8 per channel; ORT's u8 x u8 kernels widen to 16 bits first (exact, slower).
+WeightFormat = Literal["s7", "s8", "u8"]
+WEIGHT_FORMATS: tuple[WeightFormat, ...] = ("s7", "s8", "u8")
 Feeds = dict[str, np.ndarray]
 # Measured on SST-2 dev with the demo artifact (docs/benchmarks-log.md, "INT8 variants"): labels agreed
 # with fp32 on 98.74% of sentences at min/max (100), 98.97% at 99.
 CALIBRATION_PERCENTILE = 99.0
 
 
+@dataclass(frozen=True)
+class Int8Settings:
+    """How a build makes its CPU INT8 graph."""
+
+    quantization: Quantization = "static"
+    keep_fp32: int = 0  # static: the most sensitive nodes (a per-node sweep) kept in fp32
+    smooth_alpha: float = DEFAULT_ALPHA  # static: SmoothQuant's migration strength (0: off)
+    weights: WeightFormat = "s7"
+
+    def key(self) -> dict[str, object]:
+        """What the INT8 graph depends on (a stage key): settings that static INT8 alone uses
+        are left out of dynamic INT8's."""
+        static = self.quantization == "static"
+        return {"int8": self.quantization, "int8_keep_fp32": self.keep_fp32 if static else 0,
+                "int8_smooth_alpha": self.smooth_alpha if static else 0.0,
+                "int8_weights": self.weights}
+
+    def describe(self) -> str:
+        """For the manifest's calibration note."""
+        return f"{self.weights} weights" + (
+            f", SmoothQuant alpha {self.smooth_alpha:g}" if self.smooth_alpha else "")
+
+
 def quantize_int8(in_path: Path, out_path: Path, keep_fp32: Sequence[str] = (),
-                  only: Sequence[str] | None = None) -> None:
+                  only: Sequence[str] | None = None, weights: WeightFormat = "s7") -> None:
     """Quantize a fused fp32 graph to dynamic INT8 for the CPU pool; the nodes named in
     `keep_fp32` stay fp32 (or, with `only`, just those nodes are quantized).
 
-    QInt8 (signed) weights run ~30% faster than QUInt8 on VNNI CPUs; DefaultTensorType works around
-    ORT failing to type the weights of fused nodes ("Unable to find data type for weight_name").
+    Signed weights run ~30% faster than QUInt8 on VNNI CPUs (see `WeightFormat`);
+    DefaultTensorType works around ORT failing to type the weights of fused nodes ("Unable to find
+    data type for weight_name").
     """
     out_path.parent.mkdir(parents=True, exist_ok=True)
     quantize_dynamic(
         str(in_path),
         str(out_path),
         per_channel=True,
-        weight_type=QuantType.QInt8,
+        reduce_range=weights == "s7",
+        weight_type=QuantType.QUInt8 if weights == "u8" else QuantType.QInt8,
         nodes_to_exclude=list(keep_fp32) or None,
         nodes_to_quantize=list(only) if only is not None else None,
         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
@@ -148,7 +181,8 @@ def freeze_activation_scales(dynamic_graph: Path, ranges: dict[str, ActivationRa
 def quantize_static_int8(in_path: Path, out_path: Path, calibration: Iterable[Feeds],
                          percentile: float = CALIBRATION_PERCENTILE,
                          keep_fp32: Sequence[str] = (), only: Sequence[str] | None = None,
-                         smooth_alpha: float = DEFAULT_ALPHA) -> None:
+                         smooth_alpha: float = DEFAULT_ALPHA,
+                         weights: WeightFormat = "s7") -> None:
     """Quantize a fused fp32 graph to batch-invariant INT8: SmoothQuant (`smooth_alpha`, 0 = off;
     compress/smooth.py), dynamic INT8, then calibrated scales (`calibration`: one text per batch,
     see `activation_ranges`). Nodes in `keep_fp32` stay fp32 (still batch-invariant: a float
@@ -159,7 +193,7 @@ def quantize_static_int8(in_path: Path, out_path: Path, calibration: Iterable[Fe
     try:
         if smooth_alpha:
             smooth_graph(in_path, smoothed, batches, smooth_alpha)
-        quantize_int8(smoothed if smooth_alpha else in_path, dynamic, keep_fp32, only)
+        quantize_int8(smoothed if smooth_alpha else in_path, dynamic, keep_fp32, only, weights)
         ranges = activation_ranges(dynamic, batches, percentile)
         freeze_activation_scales(dynamic, ranges, out_path)
     finally:

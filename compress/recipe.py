@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from compress.augment import AugmentConfig
 from compress.distill import DistilConfig
 from compress.finetune import FinetuneConfig
+from compress.quantize import Int8Settings, WeightFormat
 from compress.smooth import DEFAULT_ALPHA as SMOOTH_ALPHA
 from compress.stages import cache_root
 from compress.tasks import TaskSpec, builtin_tasks, get_task, load_task_file
@@ -132,7 +133,19 @@ class PruneSection(_Section):
 
 class EvaluateSection(_Section):
     max_dev_examples: int | None = Field(default=None, gt=0)
-    speed_examples: int = Field(default=300, gt=0, description="dev sentences timed at batch 1")
+    validation_fraction: float = Field(
+        default=0.1, gt=0, lt=0.5, description="share of the train examples held out (seeded) as "
+        "the validation split every choice is made on (pruning level, budget, thresholds); dev "
+        "is read only for the final report")
+    max_validation_examples: int = Field(
+        default=1000, gt=0, description="the validation split's size at most (large tasks keep "
+        "their train data)")
+    seed_accuracies: list[float] | None = Field(
+        default=None, description="the served level's INT8 dev accuracy under other training "
+        "seeds, where measured: reports print the spread beside their one-seed accuracy")
+    speed_examples: int = Field(
+        default=300, gt=0,
+        description="sentences timed at batch 1 (validation ones to choose, dev for the report)")
     rounds: int = Field(default=3, gt=0)
     threads: int = Field(default=1, gt=0, description="threads per model while timing (one instance)")
 
@@ -177,6 +190,15 @@ class Recipe(_Section):
         default=SMOOTH_ALPHA, ge=0.0, le=1.0, description="static INT8: SmoothQuant's migration "
         "strength (outlier activation channels moved into the weights before quantizing; "
         "compress/smooth.py); 0 turns it off")
+    int8_weights: WeightFormat = Field(
+        default="s7", description="INT8 weight format: s7 (int8 in [-64, 64]: the same integers "
+        "on every x86 CPU family, so the accuracy measured at build holds where it is served), "
+        "s8 (full int8: saturates on AVX2 / AVX-512 CPUs without VNNI) or u8 (slower kernels)")
+
+    def int8_settings(self) -> Int8Settings:
+        """The INT8 fields as the build takes them."""
+        return Int8Settings(self.int8, self.int8_keep_fp32, self.int8_smooth_alpha,
+                            self.int8_weights)
 
     @field_validator("task")
     @classmethod

@@ -61,6 +61,7 @@ class Report:
     recipe: dict[str, object]
     task: str
     dev_examples: int
+    validation_examples: int  # held out of train: the pruning level and budget chosen on them
     speed_examples: int
     rounds: int
     threads: int
@@ -104,7 +105,7 @@ def table(report: Report) -> str:
 
 def sweep_table(report: Report) -> str:
     """The pruning sweep: each level's INT8 accuracy and speed, and which one was chosen."""
-    lines = ["| level | params | INT8 dev acc | INT8 ms/sent | within budget | chosen |",
+    lines = ["| level | params | INT8 validation acc | INT8 ms/sent | within budget | chosen |",
              "|---|---:|---:|---:|---|---|"]
     for c in report.candidates:
         within = "-" if c.meets_budget is None else ("yes" if c.meets_budget else "no")
@@ -118,14 +119,16 @@ def markdown(report: Report) -> str:
     budget = "none (fastest level)" if report.budget is None else \
         f"at most {report.budget:.1f} points below the {report.budget_reference}"
     if report.budget_reference_accuracy is not None:
-        budget += f" ({100 * report.budget_reference_accuracy:.2f}% in PyTorch)"
+        budget += f" ({100 * report.budget_reference_accuracy:.2f}% in PyTorch on validation)"
     met = [c for c in report.candidates if c.chosen and c.meets_budget is False]
     return "\n".join([
         f"# Compression report: {report.recipe.get('name')} ({report.task})",
         "",
-        f"Dev accuracy on {report.dev_examples} examples. Speed: batch 1, {report.threads} "
-        f"thread(s), {report.speed_examples} dev sentences, median of {report.rounds} rounds, all "
-        f"rows interleaved in one run (tokenization included). Machine: {report.machine}.",
+        f"Dev accuracy on {report.dev_examples} examples, read only for this report: the pruning "
+        f"level and budget were chosen on {report.validation_examples} validation examples held "
+        f"out of train (the sweep below). Speed: batch 1, {report.threads} thread(s), "
+        f"{report.speed_examples} dev sentences, median of {report.rounds} rounds, all rows "
+        f"interleaved in one run (tokenization included). Machine: {report.machine}.",
         "",
         table(report),
         "",

@@ -192,6 +192,19 @@ class Examples:
 
 # -- task files -------------------------------------------------------------------------------
 
+def hold_out(train: Examples, fraction: float, most: int, seed: int = 0) \
+        -> tuple[Examples, Examples]:
+    """`train` split in two by a seeded shuffle: what stays to train on, and a validation split
+    of `fraction` of it (at least 1 example, at most `most`) to make choices on."""
+    if len(train) < 2:
+        raise CompressError(f"{len(train)} train example(s): too few to hold a validation "
+                            "split out of")
+    size = min(most, max(1, round(fraction * len(train))), len(train) - 1)
+    order = list(range(len(train)))
+    random.Random(seed).shuffle(order)
+    return train.pick(sorted(order[size:])), train.pick(sorted(order[:size]))
+
+
 def builtin_tasks() -> list[str]:
     """Names of the task files shipped with the project."""
     return sorted(path.stem for path in TASK_FILES.glob("*.yaml"))

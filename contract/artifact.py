@@ -32,6 +32,26 @@ class ArtifactError(CompressError):
     """An artifact folder is missing, malformed, or fails its integrity check."""
 
 
+class Validation(BaseModel):
+    """One variant's accuracy measured on one CPU: where it was built, or where it is served
+    (`compress check`). Integer kernels differ by CPU family, so an INT8 graph's accuracy holds
+    for the families it was measured on."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    by: Literal["build", "check"]
+    int8_kernels: str = Field(description="integer-kernel family of the CPU (cpu_features.py)")
+    cpu: str = Field(description="the CPU's model name")
+    metric: str
+    value: float
+    split: str
+    examples: int
+    labels_equal_fp32: float | None = Field(
+        default=None, description="share of the split's texts labelled as the fp32 graph labels "
+                                  "them on the same CPU")
+    at: str = Field(description="UTC time of the measurement, ISO 8601")
+
+
 class Variant(BaseModel):
     """One ONNX file of the artifact and what is needed to trust and run it."""
 
@@ -69,6 +89,12 @@ class Variant(BaseModel):
     fp32_nodes: list[str] = Field(
         default_factory=list, description="int8: nodes kept in fp32, the most sensitive of the "
         "build's per-node sweep (compress/int8_sensitivity.py)")
+    weights: Literal["s7", "s8", "u8"] | None = Field(
+        default=None, description="int8: the weight format. s7 (int8 in [-64, 64]) computes the "
+        "same integers on every x86 CPU family; s8 saturates on AVX2 / AVX-512 without VNNI")
+    validations: list[Validation] = Field(
+        default_factory=list, description="accuracy measured on a CPU: by the build, and by "
+        "`compress check` on each machine it was run on (the newest last)")
 
 
 class Architecture(BaseModel):
@@ -159,14 +185,30 @@ class Manifest(BaseModel):
     evaluated: bool = Field(
         default=True, description="false: no labelled dev data was given, so no metric was measured")
     checks: list[AgreementCheck] = Field(default_factory=list)
+    choices_split: str | None = Field(
+        default=None, description="the split the build's choices were made on (pruning level, "
+        "accuracy budget, multi-label thresholds): validation, held out of train, so that the "
+        "metrics (on dev, read only for the final report) are not the best of several draws; "
+        "dev where a package had no other data; null: nothing was chosen")
     golden: Golden | None = Field(
         default=None, description="the build CPU's answers, checked again at load")
+    golden_checked: list[Golden] = Field(
+        default_factory=list, description="answers `compress check` recorded on other integer-"
+        "kernel families (one per family); a server of that family compares with those")
     provenance: Provenance
 
     @property
     def served_name(self) -> str:
         """The name clients ask for: `name`, else the task's."""
         return self.name or self.task
+
+    def golden_for(self, int8_kernels: str) -> Golden | None:
+        """The recorded answers a CPU of this kernel family should reproduce: its own family's
+        (from `compress check`) when recorded, else the build's."""
+        for golden in self.golden_checked:
+            if golden.int8_kernels == int8_kernels:
+                return golden
+        return self.golden
 
     @model_validator(mode="after")
     def _thresholds_fit(self) -> Manifest:
@@ -224,6 +266,7 @@ def describe_variant(
     quantization: Literal["static", "dynamic"] | None = None,
     calibration: str | None = None,
     fp32_nodes: list[str] | None = None,
+    weights: Literal["s7", "s8", "u8"] | None = None,
 ) -> Variant:
     """Build a Variant entry for a file already written inside the artifact folder."""
     path = folder / relative_file
@@ -241,6 +284,7 @@ def describe_variant(
         quantization=quantization,
         calibration=calibration,
         fp32_nodes=fp32_nodes or [],
+        weights=weights,
     )
 
 

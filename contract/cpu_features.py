@@ -49,3 +49,15 @@ def int8_kernel_family(flags: set[str] | None = None, machine: str | None = None
         if all(flag in found for flag in needed):
             return name
     return f"{arch}-generic"
+
+
+def cpu_model_name(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU's model name (x86 `model name`, else the machine type)."""
+    try:
+        text = cpuinfo.read_text(encoding="ascii", errors="replace")
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        if line.startswith("model name"):
+            return line.partition(":")[2].strip()
+    return platform.machine() or "unknown"

@@ -35,7 +35,7 @@ class GoldenResult:
     texts: int
     max_abs_logit_diff: float
     label_agreement: float
-    build_kernels: str
+    recorded_kernels: str  # the family whose recorded answers were compared (build's or checked)
     here_kernels: str
 
     @property
@@ -45,7 +45,8 @@ class GoldenResult:
     def as_dict(self) -> dict[str, object]:
         return {"variant": self.variant, "texts": self.texts, "matches": self.matches,
                 "max_abs_logit_diff": self.max_abs_logit_diff,
-                "label_agreement": self.label_agreement, "build_kernels": self.build_kernels,
+                "label_agreement": self.label_agreement,
+                "recorded_kernels": self.recorded_kernels,
                 "here_kernels": self.here_kernels}
 
 
@@ -68,9 +69,10 @@ def record_golden(folder: Path, manifest: Manifest, texts: list[TextInput]) -> G
 
 def check_golden(folder: Path, manifest: Manifest, variant: str, graph: Path) \
         -> GoldenResult | None:
-    """This CPU's answers on the golden texts against the build's; None when the artifact
-    recorded none for `variant`."""
-    golden = manifest.golden
+    """This CPU's answers on the golden texts against those recorded for its kernel family (by
+    `compress check`), else the build's; None when the artifact recorded none for `variant`."""
+    here = int8_kernel_family()
+    golden = manifest.golden_for(here)
     if golden is None or variant not in golden.logits:
         return None
     expected = np.asarray(golden.logits[variant], dtype=np.float32)
@@ -78,4 +80,4 @@ def check_golden(folder: Path, manifest: Manifest, variant: str, graph: Path) \
     return GoldenResult(variant=variant, texts=len(golden.texts),
                         max_abs_logit_diff=float(np.abs(got - expected).max()),
                         label_agreement=float(np.mean(got.argmax(-1) == expected.argmax(-1))),
-                        build_kernels=golden.int8_kernels, here_kernels=int8_kernel_family())
+                        recorded_kernels=golden.int8_kernels, here_kernels=here)

@@ -83,6 +83,9 @@ class FakePool:
     def idle_count(self) -> int:
         return self._idle.qsize()
 
+    def fresher(self, worker: Any) -> Any:
+        return worker
+
     def ready(self) -> bool:
         return self.up
 

@@ -140,6 +140,8 @@ class Runner(Protocol):
 
     def idle_count(self) -> int: ...
 
+    def fresher(self, worker: Any) -> Any: ...
+
 
 def select_batch(pending: Sequence[_Row], policy: BatchPolicy, share: int = 1) -> list[_Row]:
     """Pick the oldest row plus rows of the same version nearest to it in length, within the
@@ -300,6 +302,7 @@ class Batcher:
             if not self.runner.usable(worker):  # it died while we waited for rows
                 self.runner.release(worker)
                 continue
+            worker = self.runner.fresher(worker)
             taken = {id(row) for row in batch}
             self._pending = [row for row in self._pending if id(row) not in taken]
             task = asyncio.get_running_loop().create_task(self._execute(worker, batch))

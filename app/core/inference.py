@@ -26,6 +26,7 @@ from app.core.errors import (
     InputTooLarge,
     InvalidRequest,
     Overloaded,
+    ServingError,
     WorkerFailed,
 )
 from app.core.inputs import parse_inputs
@@ -125,7 +126,7 @@ async def classify(service: Service, loaded: Loaded, raw_inputs: list[Any],
             trace.batches(scored.batches)
     stacked = _stacked(scored.results)
     variant, variants = (route.variant, None) if route.single_pool else \
-        _answered_by(service, scored.pools, counts)
+        _answered_by(service, model.cpu_variant, scored.pools, counts)
     if counts is None:
         truncated = [row.truncated or cut for row, cut in zip(rows, scored.truncated, strict=True)]
         _refuse_truncated(service, model, truncated)
@@ -142,11 +143,12 @@ async def classify(service: Service, loaded: Loaded, raw_inputs: list[Any],
                       chunks=counts, logits=folded, probabilities=scores, variants=variants)
 
 
-def _answered_by(service: Service, pools: list[str], counts: list[int] | None) \
-        -> tuple[str, list[str] | None]:
+def _answered_by(service: Service, cpu_variant: str, pools: list[str],
+                 counts: list[int] | None) -> tuple[str, list[str] | None]:
     """The variant that answered every input, or MIXED and each input's (a chunked input whose
     windows ran on two pools names both, joined by '+')."""
-    names = {pool: pool_variant(pool, service.settings) for pool in set(pools)}  # type: ignore[arg-type]
+    names = {pool: pool_variant(pool, service.settings, cpu_variant)  # type: ignore[arg-type]
+             for pool in set(pools)}
     if len(names) == 1:
         return next(iter(names.values())), None
     groups: list[list[str]] = []
@@ -155,6 +157,12 @@ def _answered_by(service: Service, pools: list[str], counts: list[int] | None) \
         groups.append(pools[start : start + size])
         start += size
     return MIXED, ["+".join(names[p] for p in dict.fromkeys(group)) for group in groups]
+
+
+DEADLINE_MESSAGE = ("no answer within the request's deadline; it was dropped (raise "
+                    "X-Request-Timeout-Ms, up to limits.request_timeout_s, or retry when the "
+                    "server is less busy)")
+GONE_MESSAGE = "the client disconnected before the answer"
 
 
 async def _scored_rows(service: Service, loaded: Loaded, rows: Sequence[Row],
@@ -166,23 +174,20 @@ async def _scored_rows(service: Service, loaded: Loaded, rows: Sequence[Row],
     name = loaded.name
     try:
         if remaining <= 0:
-            raise _Expired
+            raise DeadlinePassed(DEADLINE_MESSAGE)
         assert service.dispatcher is not None, "the service was not started"
         answer = service.dispatcher.submit(loaded.route, rows, counts, traced)
-        timer = asyncio.get_running_loop().call_later(remaining, _fail, answer, _Expired)
+        timer = asyncio.get_running_loop().call_later(remaining, _fail, answer, DeadlinePassed,
+                                                      DEADLINE_MESSAGE)
         if gone is not None:
             gone.add_done_callback(functools.partial(_client_left, answer))
         try:
             return await answer
         finally:
             timer.cancel()
-    except _Expired:
+    except DeadlinePassed:
         service.metrics.rejected.labels(name, "deadline").inc()
-        raise DeadlinePassed("no answer within the request's deadline; it was dropped "
-                             "(raise X-Request-Timeout-Ms, up to limits.request_timeout_s, "
-                             "or retry when the server is less busy)") from None
-    except _Left:
-        raise ClientGone("the client disconnected before the answer") from None
+        raise
     except QueueFull as exc:
         service.metrics.rejected.labels(name, "queue_full").inc()
         raise Overloaded(f"server is at capacity ({exc}); retry shortly") from None
@@ -190,26 +195,18 @@ async def _scored_rows(service: Service, loaded: Loaded, rows: Sequence[Row],
         raise WorkerFailed(f"the model worker failed: {exc}; retry the request") from None
 
 
-class _Expired(Exception):
-    """The request's timer fired (becomes DeadlinePassed)."""
-
-
-class _Left(Exception):
-    """The client's connection closed (becomes ClientGone)."""
-
-
 def _stacked(rows: list[np.ndarray]) -> np.ndarray:
     return rows[0][None, :] if len(rows) == 1 else np.stack(rows)  # one row: a view, no copy
 
 
-def _fail(answer: asyncio.Future[Any], error: type[Exception]) -> None:
+def _fail(answer: asyncio.Future[Any], error: type[ServingError], message: str) -> None:
     if not answer.done():
-        answer.set_exception(error())
+        answer.set_exception(error(message))
 
 
 def _client_left(answer: asyncio.Future[Any], watcher: asyncio.Future[None]) -> None:
     if not watcher.cancelled():
-        _fail(answer, _Left)
+        _fail(answer, ClientGone, GONE_MESSAGE)
 
 
 _WORDS = re.compile(r"\w+|[^\w\s]")

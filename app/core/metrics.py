@@ -65,6 +65,11 @@ class Metrics:
                                    ["task", "outcome"], registry=r)
         self.version_ready = Gauge("ffs_model_version_ready", "1 while a model version serves",
                                    ["task", "version"], registry=r, multiprocess_mode="max")
+        self.golden_match = Gauge(
+            "ffs_golden_match", "1 when a CPU variant answers its golden texts on this CPU as "
+            "recorded (where its accuracy was measured), 0 when it differs; served: the variant "
+            "the CPU pool runs for this version (golden_mismatch)",
+            ["task", "version", "variant", "served"], registry=r, multiprocess_mode="max")
         self.pool_ready = Gauge("ffs_pool_ready", "1 while the pool has a live worker", ["pool"],
                                 registry=r, multiprocess_mode="max")
 

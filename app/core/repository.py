@@ -10,6 +10,7 @@ Two layouts, side by side in one repository:
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -18,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from tokenizers import Tokenizer
 
+from app.core.routing import CPU_VARIANT
 from app.settings import ConfigError
 from contract.artifact import (
     MANIFEST_NAME,
@@ -47,8 +49,12 @@ class LoadedModel:
     files: dict[str, Path]  # variant -> verified path
     # truncation: chunk only: the same tokenizer cutting long texts into overlapping windows.
     window_tokenizer: Tokenizer | None = None
-    # variant -> this CPU's answers on the manifest's golden texts against the build's.
+    # variant -> this CPU's answers on the manifest's golden texts against the recorded ones.
     golden: dict[str, GoldenResult] = field(default_factory=dict)
+    # What the CPU pool runs: cpu-int8, or fp32 when golden_mismatch: fp32 found INT8 answering
+    # differently on this CPU (the reason says so).
+    cpu_variant: str = CPU_VARIANT
+    cpu_variant_reason: str | None = None
     name: str = ""  # served name ("" : the manifest's)
     version: int = 1
     generation: int = 0  # > 0: the same version loaded again after its files changed
@@ -251,3 +257,28 @@ def load_model_version(folder: Path, variants: list[str], stride: int | None = N
               if (result := check_golden(folder, manifest, name, path)) is not None}
     return LoadedModel(folder=folder, manifest=manifest, tokenizer=tokenizer, files=files,
                      window_tokenizer=windows, golden=golden, name=name, version=version)
+
+
+def golden_mismatch_reason(result: GoldenResult) -> str:
+    """What a failed golden check means, for logs, errors and /v1/models."""
+    return (f"{result.variant} answers differently on this CPU ({result.here_kernels} integer "
+            f"kernels) than where its answers were recorded ({result.recorded_kernels}): labels "
+            f"agree on {100 * result.label_agreement:.0f}% of {result.texts} golden texts, logits "
+            f"differ by up to {result.max_abs_logit_diff:.3g}, so the served accuracy may differ "
+            "from the manifest's; run `python -m compress check` on this machine to measure and "
+            "record it, or rebuild the artifact on this CPU family")
+
+
+def serve_fp32_instead(model: LoadedModel, reason: str) -> LoadedModel:
+    """The model with its CPU pool running the fp32 graph in place of cpu-int8 (golden_mismatch:
+    fp32). Raises ArtifactError when fp32 does not reproduce its recorded answers either: then
+    neither graph serves what the manifest reports."""
+    path = verified_variant_path(model.folder, model.manifest, "fp32")
+    check_outputs(path, model.manifest.labels)
+    result = check_golden(model.folder, model.manifest, "fp32", path)
+    if result is not None and not result.matches:
+        raise ArtifactError(f"{model.folder}: {golden_mismatch_reason(result)}; the fp32 graph "
+                            "differs too, so no graph here serves what the manifest reports")
+    golden = {**model.golden, **({"fp32": result} if result is not None else {})}
+    return dataclasses.replace(model, files={**model.files, "fp32": path}, golden=golden,
+                               cpu_variant="fp32", cpu_variant_reason=reason)

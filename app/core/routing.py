@@ -13,9 +13,10 @@ CPU_VARIANT = "cpu-int8"
 CUDA_PROVIDER = "CUDAExecutionProvider"
 
 
-def pool_variant(pool: PoolName, settings: Settings) -> str:
-    """The artifact variant a pool runs."""
-    return CPU_VARIANT if pool == "cpu" else settings.gpu_pool.variant
+def pool_variant(pool: PoolName, settings: Settings, cpu_variant: str = CPU_VARIANT) -> str:
+    """The artifact variant a pool runs (`cpu_variant`: what a model version runs on the CPU
+    pool, fp32 where golden_mismatch: fp32 replaced its INT8 graph)."""
+    return cpu_variant if pool == "cpu" else settings.gpu_pool.variant
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,10 @@ from app.core.registry import NOT_SELECTED, Loaded, Model, Registry
 from app.core.repository import (
     LoadedModel,
     ModelEntry,
+    golden_mismatch_reason,
     load_model_version,
     scan_repository,
+    serve_fp32_instead,
 )
 from app.core.routing import (
     CPU_VARIANT,
@@ -70,6 +72,10 @@ class Service:
         serving = model.serving()
         for number in model.versions:
             self.metrics.version_ready.labels(model.name, str(number)).set(int(number in serving))
+        for number, loaded in serving.items():
+            for result in loaded.model.golden.values():
+                self.metrics.golden_match.labels(model.name, str(number), result.variant,
+                                                 loaded.model.cpu_variant).set(int(result.matches))
 
     def ready(self) -> bool:
         """Serving: every pool is up, except a pool whose rows can spill to another."""
@@ -208,7 +214,7 @@ def _cpu_specs(settings: Settings, models: list[LoadedModel], shard: Shard,
         layout = cpu_layout(cores, pool.workers, pool.threads_per_worker)
     except ValueError as exc:
         raise ConfigError(f"cpu_pool: {exc}") from None
-    files = {model.key: _model_file(model, CPU_VARIANT, _in_workers(settings))
+    files = {model.key: _model_file(model, model.cpu_variant, _in_workers(settings))
              for model in models}
     if shard.count > len(layout):
         raise ConfigError(f"api_processes is {shard.count} but the cpu pool has {len(layout)} "
@@ -220,7 +226,8 @@ def _cpu_specs(settings: Settings, models: list[LoadedModel], shard: Shard,
 
 def model_file(settings: Settings, model: LoadedModel, pool: PoolName) -> ModelFile:
     """What a worker of `pool` loads for this model version."""
-    return _model_file(model, pool_variant(pool, settings), _in_workers(settings))
+    return _model_file(model, pool_variant(pool, settings, model.cpu_variant),
+                       _in_workers(settings))
 
 
 def _model_file(model: LoadedModel, variant: str, tokenizer: bool) -> ModelFile:
@@ -231,8 +238,11 @@ def _model_file(model: LoadedModel, variant: str, tokenizer: bool) -> ModelFile:
 
 
 def route_for(model: LoadedModel, by_name: dict[str, Route]) -> Route:
-    """A loaded version's route: its model's, under its version key."""
-    return dataclasses.replace(by_name[model.served_name], key=model.key, name=model.served_name)
+    """A loaded version's route: its model's, under its version key (running the version's CPU
+    variant where the route's pool is the CPU pool)."""
+    route = by_name[model.served_name]
+    variant = model.cpu_variant if route.pool == "cpu" else route.variant
+    return dataclasses.replace(route, key=model.key, name=model.served_name, variant=variant)
 
 
 def input_spec(model: LoadedModel) -> InputSpec:
@@ -292,15 +302,7 @@ class Loader:
         found that does not stop it."""
         model = load_model_version(entry.folders[version], self._variants(route), self._stride(),
                                 name=entry.name, version=version)
-        for result in model.golden.values():
-            if not result.matches:
-                log.warning(
-                    "model %s version %d: %s answers differently on this CPU (%s integer "
-                    "kernels) than on the build's (%s): labels agree on %.0f%% of %d golden "
-                    "texts, logits differ by up to %.3g; the served accuracy may differ from "
-                    "the manifest's: rebuild the artifact on this CPU family", entry.name,
-                    version, result.variant, result.here_kernels, result.build_kernels,
-                    100 * result.label_agreement, result.texts, result.max_abs_logit_diff)
+        model = self._on_golden_mismatch(model)
         for variant in slow_cpu_graphs(model.manifest, self._variants(route)):
             log.warning("model %s version %d: its %s graph runs ORT's SkipLayerNormalization, "
                         "a slow CPU kernel (built before CPU graphs split it): rebuilding the "
@@ -312,6 +314,24 @@ class Loader:
                 log.warning("model %s: %s is not batch-invariant (%s quantization): a text's "
                             "answer can change with what it is batched with; rebuild with "
                             "--int8 static", entry.name, variant, served.quantization)
+        return model
+
+    def _on_golden_mismatch(self, model: LoadedModel) -> LoadedModel:
+        """Act on a failed golden check as `golden_mismatch` says: serve with a warning, serve
+        fp32 on the CPU pool instead of cpu-int8, or refuse (ArtifactError)."""
+        policy = self.settings.golden_mismatch
+        what = f"model {model.served_name} version {model.version}"
+        for result in [r for r in model.golden.values() if not r.matches]:
+            reason = golden_mismatch_reason(result)
+            if policy == "refuse":
+                raise ArtifactError(f"{model.folder}: {reason} (golden_mismatch: refuse; "
+                                    "golden_mismatch: fp32 serves the fp32 graph instead)")
+            if policy == "fp32" and result.variant == model.cpu_variant == CPU_VARIANT:
+                log.warning("%s: %s; serving its fp32 graph on the CPU pool instead "
+                            "(golden_mismatch: fp32)", what, reason)
+                model = serve_fp32_instead(model, reason)
+                continue
+            log.warning("%s: %s (golden_mismatch: %s)", what, reason, policy)
         return model
 
     def versions(self, registry: Registry, entries: dict[str, ModelEntry],

@@ -8,6 +8,7 @@ thread and no pickle between a batch and its logits. Batching and HTTP live else
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
 import contextlib
 import dataclasses
@@ -276,6 +277,7 @@ class Worker:
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _channel: _Channel | None = None
     _sock: socket.socket | None = None
+    released_at: float = 0.0  # when it last went idle (IdleWorkers hands out the latest first)
 
     @property
     def index(self) -> int:
@@ -381,6 +383,55 @@ def _device(spec: WorkerSpec) -> dict[str, int]:
     return {"device_id": int(first[1]["device_id"])}
 
 
+class IdleWorkers:
+    """The pool's idle workers, the one that finished last handed out first: a lone request then
+    runs on the core that just ran the model (awake, its caches holding the weights), not on the
+    one that has slept longest; under load every worker is busy and the order does not matter."""
+
+    def __init__(self) -> None:
+        self._workers: list[Worker] = []  # by release time, the latest last
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    def qsize(self) -> int:
+        return len(self._workers)
+
+    def put_nowait(self, worker: Worker) -> None:
+        worker.released_at = time.perf_counter()
+        self._workers.append(worker)
+        self._wake_one()
+
+    async def get(self) -> Worker:
+        while not self._workers:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if not waiter.cancelled():  # woken, then cancelled: pass the wake-up on
+                    self._wake_one()
+                raise
+            finally:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+        return self._workers.pop()
+
+    def fresher(self, held: Worker) -> Worker:
+        """`held` (taken before its batch was formed), or an idle worker that finished after it
+        was taken, `held` going back among the idle in its place."""
+        if not self._workers or self._workers[-1].released_at <= held.released_at:
+            return held
+        newest = self._workers.pop()
+        bisect.insort(self._workers, held, key=lambda w: w.released_at)
+        return newest
+
+    def _wake_one(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+
 class WorkerPool:
     """A set of identical workers; a batch runs on whichever is idle. Restarts workers that die."""
 
@@ -402,7 +453,7 @@ class WorkerPool:
         self.restarts = 0
         self._on_restart = on_restart
         self._check_interval = check_interval
-        self._idle: asyncio.Queue[Worker] = asyncio.Queue()
+        self._idle = IdleWorkers()
         self._restarting: set[asyncio.Task[None]] = set()
         self._monitor: asyncio.Task[None] | None = None
         self._crashes: dict[int, collections.deque[float]] = {}
@@ -508,6 +559,11 @@ class WorkerPool:
 
     def idle_count(self) -> int:
         return self._idle.qsize()
+
+    def fresher(self, worker: Worker) -> Worker:
+        """The worker to run a batch just formed: `worker` (acquired while the batcher waited
+        for rows), or an idle one that finished since (see IdleWorkers)."""
+        return self._idle.fresher(worker)
 
     def release(self, worker: Worker) -> None:
         if worker.alive() and not worker.retired:

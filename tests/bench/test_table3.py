@@ -94,7 +94,7 @@ def test_a_ratio_whose_reference_slowed_beside_the_server_is_refused() -> None:
 
 def test_a_refused_ratio_is_said_so_in_the_table() -> None:
     check = check_ratio([700.0, 720.0], [500.0, 620.0], [1000.0, 1050.0, 1100.0])
-    table = Table3("sst2", "m", 2, 1, 1, 1, 2, {}, [], {}, "wrk", None, {}, 128, 10.0,
+    table = Table3("sst2", "m", 2, 1, 1, 1, 1, 2, {}, [], {}, "wrk", None, {}, 128, 10.0,
                    http_check=check)
     line = ratio_line(table)
     assert "**refused**" in line and "-47%" in line

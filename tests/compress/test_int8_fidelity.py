@@ -16,7 +16,7 @@ from onnx import TensorProto, helper
 from compress.build import BuildPlan, package_artifact
 from compress.evaluate import INVARIANCE_TOLERANCE
 from compress.packaging import spec_for_checkpoint
-from compress.quantize import ActivationRange, activation_ranges, freeze_activation_scales
+from compress.quantize import ActivationRange, Int8Settings, activation_ranges, freeze_activation_scales
 from compress.tasks import get_task, load_split
 from contract.artifact import Manifest, read_manifest
 from contract.predictor import OnnxPredictor
@@ -93,7 +93,8 @@ def packaged(tmp_path_factory: pytest.TempPathFactory, tiny_repo: TinyRepo) -> d
     for int8 in ("static", "dynamic"):
         out = work / int8 / "sst2"
         plan = BuildPlan(spec=spec, base_model=str(checkpoint), out_dir=out,
-                         work_dir=work / int8 / "runs", int8=int8)  # type: ignore[arg-type]
+                         work_dir=work / int8 / "runs",
+                         int8=Int8Settings(int8))  # type: ignore[arg-type]
         package_artifact(spec, checkpoint, None, plan, _texts(64, seed=1))
         made[int8] = out
     return made

@@ -12,7 +12,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from compress.build import Calibration, Variants, make_variants
-from compress.quantize import calibration_batches, quantize_static_int8
+from compress.quantize import Int8Settings, calibration_batches, quantize_static_int8
 from compress.smooth import channel_maxima, smooth_graph, smoothable_nodes, smoothing_scales
 from compress.tasks import get_task, load_split
 from contract.artifact import CompressError
@@ -139,7 +139,7 @@ def test_alpha_zero_gives_the_plain_static_graph(tiny_repo: TinyRepo, tmp_path: 
     train = load_split(SST2, "train", tiny_repo.data_dir)
     made = make_variants(tiny_repo.sst2_teacher, tmp_path, train.texts[:8],
                          Calibration(list(train.texts[:100]), "100 train"), 64,
-                         smooth_alpha=0.0)
+                         Int8Settings(smooth_alpha=0.0))
     ops = onnx.load(str(made.int8)).graph.node
     assert not any(n.name.endswith("_smooth") for n in ops)
     assert made.calibration is not None and "SmoothQuant" not in made.calibration

@@ -71,6 +71,8 @@ def test_report_has_one_row_per_stage_measured_in_the_same_run(
         "from hidden 32" in markdown
     assert (recipe.output / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "Control, same run: INT8 of the plain export" in markdown
+    assert f"chosen on {saved['validation_examples']} validation examples held out of train" \
+        in markdown.replace("\n", " ")
     assert set(report.stage_seconds) >= {"teacher", "student", "prune/importance"}
 
 
@@ -247,11 +249,52 @@ def test_the_shipped_recipes_with_levers_are_valid() -> None:
 def test_train_from_dev_splits_dev_into_disjoint_train_and_evaluation(tiny_repo: TinyRepo,
                                                                       tmp_path: Path) -> None:
     recipe = _recipe(tiny_repo, tmp_path / "run").model_copy(update={"train_from_dev": 80})
-    train, dev = pipeline.task_splits(recipe, None)
-    assert len(train) == 80 and len(dev) == 40
-    assert not set(train.texts) & set(dev.texts)
-    again, _ = pipeline.task_splits(recipe, None)
+    train, validation, read_dev = pipeline.task_splits(recipe, None)
+    dev = read_dev()
+    assert len(train) + len(validation) == 80 and len(dev) == 40
+    assert not set(train.texts + validation.texts) & set(dev.texts)
+    again, _, _ = pipeline.task_splits(recipe, None)
     assert again.texts == train.texts  # seeded: the same split every run
+
+
+def test_validation_is_a_seeded_part_of_train_held_out_of_it(tiny_repo: TinyRepo,
+                                                             tmp_path: Path) -> None:
+    recipe = _recipe(tiny_repo, tmp_path / "run", evaluate__validation_fraction=0.2)
+    train, validation, _ = pipeline.task_splits(recipe, None)
+    whole = len(train) + len(validation)
+    assert len(validation) == round(0.2 * whole)
+    assert not set(train.texts) & set(validation.texts)
+    _, again, _ = pipeline.task_splits(recipe, None)
+    assert again.texts == validation.texts
+
+
+def test_the_dev_split_is_read_only_after_every_choice(
+        tiny_repo: TinyRepo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    events: list[str] = []
+    real_load, real_pick, real_report = pipeline.load_split, pipeline.pick_level, \
+        pipeline.write_report
+
+    def load_split(spec: Any, split: str, *args: Any) -> Any:
+        events.append(f"read {split}")
+        return real_load(spec, split, *args)  # type: ignore[arg-type]
+
+    def pick_level(*args: Any) -> Any:
+        events.append("chose a level")
+        return real_pick(*args)
+
+    def write_report(*args: Any) -> Any:
+        events.append("final report")
+        return real_report(*args)
+
+    monkeypatch.setattr(pipeline, "load_split", load_split)
+    monkeypatch.setattr(pipeline, "pick_level", pick_level)
+    monkeypatch.setattr(pipeline, "write_report", write_report)
+    recipe = _recipe(tiny_repo, tmp_path / "run", prune__levels=[0.5],
+                     teacher__finetune={"epochs": 1, "batch_size": 16, "learning_rate": 2e-3,
+                                        "threads": 1})
+    pipeline.run_recipe(recipe, None)
+    assert events == ["read train", "chose a level", "read dev", "final report"]
+    assert read_manifest(recipe.artifact).choices_split == "validation"
 
 
 def test_train_from_dev_must_leave_examples_to_evaluate(tiny_repo: TinyRepo,
