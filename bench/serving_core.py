@@ -199,16 +199,21 @@ def _one_client_rounds(args: argparse.Namespace, repo: Path, texts: list[TextInp
         feeds = pad_batch(encode(tokenizer, [text]), manifest.model_inputs, manifest.pad_token_id)
         softmax(session.run(None, feeds)[0])
 
-    contenders: dict[str, tuple[dict[str, str], Path | None]] = \
-        {"this checkout": ({}, None)} if not args.only_also else {}
+    bare = Path(tempfile.mkstemp(suffix=".py")[1])
+    bare.write_text(BARE_APP)
+    floor = [sys.executable, str(bare), str(args.artifact / manifest.tokenizer), str(PORT)]
+    contenders: dict[str, tuple[dict[str, str], Path | None, list[str] | None]] = \
+        {"this checkout": ({}, None, None)} if not args.only_also else {}
     if args.baseline is not None:
-        contenders[f"older checkout {args.baseline}"] = ({}, args.baseline.resolve())
-    contenders.update({extra: (dict(pair.split("=", 1) for pair in extra.split(",")), None)
+        contenders[f"older checkout {args.baseline}"] = ({}, args.baseline.resolve(), None)
+    contenders.update({extra: (dict(pair.split("=", 1) for pair in extra.split(",")), None, None)
                        for extra in args.also})  # e.g. FFS_CPU_POOL__SPIN_MS=2
+    # The floor: an ASGI app that parses, tokenizes and answers a fixed label (no model, no hop).
+    contenders["bare ASGI app (floor: parse, tokenize, fixed answer)"] = ({}, None, floor)
     rows: dict[tuple[str, float], list[OneClient]] = {}
     for _ in range(args.rounds):
-        for name, (env, checkout) in contenders.items():
-            with server(repo, env, checkout) as process:
+        for name, (env, checkout, command) in contenders.items():
+            with server(repo, env, checkout, command) as process:
                 for gap_ms in args.gaps:
                     rows.setdefault((name, gap_ms), []).append(
                         _one_client_round(process.pid, manifest.task, texts, in_process, gap_ms))
