@@ -15,6 +15,7 @@ from compress.metrics import score
 from compress.tasks import Examples, Label
 from contract.artifact import (
     DEFAULT_THRESHOLD,
+    Golden,
     Manifest,
     ProblemType,
     Validation,
@@ -24,7 +25,7 @@ from contract.artifact import (
 )
 from contract.cpu_features import cpu_model_name, int8_kernel_family
 from contract.encoding import probabilities
-from contract.golden import CPU_VARIANTS, record_golden
+from contract.golden import CPU_VARIANTS, GOLDEN_TOLERANCE, record_golden
 from contract.predictor import OnnxPredictor
 
 
@@ -73,13 +74,13 @@ class CheckResult:
     manifest: Manifest  # as written back, with this machine's records
     here: dict[str, Validation]
     built: dict[str, Validation]  # the build's record of each variant, where it made one
-    golden_recorded: bool  # this family's golden answers were added (it differs from the build's)
+    golden_recorded: bool  # this CPU's golden answers were added (they differ from those recorded)
 
 
 def check_artifact(folder: Path, examples: Examples, split: str = "dev") -> CheckResult:
     """Measure every CPU variant of the artifact in `folder` on `examples` with this machine's
-    kernels, append the records to its manifest, and record this family's golden answers when
-    the build's came from another family; the manifest is rewritten in place."""
+    kernels, append the records to its manifest, and record this CPU's golden answers where they
+    differ from those a server here would compare with; the manifest is rewritten in place."""
     manifest = read_manifest(folder)
     names = [name for name in CPU_VARIANTS if name in manifest.variants]
     scores = {}
@@ -97,11 +98,31 @@ def check_artifact(folder: Path, examples: Examples, split: str = "dev") -> Chec
         variant = manifest.variants[name]
         manifest.variants[name] = variant.model_copy(
             update={"validations": [*variant.validations, record]})
-    family = int8_kernel_family()
-    recorded = manifest.golden is not None and manifest.golden.int8_kernels != family
-    if manifest.golden is not None and recorded:
-        mine = record_golden(folder, manifest, list(manifest.golden.texts))
-        manifest.golden_checked = [g for g in manifest.golden_checked
-                                   if g.int8_kernels != family] + [mine]
+    recorded = _record_golden_here(folder, manifest)
     write_manifest(folder, manifest)
     return CheckResult(manifest, here, built, recorded)
+
+
+def _record_golden_here(folder: Path, manifest: Manifest) -> bool:
+    """Add this CPU's golden answers to `manifest` (replacing its family's earlier ones) when
+    those a server here would compare with differ from them: another family's, or this family's
+    from another runtime. Whether they were added."""
+    if manifest.golden is None:
+        return False
+    family = int8_kernel_family()
+    mine = record_golden(folder, manifest, list(manifest.golden.texts))
+    current = manifest.golden_for(family)
+    assert current is not None
+    if current.int8_kernels == family and _same_answers(current, mine):
+        return False
+    manifest.golden_checked = [g for g in manifest.golden_checked
+                               if g.int8_kernels != family] + [mine]
+    return True
+
+
+def _same_answers(first: Golden, second: Golden) -> bool:
+    """Both recorded the same logits for every variant, within the load check's tolerance."""
+    if set(first.logits) != set(second.logits):
+        return False
+    return all(np.abs(np.asarray(first.logits[name]) - np.asarray(second.logits[name])).max()
+               <= GOLDEN_TOLERANCE for name in first.logits)

@@ -193,8 +193,9 @@ class Manifest(BaseModel):
     golden: Golden | None = Field(
         default=None, description="the build CPU's answers, checked again at load")
     golden_checked: list[Golden] = Field(
-        default_factory=list, description="answers `compress check` recorded on other integer-"
-        "kernel families (one per family); a server of that family compares with those")
+        default_factory=list, description="answers `compress check` recorded where a machine "
+        "answered differently from the record it is compared with (one per integer-kernel "
+        "family); a server of that family compares with those")
     provenance: Provenance
 
     @property

@@ -145,6 +145,36 @@ def test_compress_check_records_this_cpus_accuracy_and_answers(
     assert service.registry.route("sst2:1").variant == "cpu-int8"
 
 
+def test_compress_check_adds_no_golden_answers_where_the_recorded_ones_hold(
+        tiny_repo: TinyRepo, tmp_path: Path) -> None:
+    repo = tmp_path / "models"
+    shutil.copytree(tiny_repo.root / "sst2", repo / "sst2")
+    assert compress_main(["check", str(repo / "sst2"), "--task", "sst2",
+                          "--data-dir", str(tiny_repo.data_dir)]) == 0
+    manifest = read_manifest(repo / "sst2")
+    assert manifest.golden_checked == []
+    assert [v.by for v in manifest.variants["cpu-int8"].validations] == ["build", "check"]
+
+
+def test_compress_check_records_this_family_again_when_its_answers_changed(
+        tiny_repo: TinyRepo, tmp_path: Path) -> None:
+    """The same kernel family, other answers (another runtime version, say): the check records
+    what this machine answers, and the server here compares with that from then on."""
+    repo = _foreign_golden_repo(tiny_repo, tmp_path)
+    manifest = read_manifest(repo / "sst2")
+    assert manifest.golden is not None
+    manifest.golden = manifest.golden.model_copy(update={"int8_kernels": int8_kernel_family()})
+    write_manifest(repo / "sst2", manifest)
+    with pytest.raises(ArtifactError):
+        prepare_service(load_settings(model_repository=repo, golden_mismatch="refuse"))
+    assert compress_main(["check", str(repo / "sst2"), "--task", "sst2",
+                          "--data-dir", str(tiny_repo.data_dir)]) == 0
+    assert [g.int8_kernels for g in read_manifest(repo / "sst2").golden_checked] == \
+        [int8_kernel_family()]
+    service = prepare_service(load_settings(model_repository=repo, golden_mismatch="refuse"))
+    assert service.registry.route("sst2:1").variant == "cpu-int8"
+
+
 def prometheus_text(service: Service) -> str:
     return generate_latest(service.metrics.registry).decode()
 
