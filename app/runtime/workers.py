@@ -418,7 +418,8 @@ class IdleWorkers:
     def fresher(self, held: Worker) -> Worker:
         """`held` (taken before its batch was formed), or an idle worker that finished after it
         was taken, `held` going back among the idle in its place."""
-        if not self._workers or self._workers[-1].released_at <= held.released_at:
+        if not self._workers or self._workers[-1].released_at <= held.released_at \
+                or not self._workers[-1].alive():
             return held
         newest = self._workers.pop()
         bisect.insort(self._workers, held, key=lambda w: w.released_at)

@@ -12,8 +12,8 @@ import pytest
 from app.runtime.workers import IdleWorkers
 
 
-def _worker(name: str) -> Any:
-    return SimpleNamespace(name=name, released_at=0.0)
+def _worker(name: str, alive: bool = True) -> Any:
+    return SimpleNamespace(name=name, released_at=0.0, alive=lambda: alive)
 
 
 def test_the_worker_released_last_is_handed_out_first() -> None:
@@ -36,6 +36,17 @@ def test_a_worker_taken_before_its_batch_gives_way_to_one_that_finished_since() 
         return chosen.name, [(await idle.get()).name for _ in range(idle.qsize())]
 
     assert asyncio.run(scenario()) == ("just finished", ["slept"])
+
+
+def test_a_worker_that_died_since_it_finished_is_not_swapped_in() -> None:
+    async def scenario() -> str:
+        idle = IdleWorkers()
+        idle.put_nowait(_worker("slept"))
+        held = await idle.get()
+        idle.put_nowait(_worker("died", alive=False))
+        return str(idle.fresher(held).name)
+
+    assert asyncio.run(scenario()) == "slept"
 
 
 def test_a_worker_taken_after_the_idle_ones_finished_is_kept() -> None:
