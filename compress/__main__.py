@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from compress.device import DEVICES, PRECISIONS
-from compress.quantize import Int8Settings
+from compress.quantize import WEIGHT_FORMATS, Int8Settings
 from compress.tasks import Examples, Split, TaskSpec, builtin_tasks, default_data_dir
 from contract.artifact import CompressError, Manifest
 
@@ -87,7 +87,7 @@ def _add_int8_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--int8-smooth-alpha", type=float, default=None, metavar="A",
                    help="static INT8: SmoothQuant's migration strength in [0, 1] (outlier "
                    "activation channels moved into the weights; default 0.8; 0 turns it off)")
-    p.add_argument("--int8-weights", choices=("s7", "s8", "u8"), default="s7",
+    p.add_argument("--int8-weights", choices=WEIGHT_FORMATS, default="s7",
                    help="INT8 weight format: s7 (default: int8 in [-64, 64], the same integers "
                    "on every x86 CPU family), s8 (full int8; saturates on AVX2 / AVX-512 without "
                    "VNNI) or u8 (slower kernels)")

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import onnx
@@ -25,7 +25,7 @@ from onnx import helper, numpy_helper
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from compress.smooth import DEFAULT_ALPHA, smooth_graph
-from contract.artifact import CompressError
+from contract.artifact import CompressError, WeightFormat
 from contract.encoding import TextInput, encode, load_tokenizer, pad_batch
 from contract.session import open_session
 
@@ -36,8 +36,7 @@ Quantization = Literal["static", "dynamic"]
 #   family computes the same integers: the answers measured at build hold on any x86 CPU.
 # - s8: int8 per channel in [-128, 127]; exact on VNNI / AMX, saturates on AVX2 / AVX-512BW.
 # - u8: uint8 per channel; ORT's u8 x u8 kernels widen to 16 bits first (exact, slower).
-WeightFormat = Literal["s7", "s8", "u8"]
-WEIGHT_FORMATS: tuple[WeightFormat, ...] = ("s7", "s8", "u8")
+WEIGHT_FORMATS: tuple[WeightFormat, ...] = get_args(WeightFormat)
 Feeds = dict[str, np.ndarray]
 # Measured on SST-2 dev with the demo artifact (docs/benchmarks-log.md, "INT8 variants"): labels agreed
 # with fp32 on 98.74% of sentences at min/max (100), 98.97% at 99.
@@ -72,7 +71,7 @@ def quantize_int8(in_path: Path, out_path: Path, keep_fp32: Sequence[str] = (),
     """Quantize a fused fp32 graph to dynamic INT8 for the CPU pool; the nodes named in
     `keep_fp32` stay fp32 (or, with `only`, just those nodes are quantized).
 
-    Signed weights run ~30% faster than QUInt8 on VNNI CPUs (see `WeightFormat`);
+    Signed weights run ~30% faster than QUInt8 on VNNI CPUs (see the formats above);
     DefaultTensorType works around ORT failing to type the weights of fused nodes ("Unable to find
     data type for weight_name").
     """

@@ -4,22 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from contract.cpu_features import cpu_model_name
 
 
 def machine_name() -> str:
     """CPU model and usable cores, e.g. 'Intel(R) Xeon(R) ... (2 cores usable)'."""
-    model = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text(encoding="utf-8", errors="replace").splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{model} ({cores} cores usable)"
+    return f"{cpu_model_name()} ({cores} cores usable)"
 
 
 @dataclass

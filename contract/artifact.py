@@ -24,6 +24,11 @@ ProblemType = Literal["single_label", "multi_label"]
 DEFAULT_THRESHOLD = 0.5
 
 
+# How an INT8 graph stores its GEMM weights (activations are uint8); compress/quantize.py says
+# what each format computes on which CPU family.
+WeightFormat = Literal["s7", "s8", "u8"]
+
+
 class CompressError(Exception):
     """An error a person can act on: its message says what to fix (no traceback needed)."""
 
@@ -89,7 +94,7 @@ class Variant(BaseModel):
     fp32_nodes: list[str] = Field(
         default_factory=list, description="int8: nodes kept in fp32, the most sensitive of the "
         "build's per-node sweep (compress/int8_sensitivity.py)")
-    weights: Literal["s7", "s8", "u8"] | None = Field(
+    weights: WeightFormat | None = Field(
         default=None, description="int8: the weight format. s7 (int8 in [-64, 64]) computes the "
         "same integers on every x86 CPU family; s8 saturates on AVX2 / AVX-512 without VNNI")
     validations: list[Validation] = Field(
@@ -267,7 +272,7 @@ def describe_variant(
     quantization: Literal["static", "dynamic"] | None = None,
     calibration: str | None = None,
     fp32_nodes: list[str] | None = None,
-    weights: Literal["s7", "s8", "u8"] | None = None,
+    weights: WeightFormat | None = None,
 ) -> Variant:
     """Build a Variant entry for a file already written inside the artifact folder."""
     path = folder / relative_file

@@ -60,4 +60,4 @@ def cpu_model_name(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     for line in text.splitlines():
         if line.startswith("model name"):
             return line.partition(":")[2].strip()
-    return platform.machine() or "unknown"
+    return platform.processor() or platform.machine() or "unknown"

@@ -136,6 +136,12 @@ def test_multi_label_build_stores_tuned_thresholds_and_beats_the_baseline(built:
     assert {m.name for m in manifest.metrics} == {"micro_f1", "macro_f1"}
 
 
+def test_build_tunes_multi_label_thresholds_on_validation_held_out_of_train(
+        built: Built) -> None:
+    assert read_manifest(built.repo / "tags").choices_split == "validation"
+    assert read_manifest(built.repo / "cb").choices_split is None  # single-label: no choice
+
+
 def test_multi_label_answers_list_labels_over_threshold(built: Built,
                                                         server: RunningServer) -> None:
     text = "the acting is fine but the plot of this movie is thin"
