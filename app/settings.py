@@ -226,6 +226,10 @@ class Settings(BaseSettings):
     model_name: str | None = Field(
         default=None, pattern=r"^[A-Za-z0-9_.-]+$", description="the name of the one model when "
         "model_repository is an artifact folder (default: its manifest's name)")
+    default_model: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9_.-]+$", description="the model the routes without a "
+        "model in their path answer with (TEI's /predict, / and /info); default: the only model "
+        "served")
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"

@@ -193,6 +193,7 @@ def server(tiny_repo: TinyRepo, tmp_path_factory: pytest.TempPathFactory) -> Ite
         tiny_repo.root, log_path,
         FFS_CPU_POOL__WORKERS="2", FFS_BATCHING__MAX_WAIT_MS="25",
         FFS_LIMITS__MAX_INPUTS_PER_REQUEST="16", FFS_LIMITS__MAX_TEXT_CHARS="2000",
+        FFS_DEFAULT_MODEL="sst2",  # TEI's routes (/predict, /info) answer with it
     )
     yield running
     stop_server(running)

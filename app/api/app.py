@@ -19,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp
 
+from app.api import huggingface as hf
 from app.api import v2 as oip
 from app.api.errors import http_error
 from app.api.guards import ApiKeyAuth, AuthPolicy, BodyLimit
@@ -106,6 +107,7 @@ def _document_request_bodies(app: FastAPI) -> None:
                                  description=app.description, routes=app.routes)
             schemas = schema.setdefault("components", {}).setdefault("schemas", {})
             schemas.update(oip.SCHEMA_DEFINITIONS)
+            schemas.update(hf.SCHEMA_DEFINITIONS)
             schemas["ClassifyRequest"] = _CLASSIFY_SCHEMA
             app.openapi_schema = schema
         return app.openapi_schema
@@ -155,7 +157,8 @@ def _serve_docs_offline(app: FastAPI) -> None:
 def create_app(service: Service) -> ASGIApp:
     """The ASGI app for a prepared service: the hot classify routes in front of FastAPI, which
     serves the rest; workers start with the app (its lifespan) and stop with it."""
-    app: ASGIApp = HotRoutes(_fastapi_app(service), service, (V1, V2))
+    app: ASGIApp = HotRoutes(_fastapi_app(service), service,
+                             (V1, V2, hf.HuggingFace, hf.Tei(service)))
     settings = service.settings
     if settings.cors_allow_origins:  # outermost: classify answers need its headers too
         app = CORSMiddleware(app, allow_origins=settings.cors_allow_origins,
@@ -182,11 +185,14 @@ def _fastapi_app(service: Service) -> FastAPI:
             await stop_service(service)
 
     app = FastAPI(title="FastFormers Serve", version=VERSION, lifespan=lifespan,
-                  description="Native API under /v1; the Open Inference Protocol v2 under /v2.",
+                  description="Native API under /v1; the Open Inference Protocol v2 under /v2; "
+                              "Hugging Face's Inference API task (/models/{name}) and TEI's "
+                              "classifier routes (/predict, /info).",
                   docs_url=None, redoc_url=None)
     _serve_docs_offline(app)
     app.include_router(oip.build_router(service, VERSION, auth))
     app.include_router(repository_routes(control))
+    app.include_router(hf.build_router(service, VERSION, auth))
     _add_middleware(app, service.settings)
     _document_request_bodies(app)
     _add_error_handlers(app, service)

@@ -14,6 +14,7 @@ from app.core.errors import (
     InvalidRequest,
     LoadRefused,
     ModelUnavailable,
+    NoInputs,
     Overloaded,
     ServingError,
     UnknownModel,
@@ -21,7 +22,7 @@ from app.core.errors import (
     WorkerFailed,
 )
 
-Door = str  # "v1" or "v2": the protocol whose codes an error gets
+Door = str  # "v1", "v2", "tei" or "hf": the protocol whose codes an error gets
 # nginx's code for a client that closed the connection: nobody sees it, the metrics count it.
 CLIENT_CLOSED = 499
 
@@ -48,6 +49,10 @@ _STATUS: tuple[tuple[type[ServingError], int], ...] = (
 )
 # The v2 protocol answers input it cannot use with 400 (it has no 422).
 _V2_STATUS = {422: 400}
+# Hugging Face's doors answer as TEI does (its OpenAPI document): no inputs 400, a failed backend
+# 424; the rest as /v1.
+_TEI_STATUS: tuple[tuple[type[ServingError], int], ...] = ((NoInputs, 400), (WorkerFailed, 424))
+_DOOR_STATUS = {"tei": _TEI_STATUS, "hf": _TEI_STATUS}
 
 
 @dataclass(frozen=True)
@@ -61,7 +66,8 @@ class HttpError:
 
 def http_error(error: ServingError, door: Door = "v1") -> HttpError:
     """The status, message and headers `door` answers `error` with."""
-    status = next((code for kind, code in _STATUS if isinstance(error, kind)), 500)
+    table = _DOOR_STATUS.get(door, ()) + _STATUS
+    status = next((code for kind, code in table if isinstance(error, kind)), 500)
     if door == "v2":
         status = _V2_STATUS.get(status, status)
     headers = {}

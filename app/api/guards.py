@@ -12,7 +12,7 @@ from app.api.schemas import error_payload
 from app.core.errors import InputTooLarge
 from app.settings import AuthSettings
 
-HEALTH_PATHS = ("/healthz", "/readyz", "/v2/health/live", "/v2/health/ready")
+HEALTH_PATHS = ("/healthz", "/readyz", "/health", "/v2/health/live", "/v2/health/ready")
 METRICS_PATHS = ("/metrics",)
 ADMIN_PREFIX = "/v2/repository/"  # loads and unloads models: admin keys when configured
 

@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.errors import CLIENT_CLOSED, http_error
+from app.api.errors import CLIENT_CLOSED, UnsupportedMediaType, http_error
 from app.api.guards import AuthPolicy, body_too_big
 from app.api.observability import request_id, request_id_for
 from app.core.errors import ClientGone, Overloaded, ServingError
@@ -37,8 +37,7 @@ class Wire(Protocol):
 
     name: str  # the door: "v1" or "v2" (app/api/errors.py maps its errors)
 
-    @staticmethod
-    def model_of(path: str) -> tuple[str, str | None] | None: ...
+    def model_of(self, path: str) -> tuple[str, str | None] | None: ...
 
     @staticmethod
     def answer(service: Service, name: str, version: str | None, body: bytes,
@@ -56,6 +55,27 @@ class Reply:
     content_type: bytes
     body: bytes
     headers: dict[str, str] = field(default_factory=dict)
+
+
+def model_in_path(path: str, prefix: str, suffix: str = "") -> tuple[str, str | None] | None:
+    """(name, None) when `path` is `prefix` + a model name (+ `suffix`, optional)."""
+    if not path.startswith(prefix):
+        return None
+    name = path[len(prefix):].removesuffix(suffix)
+    return None if not name or "/" in name else (name, None)
+
+
+def timeout_header(headers: dict[bytes, bytes]) -> str | None:
+    """The client's X-Request-Timeout-Ms header, if sent."""
+    value = headers.get(b"x-request-timeout-ms")
+    return None if value is None else value.decode("latin-1")
+
+
+def require_json(content_type: bytes | None) -> None:
+    """Refuse (415) a body whose declared media type is not JSON (none declared: JSON)."""
+    media = (content_type or JSON).split(b";")[0].strip().lower().decode("latin-1")
+    if media != "application/json" and not media.endswith("+json"):
+        raise UnsupportedMediaType(f"Content-Type must be application/json, got {media}")
 
 
 async def read_body(receive: Receive, headers: dict[bytes, bytes], limit: int) -> bytes:
@@ -162,7 +182,7 @@ def record(service: Service, name: str, status: int, started: float, version: st
                        "latency_ms": round(1000 * seconds, 2)})
     if status == CLIENT_CLOSED:
         service.metrics.disconnects.labels(known).inc()
-    service.metrics.observe_request(known, version, status, seconds)
+    service.observe_request(known, version, status, seconds)
 
 
 async def send_reply(send: Send, reply: Reply, rid: str) -> None:

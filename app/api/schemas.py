@@ -63,8 +63,25 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
+# TEI's error_type of each status it answers (its OpenAPI document); other statuses by class.
+_TEI_ERROR_TYPES = {413: "validation", 422: "tokenizer", 424: "backend", 429: "overloaded",
+                    503: "unhealthy"}
+# The paths of Hugging Face's doors (app/api/huggingface.py), which answer errors as TEI does.
+HF_PATHS = ("/", "/predict", "/info", "/health")
+HF_PREFIX = "/models/"
+
+
+def tei_error(status: int, message: str) -> dict[str, str]:
+    """TEI's error body (the Inference API's clients read its `error` field too)."""
+    kind = _TEI_ERROR_TYPES.get(status, "backend" if status >= 500 else "validation")
+    return {"error": message, "error_type": kind}
+
+
 def error_payload(path: str, status: int, message: str) -> dict[str, Any]:
-    """The error body of the protocol a path belongs to: v2's {"error": str}, else ours."""
+    """The error body of the protocol a path belongs to: v2's {"error": str}, TEI's
+    {"error", "error_type"} on Hugging Face's paths, else ours."""
     if path.startswith("/v2"):
         return {"error": message}
+    if path in HF_PATHS or path.startswith(HF_PREFIX):
+        return tei_error(status, message)
     return {"error": {"status": status, "message": message}}

@@ -14,8 +14,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from app.api.errors import UnsupportedMediaType
-from app.api.handle import VERSION_HEADER
+from app.api.handle import VERSION_HEADER, model_in_path, require_json, timeout_header
 from app.api.schemas import ClassifyRequest, error_payload
 from app.core.answers import ScoreOptions, predicted, ranked, score_options
 from app.core.errors import InvalidInput
@@ -41,9 +40,7 @@ def validation_message(errors: Sequence[Any]) -> str:
 
 
 def parse_body(body: bytes, content_type: bytes | None) -> ClassifyRequest:
-    media = (content_type or JSON).split(b";")[0].strip().lower().decode("latin-1")
-    if media != "application/json" and not media.endswith("+json"):
-        raise UnsupportedMediaType(f"Content-Type must be application/json, got {media}")
+    require_json(content_type)
     try:
         return ClassifyRequest.model_validate_json(body)
     except ValidationError as exc:
@@ -83,10 +80,7 @@ class V1:
     @staticmethod
     def model_of(path: str) -> tuple[str, str | None] | None:
         """(model name, version) when `path` is this protocol's classify route."""
-        name = path[len(PREFIX):]
-        if not path.startswith(PREFIX) or not name or "/" in name:
-            return None
-        return name, None
+        return model_in_path(path, PREFIX)
 
     @staticmethod
     async def answer(service: Service, name: str, version: str | None, body: bytes,
@@ -94,9 +88,7 @@ class V1:
                      gone: asyncio.Future[None] | None) -> tuple[bytes, bytes, dict[str, str]]:
         """(content type, body, extra headers) of a successful answer; raises the core's
         errors."""
-        timeout = headers.get(b"x-request-timeout-ms")
-        deadline = deadline_for(service, started, None if timeout is None
-                                else timeout.decode("latin-1"))
+        deadline = deadline_for(service, started, timeout_header(headers))
         request = parse_body(body, headers.get(b"content-type"))
         with service.registry.lease(name, version) as loaded:
             options = score_options(loaded.model.manifest, request.threshold, request.top_k)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -38,6 +39,8 @@ OUTPUT_NAMES = ("label", "score", "probabilities", "logits")
 # Outputs some models or requests add: multi-hot decisions (multi_label tasks), windows per input
 # (truncation: chunk), and the k best labels with their scores (parameter top_k).
 MULTI_LABEL_OUTPUT, CHUNKS_OUTPUT, TOP_OUTPUTS = "predicted", "chunks", ("top_labels", "top_scores")
+# Outputs with one score per label: the classification extension can answer their k best classes.
+CLASSIFIABLE = ("probabilities", "logits")
 
 
 class TensorMetadata(BaseModel):
@@ -267,18 +270,53 @@ def available_outputs(manifest: Manifest, chunking: bool, top_k: bool) -> list[s
     return names
 
 
-def _requested(request: InferenceRequest, available: list[str]) -> list[tuple[str, bool]]:
-    """(output name, as binary) for each output to return."""
+@dataclass(frozen=True)
+class Wanted:
+    """One output to return: its name, whether in binary, and the classification extension's
+    class count (None: the tensor itself)."""
+
+    name: str
+    binary: bool
+    class_count: int | None = None
+
+
+def _requested(request: InferenceRequest, available: list[str], labels: int) -> list[Wanted]:
+    """The outputs to return, checked before the model runs."""
     binary_default = bool(request.parameters.get("binary_data_output", False))
     if request.outputs is None:
-        return [(name, binary_default) for name in available]
+        return [Wanted(name, binary_default) for name in available]
     chosen = []
     for output in request.outputs:
         if output.name not in available:
             raise InvalidRequest(f"unknown output {output.name!r}; outputs are "
                                  f"{', '.join(available)}")
-        chosen.append((output.name, bool(output.parameters.get("binary_data", binary_default))))
+        chosen.append(Wanted(output.name, bool(output.parameters.get("binary_data",
+                                                                      binary_default)),
+                             _class_count(output, labels)))
     return chosen
+
+
+def _class_count(output: RequestOutput, labels: int) -> int | None:
+    """The classification extension's `classification` parameter of an output (tritonclient's
+    class_count): the k best classes of a [N, labels] output."""
+    count = output.parameters.get("classification")
+    if count is None:
+        return None
+    if output.name not in CLASSIFIABLE:
+        raise InvalidRequest(f"classification applies to the outputs {', '.join(CLASSIFIABLE)} "
+                             f"(one score per label), not {output.name!r}")
+    if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= labels:
+        raise InvalidRequest(f"output {output.name!r}: classification (class_count) must be an "
+                             f"integer from 1 to the model's {labels} labels, got {count!r}")
+    return count
+
+
+def _classified(values: np.ndarray, labels: list[str], count: int) -> np.ndarray:
+    """Triton's classification output: per row, the `count` best classes as "score:index:label"
+    (the score as C++'s std::to_string writes a float), best first."""
+    order = np.argsort(-values, axis=1, kind="stable")[:, :count]
+    return np.array([[f"{row[i]:f}:{i}:{labels[i]}" for i in best]
+                     for row, best in zip(values, order, strict=True)], dtype=object)
 
 
 def _score_options(manifest: Manifest, request: InferenceRequest) -> ScoreOptions:
@@ -296,13 +334,17 @@ def _score_options(manifest: Manifest, request: InferenceRequest) -> ScoreOption
 
 
 def _encode_response(model_name: str, request: InferenceRequest, result: Classified,
-                     options: ScoreOptions, wanted: list[tuple[str, bool]]) \
+                     options: ScoreOptions, wanted: list[Wanted]) \
         -> tuple[bytes, bytes, dict[str, str]]:
     tensors = _output_tensors(result, options)
     outputs: list[dict[str, Any]] = []
     tail: list[bytes] = []
-    for name, as_binary in wanted:
+    for output in wanted:
+        name, as_binary = output.name, output.binary
         datatype, shape, values = tensors[name]
+        if output.class_count is not None:
+            values = _classified(values, result.labels, output.class_count)
+            datatype, shape = "BYTES", [shape[0], output.class_count]
         entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": shape}
         if as_binary:
             raw = _binary(datatype, values)
@@ -407,7 +449,8 @@ async def _infer(service: Service, loaded: Loaded, body: bytes, headers: dict[by
     options = _score_options(manifest, parsed)
     chunking = service.settings.limits.truncation == "chunk"
     # Unknown output names are refused before the model runs.
-    wanted = _requested(parsed, available_outputs(manifest, chunking, options.top_k is not None))
+    wanted = _requested(parsed, available_outputs(manifest, chunking, options.top_k is not None),
+                        len(manifest.labels))
     deadline = deadline_for(service, started, _header(headers, TIMEOUT_HEADER),
                             _protocol_timeout(parsed))
     result = await classify(service, loaded, _raw_inputs(parsed, tail, manifest.input_kind),
@@ -426,7 +469,7 @@ def _protocol_timeout(request: InferenceRequest) -> float | None:
 
 
 # The protocol extensions this server serves (Triton's names).
-EXTENSIONS = ["binary_tensor_data", "model_repository"]
+EXTENSIONS = ["binary_tensor_data", "classification", "model_repository", "statistics"]
 
 
 def _failed(error: ServingError) -> JSONResponse:
@@ -434,9 +477,30 @@ def _failed(error: ServingError) -> JSONResponse:
     return _error(answer.status, answer.message, answer.headers or None)
 
 
+def _statistics(service: Service, name: str | None, version: str | None) -> dict[str, Any]:
+    """The statistics extension's answer: every serving version, one model's, or one version's
+    (unknown ones raise the registry's errors)."""
+    registry = service.registry
+    if name is None:
+        copies = registry.serving()
+    elif version:
+        copies = [registry.find(name, version)]
+    else:
+        registry.find(name)  # unknown or unavailable: its error
+        copies = [registry.model(name).serving()[n] for n in sorted(registry.model(name)
+                                                                    .serving())]
+    return {"model_stats": [service.statistics.version(c.name, str(c.version))
+                            .as_triton(c.name, str(c.version)) for c in copies]}
+
+
 def build_router(service: Service, version: str, auth: AuthPolicy) -> APIRouter:
     """The /v2 routes for `service`."""
     router = APIRouter(prefix="/v2", tags=["Open Inference Protocol v2"])
+
+    @router.get("/models/stats")
+    async def statistics() -> dict[str, Any]:
+        """The statistics extension: counts and times of every serving model version."""
+        return _statistics(service, None, None)
 
     @router.get("", response_model=ServerMetadata)
     async def server_metadata() -> ServerMetadata:
@@ -470,6 +534,12 @@ def build_router(service: Service, version: str, auth: AuthPolicy) -> APIRouter:
             return JSONResponse({"name": name, "ready": True})
         return _error(503, f"model {name!r} is not ready")
 
+    async def model_statistics(name: str, model_version: str | None = None) -> JSONResponse:
+        try:
+            return JSONResponse(_statistics(service, name, model_version))
+        except ServingError as exc:
+            return _failed(exc)
+
     async def infer(name: str, request: Request, model_version: str | None = None) -> Response:
         return await handle_request(service, V2, name, model_version, request, auth)
 
@@ -480,6 +550,8 @@ def build_router(service: Service, version: str, auth: AuthPolicy) -> APIRouter:
                              responses=_ERRORS, summary="Model metadata")
         router.add_api_route(f"{prefix}/ready", model_ready, methods=["GET"], responses=_ERRORS,
                              summary="Model readiness")
+        router.add_api_route(f"{prefix}/stats", model_statistics, methods=["GET"],
+                             responses=_ERRORS, summary="Model statistics (Triton's extension)")
         router.add_api_route(f"{prefix}/infer", infer, methods=["POST"],
                              response_model=InferenceResponse, responses=_ERRORS,
                              openapi_extra=body_doc, summary="Classify (v2 inference)")

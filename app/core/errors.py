@@ -20,6 +20,10 @@ class InvalidInput(ServingError):
     """The request is well-formed but its inputs are not what the model takes."""
 
 
+class NoInputs(InvalidInput):
+    """The request carries no input to classify."""
+
+
 class InputTooLarge(InvalidInput):
     """The request or one of its inputs is over a configured limit (body, inputs, characters,
     tokens, windows)."""

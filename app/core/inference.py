@@ -14,7 +14,7 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -49,6 +49,9 @@ log = logging.getLogger(__name__)
 # task's short and long inputs, or rows that spilled): each result then names its own.
 MIXED = "mixed"
 TIMEOUT_HEADER = "X-Request-Timeout-Ms"
+# A request's own choice for inputs over max_length (TEI's `truncate`): cut them, or refuse them;
+# None: the server's limits.truncation.
+Truncation = Literal["truncate", "reject"]
 
 
 def deadline_for(service: Service, started: float, header: str | None,
@@ -95,9 +98,11 @@ class Classified:
 
 async def classify(service: Service, loaded: Loaded, raw_inputs: list[Any],
                    deadline: float | None = None,
-                   gone: asyncio.Future[None] | None = None) -> Classified:
+                   gone: asyncio.Future[None] | None = None,
+                   truncation: Truncation | None = None) -> Classified:
     """Validate and classify texts or [text, text] pairs with one loaded version of a model,
     which the caller holds a lease on (`service.registry.lease`); raises the core's errors.
+    `truncation` overrides the server's limits.truncation for this request.
 
     One timer per request: at `deadline` (perf_counter time, default: now +
     limits.request_timeout_s) the request's future fails, even while its batch runs, and its rows
@@ -112,7 +117,8 @@ async def classify(service: Service, loaded: Loaded, raw_inputs: list[Any],
     inputs = parse_inputs(raw_inputs, manifest.input_kind, name, service.settings.limits)
     if service.settings.log_payloads:
         log.debug("payload for %s", name, extra={"model": name, "inputs": inputs})
-    rows, counts = _rows(service, model, inputs)
+    mode = truncation or service.settings.limits.truncation
+    rows, counts = _rows(service, model, inputs, mode)
     route = loaded.route
     if deadline is None:
         deadline = time.perf_counter() + service.settings.limits.request_timeout_s
@@ -129,7 +135,7 @@ async def classify(service: Service, loaded: Loaded, raw_inputs: list[Any],
         _answered_by(service, model.cpu_variant, scored.pools, counts)
     if counts is None:
         truncated = [row.truncated or cut for row, cut in zip(rows, scored.truncated, strict=True)]
-        _refuse_truncated(service, model, truncated)
+        _refuse_truncated(model, truncated, mode)
         return Classified(name=name, version=model.version, variant=variant,
                           labels=manifest.labels,
                           problem_type=manifest.problem_type, truncated=truncated, chunks=None,
@@ -220,18 +226,21 @@ def estimated_length(text: TextInput, max_length: int) -> int:
     return min(max_length, sum(len(_WORDS.findall(p)) for p in pieces) + 1 + len(pieces))
 
 
-def _rows(service: Service, model: LoadedModel, inputs: list[TextInput]) \
+def _rows(service: Service, model: LoadedModel, inputs: list[TextInput], mode: str) \
         -> tuple[Sequence[Row], list[int] | None]:
-    """Rows for the batcher and, when the server chunks long texts, how many windows belong to
-    each input (None: one row per input)."""
+    """Rows for the batcher and, when long texts are chunked, how many windows belong to each
+    input (None: one row per input)."""
     limits = service.settings.limits
     max_length = model.manifest.max_length
-    if model.window_tokenizer is None and service.settings.tokenize == "workers":
+    # window_tokenizer is set exactly when limits.truncation is chunk; a request may opt out.
+    chunking = mode == "chunk" and model.window_tokenizer is not None
+    if not chunking and service.settings.tokenize == "workers":
         return [TextRow(text, estimated_length(text, max_length)) for text in inputs], None
-    if model.window_tokenizer is None:  # set exactly when limits.truncation is chunk
+    if not chunking:
         rows = encode(model.tokenizer, inputs)
-        _refuse_truncated(service, model, [row.truncated for row in rows])
+        _refuse_truncated(model, [row.truncated for row in rows], mode)
         return rows, None
+    assert model.window_tokenizer is not None
     try:
         windows = encode_windows(model.window_tokenizer, inputs)
     except WindowError:
@@ -245,11 +254,11 @@ def _rows(service: Service, model: LoadedModel, inputs: list[TextInput]) \
     return [row for rows in windows for row in rows], [len(w) for w in windows]
 
 
-def _refuse_truncated(service: Service, model: LoadedModel, truncated: list[bool]) -> None:
+def _refuse_truncated(model: LoadedModel, truncated: list[bool], mode: str) -> None:
     """truncation: reject refuses inputs over max_length (found by the API's tokenizer before
     the batch, or by the worker's after it)."""
     too_long = [i for i, cut in enumerate(truncated) if cut]
-    if too_long and service.settings.limits.truncation == "reject":
+    if too_long and mode == "reject":
         raise InputTooLarge(f"inputs {too_long} exceed the model's "
                             f"{model.manifest.max_length} tokens; shorten them (this server "
                             "does not truncate)")

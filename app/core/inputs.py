@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.core.errors import InputTooLarge, InvalidInput
+from app.core.errors import InputTooLarge, InvalidInput, NoInputs
 from app.settings import LimitSettings
 from contract.artifact import InputKind
 from contract.encoding import TextInput
@@ -35,7 +35,7 @@ def parse_inputs(
 ) -> list[TextInput]:
     """Check a request's inputs against the model's input kind and the server's limits."""
     if not raw:
-        raise InvalidInput("inputs is empty: send at least one text")
+        raise NoInputs("inputs is empty: send at least one text")
     if len(raw) > limits.max_inputs_per_request:
         raise InputTooLarge(f"{len(raw)} inputs in one request; the limit is "
                             f"{limits.max_inputs_per_request} (split the request)")

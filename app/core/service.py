@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from app.core.batching import Batcher, BatchPolicy, InputSpec, Runner
+from app.core.batching import Batcher, BatchPolicy, BatchStats, InputSpec, Runner
 from app.core.dispatch import Dispatcher
 from app.core.metrics import Metrics
 from app.core.registry import NOT_SELECTED, Loaded, Model, Registry
@@ -32,6 +32,7 @@ from app.core.routing import (
     pool_variant,
     wants_gpu,
 )
+from app.core.statistics import Statistics
 from app.core.tracing import Tracing, tracing_from_settings
 from app.runtime.workers import ModelFile, WorkerPool, WorkerSpec, cpu_layout
 from app.settings import BatchPolicySettings, ConfigError, GpuPoolSettings, PoolName, Settings
@@ -54,12 +55,13 @@ def slow_cpu_graphs(manifest: Manifest, variants: Iterable[str]) -> list[str]:
 @dataclass
 class Service:
     """What runs: the registry (models, versions, loaded copies), the pools and their batchers,
-    the dispatcher that places rows, and the metrics."""
+    the dispatcher that places rows, and the metrics and statistics."""
 
     settings: Settings
     registry: Registry
     specs: dict[PoolName, list[WorkerSpec]]
     metrics: Metrics = field(default_factory=Metrics)
+    statistics: Statistics = field(default_factory=Statistics)  # Triton's statistics extension
     pools: dict[PoolName, Pool] = field(default_factory=dict)
     batchers: dict[PoolName, Batcher] = field(default_factory=dict)
     draining: bool = False  # set on SIGTERM: readiness fails while in-flight work finishes
@@ -76,6 +78,16 @@ class Service:
             for result in loaded.model.golden.values():
                 self.metrics.golden_match.labels(model.name, str(number), result.variant,
                                                  loaded.model.cpu_variant).set(int(result.matches))
+
+    def observe_request(self, name: str, version: str, status: int, seconds: float) -> None:
+        """A classify request's final status, in the metrics and the statistics alike."""
+        self.metrics.observe_request(name, version, status, seconds)
+        self.statistics.request(name, version, status, seconds)
+
+    def observe_batch(self, pool: str, stats: BatchStats) -> None:
+        """A batch that ran, in the metrics and the statistics alike."""
+        self.metrics.observe_batch(pool, stats)
+        self.statistics.batch(stats.key, stats.rows, stats.queue_waits, stats.seconds)
 
     def ready(self) -> bool:
         """Serving: every pool is up, except a pool whose rows can spill to another."""
@@ -441,7 +453,7 @@ async def start_service(service: Service, make_pool: PoolFactory = worker_pool) 
     for name, pool in service.pools.items():
         routes = [route for route in registry.routes() if name in route.pools]
         batcher = Batcher(pool, policies[name], registry.inputs,
-                          on_batch=functools.partial(service.metrics.observe_batch, name),
+                          on_batch=functools.partial(service.observe_batch, name),
                           on_drop=functools.partial(service.metrics.count_dropped, name),
                           name=name)
         batcher.traced = service.tracing is not None

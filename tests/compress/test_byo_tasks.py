@@ -189,6 +189,34 @@ def test_v2_gives_multi_hot_decisions_and_takes_a_threshold(server: RunningServe
     assert outputs["top_labels"]["shape"] == [1, 2] and outputs["chunks"]["data"] == [1]
 
 
+def test_v2_classification_of_a_multi_label_model_ranks_each_labels_sigmoid(
+        server: RunningServer) -> None:
+    text = "the movie has a clever plot"
+    body = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": [text]}],
+            "outputs": [{"name": "probabilities", "parameters": {"classification": 3}},
+                        {"name": "logits"}]}
+    response = httpx.post(f"{server.url}/v2/models/tags/infer", json=body)
+    assert response.status_code == 200, response.text
+    outputs = {o["name"]: o for o in response.json()["outputs"]}
+    logits = np.array(outputs["logits"]["data"])
+    sigmoid = 1 / (1 + np.exp(-logits))
+    entries = [item.split(":") for item in outputs["probabilities"]["data"]]
+    assert outputs["probabilities"]["shape"] == [1, 3]
+    assert [int(index) for _, index, _ in entries] == list(np.argsort(-sigmoid, kind="stable"))
+    assert [float(score) for score, _, _ in entries] == \
+        pytest.approx(sorted(sigmoid, reverse=True), abs=1e-5)
+
+
+def test_hf_task_scores_a_multi_label_model_per_label(server: RunningServer) -> None:
+    """TEI applies softmax to every classifier; a multi-label model's labels are independent."""
+    text = "the movie has a clever plot"
+    v1 = httpx.post(f"{server.url}/v1/classify/tags",
+                    json={"inputs": [text], "return_all_scores": True}).json()["results"][0]
+    answer = httpx.post(f"{server.url}/models/tags", json={"inputs": text}).json()[0]
+    assert {p["label"]: p["score"] for p in answer} == pytest.approx(v1["scores"], abs=1e-6)
+    assert sum(p["score"] for p in answer) != pytest.approx(1.0, abs=1e-3)
+
+
 def test_a_long_text_is_the_mean_of_its_windows_one_by_one(built: Built,
                                                            server: RunningServer) -> None:
     text = " ".join(FILLER + POSITIVE + FILLER + NEGATIVE)

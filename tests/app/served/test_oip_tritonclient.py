@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import numpy as np
@@ -11,6 +12,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from tests.conftest import RunningServer
+from tests.metrics_text import sample_value
 
 TEXTS = ["the film was very good", "a really awful script", "the cast was lovely"]
 
@@ -85,3 +87,86 @@ def test_tritonclient_gets_the_servers_error_message(
         triton.infer("nope", [_texts("text", ["x"])])
     with pytest.raises(InferenceServerException, match="send inputs 'text' and 'text_pair'"):
         triton.infer("rte", [_texts("text", ["x"])])
+
+
+def test_server_metadata_lists_every_extension_served(
+        triton: httpclient.InferenceServerClient) -> None:
+    extensions = set(triton.get_server_metadata()["extensions"])
+    assert {"binary_tensor_data", "classification", "model_repository", "statistics"} <= \
+        extensions
+
+
+def test_class_count_answers_score_index_label_best_first(
+        triton: httpclient.InferenceServerClient) -> None:
+    outputs = [httpclient.InferRequestedOutput("probabilities", class_count=2),
+               httpclient.InferRequestedOutput("label")]
+    result = triton.infer("sst2", [_texts("text", TEXTS)], outputs=outputs)
+    classes = result.as_numpy("probabilities")
+    assert classes.shape == (3, 2)
+    plain = triton.infer("sst2", [_texts("text", TEXTS)]).as_numpy("probabilities")
+    for row, probabilities, label in zip(classes, plain, result.as_numpy("label"), strict=True):
+        entries = [item.decode().split(":") for item in row]
+        assert entries[0][2] == label.decode()  # the best class first
+        assert [int(index) for _, index, _ in entries] == \
+            list(np.argsort(-probabilities, kind="stable"))
+        assert [float(score) for score, _, _ in entries] == \
+            pytest.approx(sorted(probabilities, reverse=True), abs=1e-6)
+
+
+def test_class_count_over_the_labels_is_a_clear_400(
+        triton: httpclient.InferenceServerClient) -> None:
+    outputs = [httpclient.InferRequestedOutput("logits", class_count=3)]
+    with pytest.raises(InferenceServerException) as raised:
+        triton.infer("sst2", [_texts("text", TEXTS)], outputs=outputs)
+    assert raised.value.status() == "400"
+    assert "1 to the model's 2 labels" in raised.value.message()
+
+
+def _version_stats(triton: httpclient.InferenceServerClient) -> dict[str, Any]:
+    stats: dict[str, Any] = triton.get_inference_statistics("sst2", "1")["model_stats"][0]
+    return stats
+
+
+def test_statistics_agree_with_the_prometheus_counters(
+        triton: httpclient.InferenceServerClient, client: httpx.Client) -> None:
+    def prometheus() -> dict[str, float]:
+        text = client.get("/metrics").text
+        return {
+            "success": sample_value(text, "ffs_requests_total",
+                                    {"task": "sst2", "version": "1", "status": "200"}),
+            "latency": sample_value(text, "ffs_request_latency_seconds_sum",
+                                    {"task": "sst2", "version": "1"}),
+            "batches": sample_value(text, "ffs_batch_size_count", {"pool": "cpu"}),
+            "rows": sample_value(text, "ffs_batch_size_sum", {"pool": "cpu"}),
+            "queue": sample_value(text, "ffs_queue_wait_seconds_sum", {"pool": "cpu"}),
+            "infer": sample_value(text, "ffs_inference_seconds_sum", {"pool": "cpu"})}
+
+    def ours(stats: dict[str, Any]) -> dict[str, float]:
+        inference = stats["inference_stats"]
+        return {"success": inference["success"]["count"],
+                "latency": inference["success"]["ns"] / 1e9,
+                "batches": stats["execution_count"], "rows": stats["inference_count"],
+                "queue": inference["queue"]["ns"] / 1e9,
+                "infer": sum(b["compute_infer"]["ns"] for b in stats["batch_stats"]) / 1e9}
+
+    before, stats_before = prometheus(), ours(_version_stats(triton))
+    for text in TEXTS:
+        triton.infer("sst2", [_texts("text", [text, text + " again"])])
+    after, stats_after = prometheus(), ours(_version_stats(triton))
+    for name in before:
+        assert stats_after[name] - stats_before[name] == \
+            pytest.approx(after[name] - before[name], abs=1e-5), name
+    assert stats_after["success"] - stats_before["success"] == len(TEXTS)
+    assert stats_after["rows"] - stats_before["rows"] == 2 * len(TEXTS)
+
+
+def test_statistics_of_an_unknown_model_is_an_error(
+        triton: httpclient.InferenceServerClient) -> None:
+    with pytest.raises(InferenceServerException) as raised:
+        triton.get_inference_statistics("nope")
+    assert raised.value.status() == "404"
+
+
+def test_statistics_list_every_serving_version(triton: httpclient.InferenceServerClient) -> None:
+    names = {(s["name"], s["version"]) for s in triton.get_inference_statistics()["model_stats"]}
+    assert {("sst2", "1"), ("rte", "1")} <= names
