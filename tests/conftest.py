@@ -166,6 +166,7 @@ class RunningServer:
     url: str
     process: subprocess.Popen[bytes]
     log_path: Path
+    grpc: str | None = None  # host:port of its gRPC door, when it serves one
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -175,7 +176,9 @@ def start_server(repo: Path, log_path: Path, timeout: float = 90.0, **env: str) 
     """`python -m app` on a free loopback port; returns once /readyz says ready."""
     port = free_port()
     process = serving.start(repo, port, log_path, env, timeout)
-    return RunningServer(f"http://127.0.0.1:{port}", process, log_path)
+    grpc = env.get("FFS_GRPC_PORT")
+    return RunningServer(f"http://127.0.0.1:{port}", process, log_path,
+                         None if grpc is None else f"127.0.0.1:{grpc}")
 
 
 def stop_server(server: RunningServer) -> None:
@@ -194,6 +197,7 @@ def server(tiny_repo: TinyRepo, tmp_path_factory: pytest.TempPathFactory) -> Ite
         FFS_CPU_POOL__WORKERS="2", FFS_BATCHING__MAX_WAIT_MS="25",
         FFS_LIMITS__MAX_INPUTS_PER_REQUEST="16", FFS_LIMITS__MAX_TEXT_CHARS="2000",
         FFS_DEFAULT_MODEL="sst2",  # TEI's routes (/predict, /info) answer with it
+        FFS_GRPC_PORT=str(free_port()),
     )
     yield running
     stop_server(running)

@@ -117,11 +117,17 @@ def ports_agree(docs: list[Doc]) -> list[str]:
         target = probe["httpGet"]["port"]
         if ports.get(target, target) != port:
             problems.append(f"a probe targets port {target}, the server listens on {port}")
+    listening = {port} | ({int(setting(docs, "FFS_GRPC_PORT"))}
+                          if "FFS_GRPC_PORT" in env(container) else set())
+    if listening - set(ports.values()):
+        problems.append(f"the server listens on {sorted(listening)} but the container declares "
+                        f"{sorted(ports.values())}")
     for service in of_kind(docs, "Service"):
         for entry in service["spec"]["ports"]:
             target = entry.get("targetPort", entry["port"])
-            if ports.get(target, target) != port:
-                problems.append(f"the Service sends to {target}, the server listens on {port}")
+            if ports.get(target, target) not in listening:
+                problems.append(f"the Service sends to {target}, the server listens on "
+                                f"{sorted(listening)}")
     return problems
 
 

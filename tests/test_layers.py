@@ -86,7 +86,7 @@ def test_the_layer_check_catches_a_crossing(tmp_path: Path) -> None:
 
 # The core knows no protocol: no web framework, no HTTP status number (app/api/errors.py maps the
 # core's typed errors to each protocol's codes).
-WEB_FRAMEWORKS = ("fastapi", "starlette", "uvicorn", "http")
+WEB_FRAMEWORKS = ("fastapi", "starlette", "uvicorn", "http", "grpc")
 HTTP_STATUSES = frozenset({400, 401, 403, 404, 405, 409, 413, 415, 422, 429, 499, 500, 502, 503,
                            504})
 

@@ -177,11 +177,18 @@ def _fastapi_app(service: Service) -> FastAPI:
         await start_service(service)
         poll_s = service.settings.repository.poll_s
         poller = None if poll_s is None else asyncio.create_task(control.poll(poll_s))
+        grpc_door = None
         try:
+            if service.settings.grpc_port is not None:
+                from app.api.v2_grpc import start_grpc  # the `grpc` extra: only when it serves
+
+                grpc_door = await start_grpc(service, control, VERSION)
             yield
         finally:
             if poller is not None:
                 poller.cancel()
+            if grpc_door is not None:  # HTTP has drained; calls in flight finish too
+                await grpc_door.stop(service.settings.shutdown_timeout_s)
             await stop_service(service)
 
     app = FastAPI(title="FastFormers Serve", version=VERSION, lifespan=lifespan,

@@ -4,6 +4,7 @@ protocol door. A new door (gRPC, ...) adds its own table here; the core never na
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from app.core.errors import (
     ClientGone,
@@ -55,6 +56,22 @@ _TEI_STATUS: tuple[tuple[type[ServingError], int], ...] = ((NoInputs, 400), (Wor
 _DOOR_STATUS = {"tei": _TEI_STATUS, "hf": _TEI_STATUS}
 
 
+# gRPC's status code names (grpc.StatusCode) per error, for the v2 gRPC door; checked in order.
+_GRPC_CODES: tuple[tuple[type[ServingError], str], ...] = (
+    (InvalidInput, "INVALID_ARGUMENT"),
+    (InvalidRequest, "INVALID_ARGUMENT"),
+    (UnknownModel, "NOT_FOUND"),
+    (UnknownVersion, "NOT_FOUND"),
+    (ModelUnavailable, "UNAVAILABLE"),
+    (Overloaded, "UNAVAILABLE"),  # retryable, as gRPC's retry policies read it
+    (DeadlinePassed, "DEADLINE_EXCEEDED"),
+    (ClientGone, "CANCELLED"),
+    (WorkerFailed, "UNAVAILABLE"),
+    (LoadRefused, "FAILED_PRECONDITION"),
+    (Conflict, "FAILED_PRECONDITION"),
+)
+
+
 @dataclass(frozen=True)
 class HttpError:
     """How one door answers one error."""
@@ -74,3 +91,11 @@ def http_error(error: ServingError, door: Door = "v1") -> HttpError:
     if isinstance(error, Overloaded):
         headers["Retry-After"] = f"{error.retry_after_s:g}"
     return HttpError(status, error.message, headers)
+
+
+def grpc_code(error: ServingError) -> Any:
+    """The grpc.StatusCode the gRPC door answers `error` with."""
+    import grpc  # the gRPC door's dependency (the `grpc` extra), needed only where it runs
+
+    name = next((code for kind, code in _GRPC_CODES if isinstance(error, kind)), "INTERNAL")
+    return grpc.StatusCode[name]

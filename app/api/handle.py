@@ -105,7 +105,7 @@ async def _watch_disconnect(receive: Receive) -> None:
         continue
 
 
-async def _hold_refusal(service: Service) -> None:
+async def hold_refusal(service: Service) -> None:
     """Answer a refusal late (batching.refusal_delay_ms): a client that retries at once then
     retries at that pace instead of in a busy loop; the wait costs a timer, not CPU."""
     delay = service.settings.batching.refusal_delay_ms
@@ -113,7 +113,7 @@ async def _hold_refusal(service: Service) -> None:
         await asyncio.sleep(delay / 1000)
 
 
-def _queue_full(service: Service, name: str) -> bool:
+def queue_full(service: Service, name: str) -> bool:
     route = service.registry.default_route(name)  # every version of a model takes the same
     if route is None or not route.single_pool:  # the dispatcher decides (it may spill)
         return False
@@ -134,7 +134,7 @@ async def handle(service: Service, wire: Wire, name: str, version: str | None, p
         reply = await _answer(service, wire, name, version, headers, receive, started)
     except ServingError as exc:
         if isinstance(exc, Overloaded):  # the queue is full (checked early, or at queueing)
-            await _hold_refusal(service)
+            await hold_refusal(service)
         error = http_error(exc, wire.name)
         reply = Reply(error.status, JSON, wire.error(error.status, error.message), error.headers)
     except Exception as exc:
@@ -157,7 +157,7 @@ def _end_trace(trace: RequestTrace, status: int) -> None:
 
 async def _answer(service: Service, wire: Wire, name: str, version: str | None,
                   headers: dict[bytes, bytes], receive: Receive, started: float) -> Reply:
-    if _queue_full(service, name):  # before the body is parsed or tokenized: cheap
+    if queue_full(service, name):  # before the body is parsed or tokenized: cheap
         service.metrics.rejected.labels(name, "queue_full").inc()
         raise Overloaded("server is at capacity (its queue is full); retry shortly")
     body = await read_body(receive, headers, service.settings.limits.max_body_bytes)

@@ -240,7 +240,8 @@ def _output_tensors(result: Classified, options: ScoreOptions) \
     return tensors
 
 
-def _binary(datatype: str, values: np.ndarray) -> bytes:
+def binary_tensor(datatype: str, values: np.ndarray) -> bytes:
+    """A tensor's raw bytes as the protocol lays them out (BYTES: 4-byte length, then bytes)."""
     if datatype == "BYTES":
         return b"".join(struct.pack("<I", len(b)) + b
                         for b in (str(v).encode("utf-8") for v in values.ravel()))
@@ -333,30 +334,55 @@ def _score_options(manifest: Manifest, request: InferenceRequest) -> ScoreOption
     return score_options(manifest, threshold, top_k)
 
 
-def _encode_response(model_name: str, request: InferenceRequest, result: Classified,
-                     options: ScoreOptions, wanted: list[Wanted]) \
-        -> tuple[bytes, bytes, dict[str, str]]:
-    tensors = _output_tensors(result, options)
+@dataclass(frozen=True)
+class OutputTensor:
+    name: str
+    datatype: str
+    shape: list[int]
+    values: np.ndarray
+
+
+@dataclass(frozen=True)
+class Answer:
+    """An infer request's result, before either transport (HTTP, gRPC) encodes it."""
+
+    model_name: str
+    request: InferenceRequest
+    result: Classified
+    options: ScoreOptions
+    wanted: list[Wanted]
+
+    def outputs(self) -> list[OutputTensor]:
+        """The requested outputs, in the requested order (classification applied)."""
+        tensors = _output_tensors(self.result, self.options)
+        chosen = []
+        for output in self.wanted:
+            datatype, shape, values = tensors[output.name]
+            if output.class_count is not None:
+                values = _classified(values, self.result.labels, output.class_count)
+                datatype, shape = "BYTES", [shape[0], output.class_count]
+            chosen.append(OutputTensor(output.name, datatype, shape, values))
+        return chosen
+
+
+def _encode_response(answer: Answer) -> tuple[bytes, bytes, dict[str, str]]:
     outputs: list[dict[str, Any]] = []
     tail: list[bytes] = []
-    for output in wanted:
-        name, as_binary = output.name, output.binary
-        datatype, shape, values = tensors[name]
-        if output.class_count is not None:
-            values = _classified(values, result.labels, output.class_count)
-            datatype, shape = "BYTES", [shape[0], output.class_count]
-        entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": shape}
-        if as_binary:
-            raw = _binary(datatype, values)
+    for output, tensor in zip(answer.wanted, answer.outputs(), strict=True):
+        entry: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype,
+                                 "shape": tensor.shape}
+        if output.binary:
+            raw = binary_tensor(tensor.datatype, tensor.values)
             entry["parameters"] = {"binary_data_size": len(raw)}
             tail.append(raw)
         else:
-            entry["data"] = _json_values(datatype, values)
+            entry["data"] = _json_values(tensor.datatype, tensor.values)
         outputs.append(entry)
-    version = str(result.version)
-    body: dict[str, Any] = {"model_name": model_name, "model_version": version, "outputs": outputs}
-    if request.id is not None:
-        body["id"] = request.id
+    version = str(answer.result.version)
+    body: dict[str, Any] = {"model_name": answer.model_name, "model_version": version,
+                            "outputs": outputs}
+    if answer.request.id is not None:
+        body["id"] = answer.request.id
     header = orjson.dumps(body)
     if not tail:
         return b"application/json", header, {VERSION_HEADER: version}
@@ -366,7 +392,8 @@ def _encode_response(model_name: str, request: InferenceRequest, result: Classif
 
 # -- routes -----------------------------------------------------------------------------------
 
-def _model_metadata(service: Service, name: str, version: str | None) -> ModelMetadata:
+def model_metadata(service: Service, name: str, version: str | None) -> ModelMetadata:
+    """The metadata of a model (the version named, else the one a request would get)."""
     manifest = service.registry.find(name, version or None).model.manifest
     labels = len(manifest.labels)
     inputs = [TensorMetadata(name="text", datatype="BYTES", shape=[-1])]
@@ -443,19 +470,30 @@ def _header(headers: dict[bytes, bytes], name: str) -> str | None:
 async def _infer(service: Service, loaded: Loaded, body: bytes, headers: dict[bytes, bytes],
                  started: float, gone: asyncio.Future[None] | None) \
         -> tuple[bytes, bytes, dict[str, str]]:
-    manifest = loaded.model.manifest
     header, tail = _split_body(body, _header(headers, HEADER_LENGTH))
-    parsed = _parse_request(header)
+    answer = await infer(service, loaded, _parse_request(header), tail, started, gone,
+                         _header(headers, TIMEOUT_HEADER))
+    return _encode_response(answer)
+
+
+async def infer(service: Service, loaded: Loaded, parsed: InferenceRequest, tail: bytes,
+                started: float, gone: asyncio.Future[None] | None,
+                timeout_header: str | None = None, client_timeout_s: float | None = None) \
+        -> Answer:
+    """One v2 infer request (decoded from either transport; `tail`: the binary inputs) run on a
+    leased version; `client_timeout_s`: the time the transport's client gives it (gRPC's
+    deadline)."""
+    manifest = loaded.model.manifest
     options = _score_options(manifest, parsed)
     chunking = service.settings.limits.truncation == "chunk"
     # Unknown output names are refused before the model runs.
     wanted = _requested(parsed, available_outputs(manifest, chunking, options.top_k is not None),
                         len(manifest.labels))
-    deadline = deadline_for(service, started, _header(headers, TIMEOUT_HEADER),
-                            _protocol_timeout(parsed))
+    timeouts = [t for t in (_protocol_timeout(parsed), client_timeout_s) if t is not None]
+    deadline = deadline_for(service, started, timeout_header, min(timeouts, default=None))
     result = await classify(service, loaded, _raw_inputs(parsed, tail, manifest.input_kind),
                             deadline, gone)
-    return _encode_response(loaded.name, parsed, result, options, wanted)
+    return Answer(loaded.name, parsed, result, options, wanted)
 
 
 def _protocol_timeout(request: InferenceRequest) -> float | None:
@@ -477,7 +515,7 @@ def _failed(error: ServingError) -> JSONResponse:
     return _error(answer.status, answer.message, answer.headers or None)
 
 
-def _statistics(service: Service, name: str | None, version: str | None) -> dict[str, Any]:
+def statistics(service: Service, name: str | None, version: str | None) -> dict[str, Any]:
     """The statistics extension's answer: every serving version, one model's, or one version's
     (unknown ones raise the registry's errors)."""
     registry = service.registry
@@ -498,9 +536,9 @@ def build_router(service: Service, version: str, auth: AuthPolicy) -> APIRouter:
     router = APIRouter(prefix="/v2", tags=["Open Inference Protocol v2"])
 
     @router.get("/models/stats")
-    async def statistics() -> dict[str, Any]:
+    async def all_statistics() -> dict[str, Any]:
         """The statistics extension: counts and times of every serving model version."""
-        return _statistics(service, None, None)
+        return statistics(service, None, None)
 
     @router.get("", response_model=ServerMetadata)
     async def server_metadata() -> ServerMetadata:
@@ -521,7 +559,7 @@ def build_router(service: Service, version: str, auth: AuthPolicy) -> APIRouter:
 
     async def metadata(name: str, model_version: str | None = None) -> ModelMetadata | JSONResponse:
         try:
-            return _model_metadata(service, name, model_version)
+            return model_metadata(service, name, model_version)
         except ServingError as exc:
             return _failed(exc)
 
@@ -536,7 +574,7 @@ def build_router(service: Service, version: str, auth: AuthPolicy) -> APIRouter:
 
     async def model_statistics(name: str, model_version: str | None = None) -> JSONResponse:
         try:
-            return JSONResponse(_statistics(service, name, model_version))
+            return JSONResponse(statistics(service, name, model_version))
         except ServingError as exc:
             return _failed(exc)
 

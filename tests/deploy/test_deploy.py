@@ -46,7 +46,7 @@ def test_images_run_as_a_numeric_non_root_user(dockerfile: Path) -> None:
 
 def test_serving_image_installs_no_torch() -> None:
     text = (ROOT / "Dockerfile").read_text()
-    assert '".[serve]"' in text and "torch" not in text.lower().replace("no torch", "")
+    assert '".[serve,grpc]"' in text and "torch" not in text.lower().replace("no torch", "")
     assert "HEALTHCHECK" in text and "/readyz" in text
 
 

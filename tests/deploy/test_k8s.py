@@ -121,8 +121,11 @@ def test_the_kserve_runtime_passes_arguments_the_server_takes() -> None:
     container = runtime["spec"]["containers"][0]
     args = [a.replace("{{.Name}}", "sst2") for a in container["args"]]
     parsed = _arguments(args)
-    assert parsed == {"model_name": "sst2", "model_repository": "/mnt/models", "port": 8080}
+    assert parsed == {"model_name": "sst2", "model_repository": "/mnt/models", "port": 8080,
+                      "grpc_port": 8081}
     assert container["ports"][0]["containerPort"] == parsed["port"]
+    assert {"name": "h2c", "containerPort": parsed["grpc_port"]}.items() <= \
+        container["ports"][1].items()
     assert container["readinessProbe"]["httpGet"]["path"] in HEALTH_PATHS
     assert container["readinessProbe"]["httpGet"]["port"] == parsed["port"]
     assert runtime["spec"]["protocolVersions"] == ["v2"]

@@ -68,3 +68,16 @@ def test_routing_accepts_hybrid_and_names_a_bad_route(tmp_path: Path,
     monkeypatch.setenv("FFS_ROUTING", '{"boolq": "tpu"}')
     with pytest.raises(ConfigError, match=r"routing\.boolq: .*'cpu', 'gpu' or 'hybrid'"):
         load_settings()
+
+
+def test_grpc_without_its_extra_is_refused_with_the_install_command(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import app.settings
+
+    monkeypatch.setattr(app.settings, "_installed", lambda module: module != "grpc")
+    with pytest.raises(ConfigError, match=r"pip install '\.\[grpc\]'"):
+        load_settings(model_repository=tmp_path, grpc_port=8001)
+
+
+def test_grpc_is_off_by_default(tmp_path: Path) -> None:
+    assert load_settings(model_repository=tmp_path).grpc_port is None

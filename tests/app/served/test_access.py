@@ -9,7 +9,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ROOT, RunningServer, TinyRepo, start_server, stop_server
+from tests.conftest import (
+    ROOT,
+    RunningServer,
+    TinyRepo,
+    free_port,
+    start_server,
+    stop_server,
+)
 
 KEYS = ("first-secret-key", "second-secret-key")
 ORIGIN = "https://app.example"
@@ -26,7 +33,7 @@ def guarded(tiny_repo: TinyRepo, tmp_path_factory: pytest.TempPathFactory) \
         tiny_repo.root, folder / "server.log", FFS_CPU_POOL__WORKERS="1",
         FFS_AUTH__API_KEYS=json.dumps([KEYS[0]]), FFS_AUTH__API_KEYS_FILE=str(keys_file),
         FFS_AUTH__PROTECT_METRICS="true", FFS_CORS_ALLOW_ORIGINS=json.dumps([ORIGIN]),
-        FFS_LOG_LEVEL="debug", FFS_LOG_FORMAT="json",
+        FFS_LOG_LEVEL="debug", FFS_LOG_FORMAT="json", FFS_GRPC_PORT=str(free_port()),
     )
     yield server
     stop_server(server)
@@ -56,6 +63,27 @@ def test_a_wrong_key_is_401(guarded: RunningServer) -> None:
 def test_keys_from_the_environment_and_from_a_file_both_work(guarded: RunningServer,
                                                              key: str) -> None:
     assert _classify(guarded, key).status_code == 200
+
+
+def test_grpc_takes_the_key_from_call_metadata_and_keeps_liveness_open(
+        guarded: RunningServer) -> None:
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    assert guarded.grpc is not None
+    client = grpcclient.InferenceServerClient(url=guarded.grpc)
+    text = grpcclient.InferInput("text", [1], "BYTES")
+    text.set_data_from_numpy(np.array([b"good"], dtype=np.object_))
+    try:
+        assert client.is_server_live()  # health stays open, as over HTTP
+        with pytest.raises(InferenceServerException) as refused:
+            client.infer("sst2", [text])
+        assert refused.value.status() == "StatusCode.UNAUTHENTICATED"
+        answered = client.infer("sst2", [text], headers={"authorization": f"Bearer {KEYS[1]}"})
+        assert answered.as_numpy("label").shape == (1,)
+    finally:
+        client.close()
 
 
 def test_v2_gets_its_own_error_format_for_401(guarded: RunningServer) -> None:

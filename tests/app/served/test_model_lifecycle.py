@@ -21,7 +21,7 @@ from tritonclient.utils import InferenceServerException
 from app.runtime.workers import ModelFile, WorkerError, WorkerPool, WorkerSpec
 from bench import lifecycle
 from contract.artifact import read_manifest
-from tests.conftest import RunningServer, TinyRepo, start_server, stop_server
+from tests.conftest import RunningServer, TinyRepo, free_port, start_server, stop_server
 from tests.metrics_text import sample
 
 CLIENTS = 16
@@ -190,17 +190,30 @@ def test_a_soak_of_swaps_loses_no_request_and_every_load_succeeds(tiny_repo: Tin
     assert all(p.workers_mib > 0 and p.api_mib > 0 for p in points)
 
 
-def test_sigterm_under_keep_alive_clients_loses_no_request(tiny_repo: TinyRepo,
-                                                          tmp_path: Path) -> None:
+def _sigterm_phase(tiny_repo: TinyRepo, tmp_path: Path, over_grpc: bool) \
+        -> tuple[int | None, lifecycle.Phase]:
+    """SIGTERM a fresh server under CLIENTS closed-loop clients: its exit status and the
+    phase's counts."""
+    grpc_port = free_port()
     running = start_server(tiny_repo.root, tmp_path / "server.log", FFS_CPU_POOL__WORKERS="2",
-                           FFS_DRAIN_DELAY_S="1.0")
+                           FFS_DRAIN_DELAY_S="1.0", FFS_GRPC_PORT=str(grpc_port))
     try:
-        phase = asyncio.run(lifecycle.sigterm(running.process, running.url,
-                                              "/v1/classify/sst2", CLIENTS, after_s=0.5))
+        scenario = lifecycle.sigterm_grpc(running.process, f"127.0.0.1:{grpc_port}", "sst2",
+                                          CLIENTS, after_s=0.5) if over_grpc else \
+            lifecycle.sigterm(running.process, running.url, "/v1/classify/sst2", CLIENTS,
+                              after_s=0.5)
+        phase = asyncio.run(scenario)
     finally:
         if running.process.poll() is None:
             stop_server(running)
-    assert running.process.returncode == 0
+    return running.process.returncode, phase
+
+
+@pytest.mark.parametrize("over_grpc", [False, True], ids=["http", "grpc"])
+def test_sigterm_under_keep_alive_clients_loses_no_request(tiny_repo: TinyRepo, tmp_path: Path,
+                                                          over_grpc: bool) -> None:
+    status, phase = _sigterm_phase(tiny_repo, tmp_path, over_grpc)
+    assert status == 0
     assert phase.counts["requests"] > 0
     assert phase.counts["lost"] == 0 and phase.counts["non_2xx"] == 0, phase
 

@@ -10,14 +10,17 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
+import tritonclient.grpc.aio as grpcaio
+from tritonclient.utils import InferenceServerException
 
-from tests.conftest import RunningServer, TinyRepo, start_server, stop_server
+from tests.conftest import RunningServer, TinyRepo, free_port, start_server, stop_server
 from tests.metrics_text import sample
 
 QUEUE_ROWS = 8
@@ -29,7 +32,7 @@ def busy_server(tiny_repo: TinyRepo, tmp_path_factory: pytest.TempPathFactory) \
     log = tmp_path_factory.mktemp("busy") / "server.log"
     server = start_server(tiny_repo.root, log, FFS_CPU_POOL__WORKERS="2",
                           FFS_BATCHING__MAX_QUEUE_ROWS=str(QUEUE_ROWS),
-                          FFS_LIMITS__REQUEST_TIMEOUT_S="20")
+                          FFS_LIMITS__REQUEST_TIMEOUT_S="20", FFS_GRPC_PORT=str(free_port()))
     yield server
     stop_server(server)
 
@@ -103,6 +106,69 @@ def test_expired_requests_are_dropped_before_they_take_a_batch_slot(
     assert _wait_for(lambda: sample(http, "ffs_rows_dropped_total", pool="cpu")
                      == dropped_before + 1)
     assert _wait_for(lambda: sample(http, "ffs_batch_size_sum", pool="cpu") == rows_before + 2)
+
+
+def _grpc_text(text: str) -> grpcaio.InferInput:
+    tensor = grpcaio.InferInput("text", [1], "BYTES")
+    tensor.set_data_from_numpy(np.array([text.encode()], dtype=np.object_))
+    return tensor
+
+
+def _rows_dropped_and_run(busy_server: RunningServer, http: httpx.Client,
+                          grpc_call: Callable[[grpcaio.InferenceServerClient], Awaitable[object]]) \
+        -> tuple[object, float, float]:
+    """With the workers frozen and both busy with an HTTP request each, make one gRPC call:
+    its outcome, and how many rows were dropped and run meanwhile (after the thaw)."""
+    rows_before = sample(http, "ffs_batch_size_sum", pool="cpu")
+    dropped_before = sample(http, "ffs_rows_dropped_total", pool="cpu")
+
+    async def scenario() -> object:
+        assert busy_server.grpc is not None
+        client = grpcaio.InferenceServerClient(busy_server.grpc)
+        async with httpx.AsyncClient(base_url=busy_server.url, timeout=30.0) as http_client:
+            timeout = {"X-Request-Timeout-Ms": "600"}
+            busy = [asyncio.ensure_future(_post(http_client, text, 0.0, **timeout))
+                    for text in ("good", "bad")]
+            await asyncio.sleep(0.2)  # both workers hold a frozen batch
+            try:
+                return await grpc_call(client)
+            except Exception as exc:
+                return exc
+            finally:
+                await asyncio.gather(*busy)
+                await client.close()
+
+    with frozen_workers(http):
+        outcome = asyncio.run(scenario())
+    _wait_for(lambda: sample(http, "ffs_batch_size_sum", pool="cpu") >= rows_before + 2)
+    time.sleep(0.3)  # a row that was wrongly kept would run now
+    return (outcome, sample(http, "ffs_rows_dropped_total", pool="cpu") - dropped_before,
+            sample(http, "ffs_batch_size_sum", pool="cpu") - rows_before)
+
+
+def test_a_grpc_deadline_shorter_than_the_queue_wait_drops_the_row(
+        busy_server: RunningServer, http: httpx.Client) -> None:
+    async def call(client: grpcaio.InferenceServerClient) -> object:
+        return await client.infer("sst2", [_grpc_text("fun")], client_timeout=0.3)
+
+    outcome, dropped, ran = _rows_dropped_and_run(busy_server, http, call)
+    assert isinstance(outcome, InferenceServerException)
+    assert outcome.status() == "StatusCode.DEADLINE_EXCEEDED"
+    assert (dropped, ran) == (1, 2)  # the two HTTP rows ran; the gRPC row never did
+
+
+def test_a_cancelled_grpc_call_drops_its_row(busy_server: RunningServer,
+                                            http: httpx.Client) -> None:
+    async def call(client: grpcaio.InferenceServerClient) -> object:
+        task = asyncio.ensure_future(client.infer("sst2", [_grpc_text("fun")]))
+        await asyncio.sleep(0.2)  # queued behind the frozen batches
+        task.cancel()
+        with suppress(asyncio.CancelledError):
+            await task
+        return task
+
+    _, dropped, ran = _rows_dropped_and_run(busy_server, http, call)
+    assert (dropped, ran) == (1, 2)
 
 
 def test_a_client_that_leaves_does_not_break_the_batch_or_the_worker(
