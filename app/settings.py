@@ -84,6 +84,32 @@ class BatchingSettings(BatchPolicySettings):
     )
 
 
+class PrioritySettings(BaseModel):
+    """Priority levels (1 is the highest, `levels` the lowest: the bulk lane's), as Triton's
+    priority_levels: batches are filled from the highest level waiting."""
+
+    levels: int = Field(default=2, ge=1, le=16, description="priority levels; a request asks "
+                        "for one with v2's `parameters.priority` or /v1's X-Priority header")
+    default: int = Field(default=1, ge=1, description="the level of a request that names none "
+                         "(Triton's 0 means this one too)")
+    max_queue_rows: list[int] | None = Field(
+        default=None, description="rows each level may have waiting per pool, highest level "
+        "first (default: only the pool's max_queue_rows)")
+    max_wait_ms: float = Field(
+        default=2000.0, gt=0, description="a row of a lower level that has waited this long is "
+        "taken as if it were of the highest: the bound on how long the lowest may wait")
+    lowest_max_batch_size: int = Field(
+        default=2, ge=1, description="rows per batch at most for the lowest level (with "
+        "levels > 1): a bulk batch holds a worker this long before an interactive row can "
+        "have it")
+    lowest_max_workers: int | None = Field(
+        default=None, ge=1, description="workers of a pool the lowest level may hold at once "
+        "(default: all but one, at least one): the others stay free for higher levels")
+    bulk_window_rows: int = Field(
+        default=16, ge=1, description="rows a bulk request keeps queued or running at once; it "
+        "reads more input only as they are answered")
+
+
 class GpuBatchingSettings(BatchPolicySettings):
     """The GPU pool's batches: on a GPU a batch costs about what one row does (kernel launches
     dominate) and padding is cheap next to them, so bigger batches, a short wait, low fill."""
@@ -288,6 +314,7 @@ class Settings(BaseSettings):
     cpu_pool: CpuPoolSettings = Field(default_factory=CpuPoolSettings)
     gpu_pool: GpuPoolSettings = Field(default_factory=GpuPoolSettings)
     batching: BatchingSettings = Field(default_factory=BatchingSettings)
+    priorities: PrioritySettings = Field(default_factory=PrioritySettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     tracing: TracingSettings = Field(default_factory=TracingSettings)
     worker_start_timeout_s: float = Field(default=120.0, gt=0)
@@ -298,6 +325,17 @@ class Settings(BaseSettings):
     shutdown_timeout_s: int = Field(
         default=30, gt=0, description="on SIGTERM, how long in-flight requests may still run"
     )
+
+    @field_validator("priorities")
+    @classmethod
+    def _levels_fit(cls, value: PrioritySettings) -> PrioritySettings:
+        if value.default > value.levels:
+            raise ValueError(f"priorities.default is {value.default} but there are only "
+                             f"{value.levels} levels")
+        if value.max_queue_rows is not None and len(value.max_queue_rows) != value.levels:
+            raise ValueError(f"priorities.max_queue_rows has {len(value.max_queue_rows)} "
+                             f"entries for {value.levels} levels: give one per level")
+        return value
 
     @field_validator("grpc_port")
     @classmethod

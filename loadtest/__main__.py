@@ -2,6 +2,7 @@
 
     python -m loadtest --task sst2 --rates 50,100,200 --duration 10
     python -m loadtest --task sst2 --capacity --slo-ms 50 --vm Standard_F16s_v2
+    python -m loadtest --task sst2 --rates 100 --with-bulk 100000
 
 Targets only --url (default http://127.0.0.1:8000); every step is bounded by --duration and
 --max-requests; output goes to --out (results.json, results.md, latency.png).
@@ -50,6 +51,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--server-pid", type=int, default=None,
                    help="pid of a server on this machine (python -m app): its API and worker "
                         "CPU per request is read from /proc and priced instead of scaling cores")
+    p.add_argument("--with-bulk", type=int, default=None, metavar="N",
+                   help="with --rates: run each step alone, then again while a bulk job of N "
+                        "inputs (the task's train texts, cycled) streams through "
+                        "/v1/classify/<task>/bulk; prints both, the bulk rate, and a sample of "
+                        "its answers checked against /v1")
     p.add_argument("--out", type=Path, default=Path("runs/loadtest"))
     return p
 
@@ -61,6 +67,40 @@ def _requests(args: argparse.Namespace) -> list[Request]:
 
     return task_requests(args.task, args.data_dir or default_data_dir(), "dev",
                          args.inputs_per_request)
+
+
+def _step_with_bulk(args: argparse.Namespace, requests: list[Request], rate: float,
+                    progress: tqdm) -> StepResult:
+    """The same step while a bulk job streams (started 2 s before, stopped after)."""
+    import asyncio
+
+    from compress.tasks import default_data_dir, get_task, load_split
+    from loadtest.bulk import BulkRun, check_sample, run_bulk
+
+    texts = load_split(get_task(args.task), "train", args.data_dir or default_data_dir()).texts
+    inputs = [t if isinstance(t, str) else list(t) for t in texts]
+
+    async def both() -> tuple[StepResult, BulkRun]:
+        stop = asyncio.Event()
+        run = BulkRun()
+        job = asyncio.ensure_future(run_bulk(args.url, args.task, inputs, args.with_bulk, stop,
+                                             run))
+        await asyncio.sleep(2.0)
+        result = await run_step(args.url, requests, rate, args.duration, args.max_requests,
+                                args.connections)
+        stop.set()
+        await job
+        await check_sample(args.url, args.task, inputs, run)
+        return result, run
+
+    result, run = run_blocking(both())
+    progress.update(1)
+    progress.write(f"offered {rate:.0f}/s with a bulk job: achieved {result.achieved_rps:.0f}/s,"
+                   f" p99 {result.p99_ms:.1f} ms, 429 {result.rejected_429}, errors "
+                   f"{result.errors}; bulk {run.lines} lines ({run.lines_per_s:.0f}/s, "
+                   f"{run.errors} error lines), {run.checked} checked against /v1: "
+                   f"{run.mismatched} differ")
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,6 +131,11 @@ def main(argv: list[str] | None = None) -> int:
         if capacity.rps is not None:
             cores = args.measured_cores or len(os.sched_getaffinity(0))
             projection = project(capacity.rps, cores, args.vm, cpu_ms=cpu_at.get(capacity.rps))
+    elif args.with_bulk:
+        steps = []
+        for rate in args.rates.split(","):
+            steps.append(step(float(rate)))
+            steps.append(_step_with_bulk(args, requests, float(rate), progress))
     else:
         steps = [step(float(rate)) for rate in args.rates.split(",")]
     progress.close()

@@ -21,6 +21,7 @@ from starlette.types import ASGIApp
 
 from app.api import huggingface as hf
 from app.api import v2 as oip
+from app.api.bulk import BulkRoutes
 from app.api.errors import http_error
 from app.api.guards import ApiKeyAuth, AuthPolicy, BodyLimit
 from app.api.handle import HotRoutes, handle_request
@@ -157,8 +158,8 @@ def _serve_docs_offline(app: FastAPI) -> None:
 def create_app(service: Service) -> ASGIApp:
     """The ASGI app for a prepared service: the hot classify routes in front of FastAPI, which
     serves the rest; workers start with the app (its lifespan) and stop with it."""
-    app: ASGIApp = HotRoutes(_fastapi_app(service), service,
-                             (V1, V2, hf.HuggingFace, hf.Tei(service)))
+    app: ASGIApp = BulkRoutes(HotRoutes(_fastapi_app(service), service,
+                                        (V1, V2, hf.HuggingFace, hf.Tei(service))), service)
     settings = service.settings
     if settings.cors_allow_origins:  # outermost: classify answers need its headers too
         app = CORSMiddleware(app, allow_origins=settings.cors_allow_origins,

@@ -24,6 +24,7 @@ from app.api.errors import CLIENT_CLOSED, UnsupportedMediaType, http_error
 from app.api.guards import AuthPolicy, body_too_big
 from app.api.observability import request_id, request_id_for
 from app.core.errors import ClientGone, Overloaded, ServingError
+from app.core.inference import priority_level
 from app.core.service import Service
 from app.core.tracing import RequestTrace, current_trace
 
@@ -113,12 +114,19 @@ async def hold_refusal(service: Service) -> None:
         await asyncio.sleep(delay / 1000)
 
 
-def queue_full(service: Service, name: str) -> bool:
+def queue_full(service: Service, name: str, level: int = 1) -> bool:
+    """Whether a one-row request of priority `level` would find the model's queue full."""
     route = service.registry.default_route(name)  # every version of a model takes the same
     if route is None or not route.single_pool:  # the dispatcher decides (it may spill)
         return False
     batcher = service.batchers.get(route.pool)
-    return batcher is not None and batcher.full()
+    return batcher is not None and batcher.full(1, level)
+
+
+def header_priority(service: Service, headers: dict[bytes, bytes]) -> int:
+    """The priority level of the X-Priority header (1 highest; none: the default)."""
+    value = headers.get(b"x-priority")
+    return priority_level(service, None if value is None else value.decode("latin-1"))
 
 
 async def handle(service: Service, wire: Wire, name: str, version: str | None, path: str,
@@ -157,7 +165,7 @@ def _end_trace(trace: RequestTrace, status: int) -> None:
 
 async def _answer(service: Service, wire: Wire, name: str, version: str | None,
                   headers: dict[bytes, bytes], receive: Receive, started: float) -> Reply:
-    if queue_full(service, name):  # before the body is parsed or tokenized: cheap
+    if queue_full(service, name, header_priority(service, headers)):  # before parsing: cheap
         service.metrics.rejected.labels(name, "queue_full").inc()
         raise Overloaded("server is at capacity (its queue is full); retry shortly")
     body = await read_body(receive, headers, service.settings.limits.max_body_bytes)

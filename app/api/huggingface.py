@@ -31,6 +31,7 @@ from app.api.guards import AuthPolicy
 from app.api.handle import (
     VERSION_HEADER,
     handle_request,
+    header_priority,
     model_in_path,
     require_json,
     timeout_header,
@@ -230,7 +231,8 @@ class HuggingFace:
         request: HfRequest = _validated(HfRequest, body, headers.get(b"content-type"))
         deadline = deadline_for(service, started, timeout_header(headers))
         with service.registry.lease(name, version) as loaded:
-            result = await classify(service, loaded, hf_inputs(request.inputs), deadline, gone)
+            result = await classify(service, loaded, hf_inputs(request.inputs), deadline, gone,
+                                    priority=header_priority(service, headers))
         values = scores(result, request.parameters.function_to_apply)
         answer = ranked_lists(result, values, request.parameters.top_k)
         return JSON, orjson.dumps(answer), {VERSION_HEADER: str(result.version)}
@@ -265,7 +267,8 @@ class Tei:
         truncation = _truncation(request)
         deadline = deadline_for(service, started, timeout_header(headers))
         with service.registry.lease(name, version) as loaded:
-            result = await classify(service, loaded, inputs, deadline, gone, truncation)
+            result = await classify(service, loaded, inputs, deadline, gone, truncation,
+                                    header_priority(service, headers))
         answer = ranked_lists(result, scores(result, "none" if request.raw_scores else None),
                               None)
         return JSON, orjson.dumps(answer if batch else answer[0]), \

@@ -14,7 +14,13 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from app.api.handle import VERSION_HEADER, model_in_path, require_json, timeout_header
+from app.api.handle import (
+    VERSION_HEADER,
+    header_priority,
+    model_in_path,
+    require_json,
+    timeout_header,
+)
 from app.api.schemas import ClassifyRequest, error_payload
 from app.core.answers import ScoreOptions, predicted, ranked, score_options
 from app.core.errors import InvalidInput
@@ -92,7 +98,8 @@ class V1:
         request = parse_body(body, headers.get(b"content-type"))
         with service.registry.lease(name, version) as loaded:
             options = score_options(loaded.model.manifest, request.threshold, request.top_k)
-            result = await classify(service, loaded, request.inputs, deadline, gone)
+            result = await classify(service, loaded, request.inputs, deadline, gone,
+                                    priority=header_priority(service, headers))
         # "task" is the response field's documented name; it carries the model's name.
         answer = {"task": name, "version": str(result.version), "variant": result.variant,
                   "results": predictions(result, options, request.return_all_scores)}

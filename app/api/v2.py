@@ -27,7 +27,13 @@ from app.api.guards import AuthPolicy
 from app.api.handle import VERSION_HEADER, handle_request
 from app.core.answers import ScoreOptions, ranked, score_options
 from app.core.errors import InvalidRequest, ServingError
-from app.core.inference import TIMEOUT_HEADER, Classified, classify, deadline_for
+from app.core.inference import (
+    TIMEOUT_HEADER,
+    Classified,
+    classify,
+    deadline_for,
+    priority_level,
+)
 from app.core.registry import Loaded
 from app.core.service import Service
 from contract.artifact import Manifest
@@ -491,8 +497,9 @@ async def infer(service: Service, loaded: Loaded, parsed: InferenceRequest, tail
                         len(manifest.labels))
     timeouts = [t for t in (_protocol_timeout(parsed), client_timeout_s) if t is not None]
     deadline = deadline_for(service, started, timeout_header, min(timeouts, default=None))
+    level = priority_level(service, parsed.parameters.get("priority"))
     result = await classify(service, loaded, _raw_inputs(parsed, tail, manifest.input_kind),
-                            deadline, gone)
+                            deadline, gone, priority=level)
     return Answer(loaded.name, parsed, result, options, wanted)
 
 

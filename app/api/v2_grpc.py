@@ -207,7 +207,7 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
         service, name = self.service, request.model_name
         status, version = 200, ""
         try:
-            if queue_full(service, name):  # before decoding: cheap
+            if queue_full(service, name, service.settings.priorities.default):  # cheap, first
                 service.metrics.rejected.labels(name, "queue_full").inc()
                 raise Overloaded("server is at capacity (its queue is full); retry shortly")
             parsed, tail = decode_request(request)

@@ -39,6 +39,14 @@ class BatchPolicy:
     # Real tokens / padded tokens a batch must keep: padding is paid in full by the model, and on
     # CPU it costs more than batching saves (measured: docs/benchmarks-log.md).
     min_fill: float = 0.9
+    # Priority levels (1 highest): batches take the highest level waiting; the lowest level (the
+    # bulk lane, when levels > 1) runs in batches of its own, of lowest_max_batch_size rows at
+    # most, so that it holds a worker briefly; a row waiting promote_after_s counts as level 1.
+    levels: int = 1
+    level_queue_rows: tuple[int, ...] | None = None  # per level, highest first
+    promote_after_s: float = 2.0
+    lowest_max_batch_size: int = 2
+    lowest_max_running: int = 1 << 30  # batches of the lowest level running at once
 
 
 @dataclass(frozen=True)
@@ -124,6 +132,7 @@ class _Row:
     index: int
     enqueued: float
     attempts: int = 0
+    level: int = 1  # its request's priority (1 highest)
 
 
 class Runner(Protocol):
@@ -151,10 +160,37 @@ def select_batch(pending: Sequence[_Row], policy: BatchPolicy, share: int = 1) -
     at most its fair part of the waiting rows, so idle workers get the rest instead of waiting for
     one worker to finish one big batch.
     """
+    if policy.levels > 1:
+        return _select_by_level(pending, policy, share)
     oldest = pending[0]
     same_key = [row for row in pending[1:] if row.key == oldest.key]
     same_key.sort(key=lambda row: abs(row.encoded.length - oldest.encoded.length))
-    cap = min(policy.max_batch_size, -(-(len(same_key) + 1) // max(1, share)))
+    return _fill(oldest, same_key, policy, share, policy.max_batch_size)
+
+
+def _select_by_level(pending: Sequence[_Row], policy: BatchPolicy, share: int) -> list[_Row]:
+    """select_batch with priority levels: the oldest row of the highest level waiting (a row
+    waiting promote_after_s counts as level 1), filled with rows of its version by level, then
+    nearness in length; the lowest level only with itself."""
+    now = time.perf_counter()
+    levels = [1 if now - row.enqueued >= policy.promote_after_s else row.level
+              for row in pending]
+    top = min(levels)
+    seed = levels.index(top)
+    oldest = pending[seed]
+    lowest = top == policy.levels
+    others = [(level, row) for i, (level, row) in enumerate(zip(levels, pending, strict=True))
+              if i != seed and row.key == oldest.key and (lowest or level < policy.levels)]
+    others.sort(key=lambda item: (item[0], abs(item[1].encoded.length - oldest.encoded.length)))
+    size = policy.lowest_max_batch_size if lowest else policy.max_batch_size
+    return _fill(oldest, [row for _, row in others], policy, share, size)
+
+
+def _fill(oldest: _Row, candidates: list[_Row], policy: BatchPolicy, share: int,
+          max_size: int) -> list[_Row]:
+    """`oldest` and the candidates, in order, that fit the caps (rows, tokens, fill)."""
+    same_key = candidates
+    cap = min(max_size, -(-(len(same_key) + 1) // max(1, share)))
     batch = [oldest]
     longest = oldest.encoded.length
     real_tokens = oldest.encoded.length
@@ -193,6 +229,8 @@ class Batcher:
         self._on_batch = on_batch
         self._on_drop = on_drop
         self._pending: list[_Row] = []
+        self._level_rows = [0] * policy.levels  # waiting rows per priority level
+        self._lowest_running = 0  # batches of the lowest level on workers now
         self._arrived = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
@@ -201,46 +239,67 @@ class Batcher:
     def depth(self) -> int:
         return len(self._pending)
 
-    def full(self, rows: int = 1) -> bool:
-        """Whether `rows` more rows would pass the queue limit (checked before any parsing)."""
-        return len(self._pending) + rows > self.policy.max_queue_rows
+    def full(self, rows: int = 1, level: int = 1) -> bool:
+        """Whether `rows` more rows of priority `level` would pass the queue limits (checked
+        before any parsing)."""
+        if len(self._pending) + rows > self.policy.max_queue_rows:
+            return True
+        limits = self.policy.level_queue_rows
+        return limits is not None and self._level_rows[level - 1] + rows > limits[level - 1]
 
-    def submit(self, key: str, rows: Sequence[Row], traced: bool = False) \
+    def why_full(self, level: int = 1) -> str:
+        """What `full` found, for the refusal's message."""
+        limits = self.policy.level_queue_rows
+        if limits is not None and self._level_rows[level - 1] >= limits[level - 1] and \
+                len(self._pending) < self.policy.max_queue_rows:
+            return (f"priority {level}'s queue holds {self._level_rows[level - 1]} of "
+                    f"{limits[level - 1]} rows")
+        return f"queue holds {len(self._pending)} of {self.policy.max_queue_rows} rows"
+
+    def submit(self, key: str, rows: Sequence[Row], traced: bool = False, level: int = 1) \
             -> asyncio.Future[Pending]:
-        """Queue a request's rows; the future resolves with their logits in order (raises
-        QueueFull when at capacity). Failing or cancelling the future drops rows not yet run."""
-        if self.full(len(rows)):
-            raise QueueFull(f"queue holds {len(self._pending)} of {self.policy.max_queue_rows} rows")
+        """Queue a request's rows at priority `level`; the future resolves with their logits in
+        order (raises QueueFull when at capacity). Failing or cancelling the future drops rows
+        not yet run."""
+        if self.full(len(rows), level):
+            raise QueueFull(self.why_full(level))
         request = Pending(asyncio.get_running_loop().create_future(), len(rows))
         if traced:
             request.batches = []
-        now = time.perf_counter()
-        self._pending.extend(_Row(key, row, request, i, now) for i, row in enumerate(rows))
-        self._arrived.set()
+        self.enqueue(key, rows, range(len(rows)), request, level)
         return request.future
 
     def enqueue(self, key: str, rows: Sequence[Row], indices: Sequence[int],
-                request: Pending) -> None:
+                request: Pending, level: int = 1) -> None:
         """Queue some of a request's rows (`indices`: their places in it) for a request whose
         other rows may run on another pool; the caller checked `full` first."""
         now = time.perf_counter()
-        self._pending.extend(_Row(key, row, request, i, now)
+        self._pending.extend(_Row(key, row, request, i, now, level=level)
                              for row, i in zip(rows, indices, strict=True))
+        self._level_rows[level - 1] += len(rows)
         self._arrived.set()
+
+    def _set_pending(self, rows: list[_Row]) -> None:
+        """Replace the waiting rows (and recount them by level)."""
+        self._pending = rows
+        counts = [0] * self.policy.levels
+        for row in rows:
+            counts[row.level - 1] += 1
+        self._level_rows = counts
 
     def take_waiting(self, keys: set[str]) -> list[_Row]:
         """Remove and return the waiting rows of these versions (to run them on another pool,
         or to forget them once their version is unloaded)."""
         taken = [row for row in self._pending if row.key in keys]
         if taken:
-            self._pending = [row for row in self._pending if row.key not in keys]
+            self._set_pending([row for row in self._pending if row.key not in keys])
         return taken
 
     def adopt(self, rows: list[_Row]) -> None:
         """Queue rows taken from another pool's batcher, keeping their place and wait budget
         (past max_queue_rows if need be: their requests were accepted)."""
         if rows:
-            self._pending = sorted(rows + self._pending, key=lambda row: row.enqueued)
+            self._set_pending(sorted(rows + self._pending, key=lambda row: row.enqueued))
             self._arrived.set()
 
     def start(self) -> None:
@@ -253,14 +312,14 @@ class Batcher:
                 await self._loop_task
         for row in self._pending:
             row.request.fail(RuntimeError("server is shutting down"))
-        self._pending.clear()
+        self._set_pending([])
 
     def _drop_cancelled(self) -> None:
         """Forget rows whose request gave up (deadline, disconnect) before they take a slot."""
         kept = [row for row in self._pending if not row.request.done()]
         if len(kept) != len(self._pending) and self._on_drop is not None:
             self._on_drop(len(self._pending) - len(kept))
-        self._pending = kept
+        self._set_pending(kept)
 
     async def _wait_for_rows(self) -> None:
         while True:
@@ -282,6 +341,16 @@ class Batcher:
         while True:
             share = 1 + self.runner.idle_count()
             batch = select_batch(self._pending, self.policy, share)
+            if self._lowest(batch) and self._lowest_running >= self.policy.lowest_max_running:
+                # Only bulk rows wait and bulk has its workers: keep this one for a higher level
+                # (or until a bulk batch ends, or the oldest row's wait bound makes it level 1).
+                waited = time.perf_counter() - batch[0].enqueued
+                self._arrived.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._arrived.wait(),
+                                           max(0.001, self.policy.promote_after_s - waited))
+                await self._wait_for_rows()
+                continue
             deadline = batch[0].enqueued + self.policy.max_wait_ms / 1000
             remaining = deadline - time.perf_counter()
             if self._full(batch) or remaining <= 0:
@@ -290,6 +359,14 @@ class Batcher:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._arrived.wait(), remaining)
             await self._wait_for_rows()
+
+    def _lowest(self, batch: list[_Row]) -> bool:
+        """A batch of the lowest priority level (the bulk lane), none of its rows promoted."""
+        if self.policy.levels == 1:
+            return False
+        now = time.perf_counter()
+        return all(row.level == self.policy.levels and
+                   now - row.enqueued < self.policy.promote_after_s for row in batch)
 
     async def _loop(self) -> None:
         while True:
@@ -304,8 +381,10 @@ class Batcher:
                 continue
             worker = self.runner.fresher(worker)
             taken = {id(row) for row in batch}
-            self._pending = [row for row in self._pending if id(row) not in taken]
-            task = asyncio.get_running_loop().create_task(self._execute(worker, batch))
+            self._set_pending([row for row in self._pending if id(row) not in taken])
+            lowest = self._lowest(batch)
+            self._lowest_running += lowest
+            task = asyncio.get_running_loop().create_task(self._execute(worker, batch, lowest))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
 
@@ -320,10 +399,10 @@ class Batcher:
         if retry:
             log.warning("retrying %d rows after: %s", len(retry), exc)
             # Back at the front, in arrival order: they keep their place and their wait budget.
-            self._pending = sorted(retry + self._pending, key=lambda row: row.enqueued)
+            self._set_pending(sorted(retry + self._pending, key=lambda row: row.enqueued))
             self._arrived.set()
 
-    async def _execute(self, worker: Any, batch: list[_Row]) -> None:
+    async def _execute(self, worker: Any, batch: list[_Row], lowest: bool = False) -> None:
         try:
             await self._run_batch(worker, batch)
         except BaseException as exc:
@@ -336,6 +415,10 @@ class Batcher:
             if not isinstance(exc, Exception):
                 raise
             log.exception("batch of %d rows failed unexpectedly", len(batch))
+        finally:
+            if lowest:
+                self._lowest_running -= 1
+                self._arrived.set()  # a held-back bulk batch may go now
 
     async def _run_batch(self, worker: Any, batch: list[_Row]) -> None:
         started = time.perf_counter()

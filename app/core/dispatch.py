@@ -44,23 +44,22 @@ class Dispatcher:
     _watcher: asyncio.Task[None] | None = None
 
     def submit(self, route: Route, rows: Sequence[Row], groups: Sequence[int] | None = None,
-               traced: bool = False) -> asyncio.Future[Pending]:
-        """Queue a request's rows on `route` (its version's); one future resolves with all their
-        logits (QueueFull when a pool they need has no room). `groups`: rows per input (chunked
-        inputs), else one each."""
+               traced: bool = False, level: int = 1) -> asyncio.Future[Pending]:
+        """Queue a request's rows on `route` (its version's) at priority `level`; one future
+        resolves with all their logits (QueueFull when a pool they need has no room). `groups`:
+        rows per input (chunked inputs), else one each."""
         if route.single_pool:
-            return self.batchers[route.pool].submit(route.key, rows, traced)
+            return self.batchers[route.pool].submit(route.key, rows, traced, level)
         placed = self._place(route, rows, groups)
         for pool, indices in placed.items():
-            if self.batchers[pool].full(len(indices)):
-                batcher = self.batchers[pool]
-                raise QueueFull(f"the {pool} pool's queue holds {batcher.depth} of "
-                                f"{batcher.policy.max_queue_rows} rows")
+            if self.batchers[pool].full(len(indices), level):
+                raise QueueFull(f"the {pool} pool's {self.batchers[pool].why_full(level)}")
         request = Pending(asyncio.get_running_loop().create_future(), len(rows))
         if traced:
             request.batches = []
         for pool, indices in placed.items():
-            self.batchers[pool].enqueue(route.key, [rows[i] for i in indices], indices, request)
+            self.batchers[pool].enqueue(route.key, [rows[i] for i in indices], indices, request,
+                                        level)
         return request.future
 
     def _place(self, route: Route, rows: Sequence[Row], groups: Sequence[int] | None) \

@@ -74,6 +74,21 @@ def deadline_for(service: Service, started: float, header: str | None,
     return started + min(limit, asked if asked is not None else limit)
 
 
+def priority_level(service: Service, asked: object) -> int:
+    """The priority level a request asked for (v2's `parameters.priority`, /v1's X-Priority):
+    1 is the highest; None or 0 (Triton's "default") is settings.priorities.default."""
+    priorities = service.settings.priorities
+    if asked is None or asked == 0:
+        return priorities.default
+    if isinstance(asked, str) and asked.strip().isdigit():
+        asked = int(asked)
+    if not isinstance(asked, int) or isinstance(asked, bool) or not 1 <= asked <= \
+            priorities.levels:
+        raise InvalidRequest(f"priority must be an integer from 1 (highest) to "
+                             f"{priorities.levels}, or 0 for the default; got {asked!r}")
+    return asked
+
+
 @dataclass(frozen=True)
 class Classified:
     """Scores of a request's inputs, in input order (a chunked input's windows folded)."""
@@ -99,10 +114,11 @@ class Classified:
 async def classify(service: Service, loaded: Loaded, raw_inputs: list[Any],
                    deadline: float | None = None,
                    gone: asyncio.Future[None] | None = None,
-                   truncation: Truncation | None = None) -> Classified:
+                   truncation: Truncation | None = None, priority: int = 1) -> Classified:
     """Validate and classify texts or [text, text] pairs with one loaded version of a model,
     which the caller holds a lease on (`service.registry.lease`); raises the core's errors.
-    `truncation` overrides the server's limits.truncation for this request.
+    `truncation` overrides the server's limits.truncation for this request; `priority` is its
+    level (`priority_level`: 1 the highest).
 
     One timer per request: at `deadline` (perf_counter time, default: now +
     limits.request_timeout_s) the request's future fails, even while its batch runs, and its rows
@@ -125,7 +141,8 @@ async def classify(service: Service, loaded: Loaded, raw_inputs: list[Any],
     if trace is not None:
         trace.child("validate", began, time.perf_counter(),
                     {"ffs.inputs": len(inputs), "ffs.rows": len(rows)})
-    scored = await _scored_rows(service, loaded, rows, counts, deadline, gone, trace is not None)
+    scored = await _scored_rows(service, loaded, rows, counts, deadline, gone, trace is not None,
+                                priority)
     if trace is not None:
         trace.answered = time.perf_counter()
         if scored.batches:
@@ -173,7 +190,8 @@ GONE_MESSAGE = "the client disconnected before the answer"
 
 async def _scored_rows(service: Service, loaded: Loaded, rows: Sequence[Row],
                        counts: list[int] | None, deadline: float,
-                       gone: asyncio.Future[None] | None, traced: bool = False) -> Pending:
+                       gone: asyncio.Future[None] | None, traced: bool = False,
+                       level: int = 1) -> Pending:
     """The rows' logits from the pools' batchers, within the deadline and while the client
     stays."""
     remaining = deadline - time.perf_counter()
@@ -182,7 +200,7 @@ async def _scored_rows(service: Service, loaded: Loaded, rows: Sequence[Row],
         if remaining <= 0:
             raise DeadlinePassed(DEADLINE_MESSAGE)
         assert service.dispatcher is not None, "the service was not started"
-        answer = service.dispatcher.submit(loaded.route, rows, counts, traced)
+        answer = service.dispatcher.submit(loaded.route, rows, counts, traced, level)
         timer = asyncio.get_running_loop().call_later(remaining, _fail, answer, DeadlinePassed,
                                                       DEADLINE_MESSAGE)
         if gone is not None:

@@ -35,7 +35,14 @@ from app.core.routing import (
 from app.core.statistics import Statistics
 from app.core.tracing import Tracing, tracing_from_settings
 from app.runtime.workers import ModelFile, WorkerPool, WorkerSpec, cpu_layout
-from app.settings import BatchPolicySettings, ConfigError, GpuPoolSettings, PoolName, Settings
+from app.settings import (
+    BatchPolicySettings,
+    ConfigError,
+    GpuPoolSettings,
+    PoolName,
+    PrioritySettings,
+    Settings,
+)
 from contract.artifact import ArtifactError, Manifest
 from contract.cpu_quota import usable_cores
 from contract.session import Provider
@@ -421,11 +428,18 @@ def worker_pool(name: str, specs: list[WorkerSpec], service: Service) -> Pool:
                       on_restart=service.metrics.count_restart)
 
 
-def _policy(batching: BatchPolicySettings) -> BatchPolicy:
+def _policy(batching: BatchPolicySettings, priorities: PrioritySettings, workers: int) \
+        -> BatchPolicy:
+    limits = priorities.max_queue_rows
+    bulk_workers = priorities.lowest_max_workers or max(1, workers - 1)
     return BatchPolicy(max_batch_size=batching.max_batch_size,
                        max_batch_tokens=batching.max_batch_tokens,
                        max_wait_ms=batching.max_wait_ms, max_queue_rows=batching.max_queue_rows,
-                       min_fill=batching.min_fill)
+                       min_fill=batching.min_fill, levels=priorities.levels,
+                       level_queue_rows=None if limits is None else tuple(limits),
+                       promote_after_s=priorities.max_wait_ms / 1000,
+                       lowest_max_batch_size=priorities.lowest_max_batch_size,
+                       lowest_max_running=bulk_workers)
 
 
 async def _start_pool(service: Service, name: PoolName, make_pool: PoolFactory) -> None:
@@ -448,7 +462,9 @@ async def start_service(service: Service, make_pool: PoolFactory = worker_pool) 
             service.fall_back_to_cpu(f"its workers failed to start ({exc})")
     if "cpu" in service.specs:
         await _start_pool(service, "cpu", make_pool)
-    policies = {"cpu": _policy(settings.batching), "gpu": _policy(settings.gpu_pool.batching)}
+    policies = {name: _policy(settings.gpu_pool.batching if name == "gpu" else
+                              settings.batching, settings.priorities, len(specs))
+                for name, specs in service.specs.items()}
     registry = service.registry
     for name, pool in service.pools.items():
         routes = [route for route in registry.routes() if name in route.pools]
