@@ -119,6 +119,10 @@ class BulkJob:
             except ServingError as exc:
                 for line in valid:
                     line.answer = {"line": line.number, "error": exc.message}
+        errors = sum("error" in (line.answer or {}) for line in lines)
+        metrics = self.service.metrics.bulk_lines
+        metrics.labels(self.name, "answered").inc(len(lines) - errors)
+        metrics.labels(self.name, "error").inc(errors)
         return lines
 
     def _check(self, line: Line) -> bool:

@@ -151,12 +151,13 @@ async def handle(service: Service, wire: Wire, name: str, version: str | None, p
                                                  "the server log"))
     record(service, name, reply.status, started, reply.headers.get(VERSION_HEADER, ""))
     if trace is not None:
-        _end_trace(trace, reply.status)
+        end_trace(trace, reply.status)
         current_trace.reset(token)  # type: ignore[arg-type]
     return reply
 
 
-def _end_trace(trace: RequestTrace, status: int) -> None:
+def end_trace(trace: RequestTrace, status: int) -> None:
+    """Close a request's span with its final status."""
     now = time.perf_counter()
     if trace.answered is not None:
         trace.child("respond", trace.answered, now, {})

@@ -29,10 +29,12 @@ from tritonclient.grpc import service_pb2_grpc
 from app.api import v2
 from app.api.errors import CLIENT_CLOSED, grpc_code, http_error
 from app.api.guards import AuthPolicy
-from app.api.handle import hold_refusal, queue_full, record
+from app.api.handle import end_trace, hold_refusal, queue_full, record
+from app.api.observability import request_id, request_id_for
 from app.core.errors import InvalidRequest, Overloaded, ServingError
 from app.core.model_control import ModelControl
 from app.core.service import Service
+from app.core.tracing import current_trace
 
 log = logging.getLogger(__name__)
 STOPPING = "the server is shutting down; this call was not run (send it to another replica)"
@@ -43,6 +45,12 @@ _PATHS = {"ServerLive": "/v2/health/live", "ServerReady": "/v2/health/ready",
           "ModelReady": "/v2/health/ready", "RepositoryModelLoad": "/v2/repository/load",
           "RepositoryModelUnload": "/v2/repository/unload",
           "RepositoryIndex": "/v2/repository/index"}
+
+
+def _metadata(context: Any) -> dict[bytes, bytes]:
+    """The call's metadata as the HTTP doors' headers (lower-case names, bytes)."""
+    return {k.encode(): v.encode() if isinstance(v, str) else v
+            for k, v in context.invocation_metadata() or ()}
 
 
 def _parameter(value: Any) -> Any:
@@ -112,8 +120,7 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
         self.in_flight = 0
 
     async def _check(self, call: str, context: Any) -> None:
-        headers = {k.encode(): v.encode() if isinstance(v, str) else v
-                   for k, v in context.invocation_metadata() or ()}
+        headers = _metadata(context)
         path = _PATHS.get(call, "/v2/models/infer")
         if not self.auth.allows(path, headers):
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, AuthPolicy.MESSAGE)
@@ -197,13 +204,35 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
                 await asyncio.wait_for(self.stopped.wait(), HOLD_S)
             await context.abort(grpc.StatusCode.UNAVAILABLE, STOPPING)
         self.in_flight += 1
+        headers = _metadata(context)
+        rid = request_id_for(headers)
+        token = request_id.set(rid)
+        context.set_trailing_metadata((("x-request-id", rid),))
         try:
-            return await self._infer(request, context)
+            return await self._traced(request, context, headers, rid)
         finally:
+            request_id.reset(token)
             self.in_flight -= 1
 
-    async def _infer(self, request: Any, context: Any) -> Any:
+    async def _traced(self, request: Any, context: Any, headers: dict[bytes, bytes],
+                      rid: str) -> Any:
+        """The infer call inside its trace span (settings.tracing), as the HTTP doors do."""
         started = time.perf_counter()
+        tracing = self.service.tracing
+        trace = None if tracing is None else tracing.begin(
+            "grpc", request.model_name, f"/v2/models/{request.model_name}/infer", headers,
+            started, rid)
+        token = None if trace is None else current_trace.set(trace)
+        status = [500]
+        try:
+            return await self._infer(request, context, started, status)
+        finally:
+            if trace is not None:
+                end_trace(trace, status[0])
+                current_trace.reset(token)  # type: ignore[arg-type]
+
+    async def _infer(self, request: Any, context: Any, started: float,
+                     outcome: list[int]) -> Any:
         service, name = self.service, request.model_name
         status, version = 200, ""
         try:
@@ -230,6 +259,7 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
             await context.abort(grpc.StatusCode.INTERNAL, f"internal error "
                                 f"({type(exc).__name__}); see the server log")
         finally:
+            outcome[0] = status
             record(service, name, status, started, version)
 
 

@@ -70,6 +70,9 @@ class Metrics:
             "recorded (where its accuracy was measured), 0 when it differs; served: the variant "
             "the CPU pool runs for this version (golden_mismatch)",
             ["task", "version", "variant", "served"], registry=r, multiprocess_mode="max")
+        self.bulk_lines = Counter("ffs_bulk_lines_total", "Lines of bulk requests answered, "
+                                  "by model and outcome (answered, error)", ["task", "outcome"],
+                                  registry=r)
         self.pool_ready = Gauge("ffs_pool_ready", "1 while the pool has a live worker", ["pool"],
                                 registry=r, multiprocess_mode="max")
 
@@ -91,6 +94,8 @@ class Metrics:
         for name in names:
             for reason in ("queue_full", "deadline"):
                 self.rejected.labels(name, reason)
+            for outcome in ("answered", "error"):
+                self.bulk_lines.labels(name, outcome)
             if name in spills:
                 for reason in ("down", "saturated"):
                     self.spilled_rows.labels(name, *spills[name], reason)

@@ -14,6 +14,7 @@ import numpy as np
 
 from app.runtime.workers import WorkerError
 from contract.encoding import softmax
+from tests.conftest import TinyRepo
 from tests.fakes import app_client, fake_logits
 
 LABELS = ["negative", "positive"]
@@ -207,3 +208,14 @@ def test_hf_task_function_to_apply_sigmoid_scores_each_label(fast_repo: Path) ->
 def test_hf_task_unknown_model_is_404_in_the_hf_body(fast_repo: Path) -> None:
     response = _call(fast_repo, "POST", "/models/nope", {"inputs": "a film"})
     assert response.status_code == 404 and "nope" in response.json()["error"]
+
+
+def test_tei_pair_of_a_pair_model_is_answered_as_one_input(tiny_repo: TinyRepo) -> None:
+    response = _call(tiny_repo.root, "POST", "/predict",
+                     {"inputs": ["a cat sat on the mat", "an animal sat"]}, default_model="rte")
+    assert response.status_code == 200
+    answer = response.json()
+    assert isinstance(answer, list) and all(set(p) == {"label", "score"} for p in answer)
+    scores = softmax(np.array([fake_logits(("a cat sat on the mat", "an animal sat"))],
+                              dtype=np.float32))[0]
+    assert [p["score"] for p in answer] == sorted(map(float, scores), reverse=True)

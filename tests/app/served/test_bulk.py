@@ -13,6 +13,7 @@ import httpx
 import orjson
 
 from tests.conftest import RunningServer
+from tests.metrics_text import sample
 
 TEXTS = [f"the {word} film number {i}" for i, word in
          enumerate(["good", "dull", "lovely", "awful", "fine", "long"] * 50)]
@@ -50,7 +51,10 @@ def _v1(client: httpx.Client, texts: list[str]) -> list[dict[str, Any]]:
 
 def test_bulk_output_equals_v1_for_every_line(server: RunningServer,
                                               client: httpx.Client) -> None:
+    before = sample(client, "ffs_bulk_lines_total", task="sst2", outcome="answered")
     lines = asyncio.run(_bulk(server.url, TEXTS))
+    assert sample(client, "ffs_bulk_lines_total", task="sst2", outcome="answered") == \
+        before + len(TEXTS)
     assert [line.pop("line") for line in lines] == list(range(len(TEXTS)))
     assert {line.pop("version") for line in lines} == {"1"}
     assert lines == _v1(client, TEXTS)

@@ -171,6 +171,31 @@ def test_a_cancelled_grpc_call_drops_its_row(busy_server: RunningServer,
     assert (dropped, ran) == (1, 2)
 
 
+def test_a_full_queue_answers_grpc_unavailable_with_the_reason(busy_server: RunningServer,
+                                                              http: httpx.Client) -> None:
+    async def scenario() -> object:
+        assert busy_server.grpc is not None
+        client = grpcaio.InferenceServerClient(busy_server.grpc)
+        async with httpx.AsyncClient(base_url=busy_server.url, timeout=30.0) as http_client:
+            filling = [asyncio.ensure_future(_post(http_client, f"text {i}", 0.01 * i))
+                       for i in range(2 + QUEUE_ROWS)]  # two running, the queue full
+            await asyncio.sleep(0.01 * (2 + QUEUE_ROWS) + 0.3)
+            try:
+                return await client.infer("sst2", [_grpc_text("fun")], client_timeout=10)
+            except InferenceServerException as exc:
+                return exc
+            finally:
+                _thaw(pids)
+                await asyncio.gather(*filling)
+                await client.close()
+
+    with frozen_workers(http) as pids:
+        outcome = asyncio.run(scenario())
+    assert isinstance(outcome, InferenceServerException)
+    assert outcome.status() == "StatusCode.UNAVAILABLE"
+    assert "capacity" in (outcome.message() or "")
+
+
 def test_a_client_that_leaves_does_not_break_the_batch_or_the_worker(
         busy_server: RunningServer, http: httpx.Client) -> None:
     restarts_before = sample(http, "ffs_worker_restarts_total", pool="cpu")
