@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 SUFFIX = "/bulk"
 NDJSON = b"application/x-ndjson"
 RETRY_S = 0.05  # the wait before a chunk that found the queue full is offered again
+WORKER_TRIES = 3  # a chunk whose worker fails this often is answered with the error
 
 
 def bulk_model(path: str) -> str | None:
@@ -126,11 +127,13 @@ class BulkJob:
         return lines
 
     def _check(self, line: Line) -> bool:
+        """Whether the line's input is one the model takes (else its answer is the error; so
+        too when the model stopped serving mid-job)."""
         try:
             model = self.service.registry.find(self.name, self.version).model
             parse_inputs([line.raw], model.manifest.input_kind, self.name,
                          self.service.settings.limits)
-        except InvalidInput as exc:
+        except ServingError as exc:
             line.answer = {"line": line.number, "error": exc.message.replace("inputs[0]: ", "")}
             return False
         return True
@@ -142,14 +145,22 @@ class BulkJob:
             line.answer = {"line": line.number, "error": exc.message}
 
     async def _classify(self, lines: list[Line]) -> None:
-        """Classify the lines, waiting out a full queue or a passed deadline (never refused)."""
+        """Classify the lines, waiting out a full queue or a passed deadline (never refused);
+        a failing worker is retried a few times, then the lines get its error."""
+        failures = 0
         while True:
             try:
                 with self.service.registry.lease(self.name, self.version) as loaded:
                     options = score_options(loaded.model.manifest, None, None)
                     result = await classify(self.service, loaded, [line.raw for line in lines],
                                             priority=self.priority)
-            except (Overloaded, DeadlinePassed, WorkerFailed):
+            except (Overloaded, DeadlinePassed):
+                await asyncio.sleep(RETRY_S)
+                continue
+            except WorkerFailed:
+                failures += 1
+                if failures >= WORKER_TRIES:
+                    raise
                 await asyncio.sleep(RETRY_S)
                 continue
             version = str(result.version)
@@ -183,6 +194,12 @@ async def serve_bulk(service: Service, name: str, scope: Any, receive: Any, send
         answered = await _stream(job, _lines(receive, start), send, receive)
     except ClientGone:
         log.info("bulk %s: the client left", name)
+    except Exception as exc:  # the answer has begun: say so in its last line
+        log.exception("bulk %s failed", name)
+        with contextlib.suppress(Exception):
+            await send({"type": "http.response.body", "more_body": True,
+                        "body": orjson.dumps({"error": f"internal error ({type(exc).__name__})"
+                                              "; see the server log"}) + b"\n"})
     finally:
         with contextlib.suppress(Exception):
             await send({"type": "http.response.body", "body": b"", "more_body": False})
