@@ -216,35 +216,18 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def _traced(self, request: Any, context: Any, headers: dict[bytes, bytes],
                       rid: str) -> Any:
-        """The infer call inside its trace span (settings.tracing), as the HTTP doors do."""
-        started = time.perf_counter()
-        tracing = self.service.tracing
-        trace = None if tracing is None else tracing.begin(
-            "grpc", request.model_name, f"/v2/models/{request.model_name}/infer", headers,
-            started, rid)
-        token = None if trace is None else current_trace.set(trace)
-        status = [500]
-        try:
-            return await self._infer(request, context, started, status)
-        finally:
-            if trace is not None:
-                end_trace(trace, status[0])
-                current_trace.reset(token)  # type: ignore[arg-type]
-
-    async def _infer(self, request: Any, context: Any, started: float,
-                     outcome: list[int]) -> Any:
+        """The infer call inside its trace span (settings.tracing), counted and logged by its
+        final status, as the HTTP doors do."""
         service, name = self.service, request.model_name
-        status, version = 200, ""
+        started = time.perf_counter()
+        trace = None if service.tracing is None else service.tracing.begin(
+            "grpc", name, f"/v2/models/{name}/infer", headers, started, rid)
+        token = None if trace is None else current_trace.set(trace)
+        status, version = 500, ""
         try:
-            if queue_full(service, name, service.settings.priorities.default):  # cheap, first
-                service.metrics.rejected.labels(name, "queue_full").inc()
-                raise Overloaded("server is at capacity (its queue is full); retry shortly")
-            parsed, tail = decode_request(request)
-            with service.registry.lease(name, request.model_version or None) as loaded:
-                answer = await v2.infer(service, loaded, parsed, tail, started, None,
-                                        client_timeout_s=context.time_remaining())
-            version = str(answer.result.version)
-            return encode_response(answer)
+            response = await self._infer(request, context, started)
+            status, version = 200, response.model_version
+            return response
         except ServingError as exc:
             if isinstance(exc, Overloaded):
                 await hold_refusal(service)
@@ -255,12 +238,24 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
             raise
         except Exception as exc:
             log.exception("gRPC infer %s failed", name)
-            status = 500
             await context.abort(grpc.StatusCode.INTERNAL, f"internal error "
                                 f"({type(exc).__name__}); see the server log")
         finally:
-            outcome[0] = status
             record(service, name, status, started, version)
+            if trace is not None:
+                end_trace(trace, status)
+                current_trace.reset(token)  # type: ignore[arg-type]
+
+    async def _infer(self, request: Any, context: Any, started: float) -> Any:
+        service, name = self.service, request.model_name
+        if queue_full(service, name, service.settings.priorities.default):  # cheap, first
+            service.metrics.rejected.labels(name, "queue_full").inc()
+            raise Overloaded("server is at capacity (its queue is full); retry shortly")
+        parsed, tail = decode_request(request)
+        with service.registry.lease(name, request.model_version or None) as loaded:
+            answer = await v2.infer(service, loaded, parsed, tail, started, None,
+                                    client_timeout_s=context.time_remaining())
+        return encode_response(answer)
 
 
 class GrpcDoor:
