@@ -119,10 +119,14 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
         self.stopped = asyncio.Event()  # set once gRPC stops: refused calls are answered
         self.in_flight = 0
 
-    async def _check(self, call: str, context: Any) -> None:
+    async def _check(self, call: str, context: Any, model: str | None = None) -> None:
+        """Refuse (UNAUTHENTICATED) a call without a key this call needs; an infer call for
+        `model` is counted as HTTP counts its 401s."""
         headers = _metadata(context)
         path = _PATHS.get(call, "/v2/models/infer")
         if not self.auth.allows(path, headers):
+            if model is not None:
+                record(self.service, model, 401, time.perf_counter())
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, AuthPolicy.MESSAGE)
 
     async def _fail(self, context: Any, error: ServingError) -> None:
@@ -196,7 +200,7 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
     # -- inference ---------------------------------------------------------------------------
 
     async def ModelInfer(self, request: Any, context: Any) -> Any:
-        await self._check("ModelInfer", context)
+        await self._check("ModelInfer", context, request.model_name)
         if self.stopping:  # never run: UNAVAILABLE tells the client a retry elsewhere is safe
             # Held until gRPC stops: a client waiting here sends nothing gRPC could cancel
             # unanswered at the stop (see GrpcDoor.stop).

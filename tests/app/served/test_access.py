@@ -17,6 +17,7 @@ from tests.conftest import (
     start_server,
     stop_server,
 )
+from tests.metrics_text import sample_value
 
 KEYS = ("first-secret-key", "second-secret-key")
 ORIGIN = "https://app.example"
@@ -77,13 +78,22 @@ def test_grpc_takes_the_key_from_call_metadata_and_keeps_liveness_open(
     text.set_data_from_numpy(np.array([b"good"], dtype=np.object_))
     try:
         assert client.is_server_live()  # health stays open, as over HTTP
+        refusals = sample_value(_metrics(guarded), "ffs_requests_total",
+                                {"task": "sst2", "status": "401"})
         with pytest.raises(InferenceServerException) as refused:
             client.infer("sst2", [text])
         assert refused.value.status() == "StatusCode.UNAUTHENTICATED"
+        assert sample_value(_metrics(guarded), "ffs_requests_total",
+                            {"task": "sst2", "status": "401"}) == refusals + 1
         answered = client.infer("sst2", [text], headers={"authorization": f"Bearer {KEYS[1]}"})
         assert answered.as_numpy("label").shape == (1,)
     finally:
         client.close()
+
+
+def _metrics(server: RunningServer) -> str:
+    return httpx.get(f"{server.url}/metrics", headers={"Authorization": f"Bearer {KEYS[0]}"},
+                     timeout=30).text
 
 
 def test_v2_gets_its_own_error_format_for_401(guarded: RunningServer) -> None:
