@@ -81,6 +81,8 @@ class BatchStats:
     queue_waits: list[float]
     seconds: float
     queue_depth: int  # rows still waiting once this batch left
+    input_seconds: float = 0.0  # of `seconds`: the worker's tokenizing
+    infer_seconds: float = 0.0  # of `seconds`: the graph
 
 
 _NOTHING = np.zeros(0, np.float32)
@@ -438,7 +440,8 @@ class Batcher:
         if self._on_batch is not None:
             waits = [started - row.enqueued for row in batch]
             self._on_batch(BatchStats(batch[0].key, len(batch), width, waits, result.seconds,
-                                      len(self._pending)))
+                                      len(self._pending), result.input_seconds,
+                                      result.infer_seconds))
 
     def _note_batch(self, worker: Any, batch: list[_Row], started: float, width: int) -> None:
         """Record this batch on each traced request it ran rows of."""

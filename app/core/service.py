@@ -94,7 +94,7 @@ class Service:
     def observe_batch(self, pool: str, stats: BatchStats) -> None:
         """A batch that ran, in the metrics and the statistics alike."""
         self.metrics.observe_batch(pool, stats)
-        self.statistics.batch(stats.key, stats.rows, stats.queue_waits, stats.seconds)
+        self.statistics.batch(stats)
 
     def ready(self) -> bool:
         """Serving: every pool is up, except a pool whose rows can spill to another."""

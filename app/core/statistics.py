@@ -3,10 +3,12 @@ perf_analyzer and dashboards read from /v2/models/stats).
 
 Recorded at the same two points as the Prometheus metrics (a request's final status, a batch that
 ran), so the two agree: `success` / `fail` are requests (end to end), `queue` the rows' waits for
-their batch, `compute_infer` the workers' time per batch (tokenizer and model), `inference_count`
-the rows run and `execution_count` the batches. Input and output are not timed apart from the
-inference (the worker tokenizes and scores in one call): their durations are 0. One API process's
-view (settings.api_processes > 1: each process counts its own requests).
+their batch, `inference_count` the rows run and `execution_count` the batches. A batch's time in
+the worker (ffs_inference_seconds) is split as Triton splits it: `compute_input` tokenizing and
+padding (0 when the API tokenizes, settings.tokenize: api), `compute_infer` the graph,
+`compute_output` the scores and the reply. As in Triton, each row of a batch counts the batch's
+durations in `inference_stats`; `batch_stats` counts each batch once. One API process's view
+(settings.api_processes > 1: each process counts its own requests).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from typing import Any
+
+from app.core.batching import BatchStats
 
 NS = 1_000_000_000
 
@@ -34,6 +38,26 @@ class Duration:
 
 
 @dataclass
+class Compute:
+    """The three parts of a batch's time in the worker."""
+
+    input: Duration = field(default_factory=Duration)
+    infer: Duration = field(default_factory=Duration)
+    output: Duration = field(default_factory=Duration)
+
+    def add(self, stats: BatchStats, count: int) -> None:
+        """A batch's parts, counted `count` times (each of its rows, or the batch once)."""
+        output = max(0.0, stats.seconds - stats.input_seconds - stats.infer_seconds)
+        for part, seconds in ((self.input, stats.input_seconds),
+                              (self.infer, stats.infer_seconds), (self.output, output)):
+            part.add(seconds * count, count)
+
+    def as_dict(self) -> dict[str, dict[str, int]]:
+        return {"compute_input": self.input.as_dict(), "compute_infer": self.infer.as_dict(),
+                "compute_output": self.output.as_dict()}
+
+
+@dataclass
 class VersionStatistics:
     """One model version's counts since it was first seen by this process."""
 
@@ -43,26 +67,21 @@ class VersionStatistics:
     success: Duration = field(default_factory=Duration)
     fail: Duration = field(default_factory=Duration)
     queue: Duration = field(default_factory=Duration)
-    compute_infer: Duration = field(default_factory=Duration)
-    batches: dict[int, Duration] = field(default_factory=dict)  # rows per batch -> its runs
+    compute: Compute = field(default_factory=Compute)  # per row
+    batches: dict[int, Compute] = field(default_factory=dict)  # rows per batch -> its runs
 
     def as_triton(self, name: str, version: str) -> dict[str, Any]:
         """The extension's ModelStatistics object."""
-        rows = Duration(self.queue.count, 0)  # input and output: counted, not timed apart
         empty = Duration().as_dict()
         return {
             "name": name, "version": version, "last_inference": self.last_inference_ms,
             "inference_count": self.inference_count, "execution_count": self.execution_count,
             "inference_stats": {
                 "success": self.success.as_dict(), "fail": self.fail.as_dict(),
-                "queue": self.queue.as_dict(), "compute_input": rows.as_dict(),
-                "compute_infer": self.compute_infer.as_dict(),
-                "compute_output": rows.as_dict(), "cache_hit": empty, "cache_miss": empty},
-            "batch_stats": [
-                {"batch_size": size, "compute_input": Duration(runs.count, 0).as_dict(),
-                 "compute_infer": runs.as_dict(),
-                 "compute_output": Duration(runs.count, 0).as_dict()}
-                for size, runs in sorted(self.batches.items())],
+                "queue": self.queue.as_dict(), **self.compute.as_dict(), "cache_hit": empty,
+                "cache_miss": empty},
+            "batch_stats": [{"batch_size": size, **runs.as_dict()}
+                            for size, runs in sorted(self.batches.items())],
             "memory_usage": [],
         }
 
@@ -92,15 +111,15 @@ class Statistics:
         stats = self._of(name, version)
         (stats.success if status == 200 else stats.fail).add(seconds)
 
-    def batch(self, key: str, rows: int, waits: list[float], seconds: float) -> None:
-        """A batch of `rows` rows of one model version ran in `seconds` after `waits`."""
-        stats = self._of(*_name_version(key))
+    def batch(self, batch: BatchStats) -> None:
+        """A batch of one model version that ran."""
+        stats = self._of(*_name_version(batch.key))
         stats.last_inference_ms = int(time.time() * 1000)
-        stats.inference_count += rows
+        stats.inference_count += batch.rows
         stats.execution_count += 1
-        stats.queue.add(sum(waits), rows)
-        stats.compute_infer.add(seconds * rows, rows)  # as Triton: each row's batch time
-        stats.batches.setdefault(rows, Duration()).add(seconds)
+        stats.queue.add(sum(batch.queue_waits), batch.rows)
+        stats.compute.add(batch, batch.rows)  # as Triton: each row counts its batch's time
+        stats.batches.setdefault(batch.rows, Compute()).add(batch, 1)
 
     def version(self, name: str, version: str) -> VersionStatistics:
         """The statistics of one version (zeros when it has not served yet)."""

@@ -6,7 +6,9 @@ either side reads whole frames from a stream socket.
 
     batch   <I length> <B BATCH> <B slot> <H rows> <H width> <B inputs>  then inputs x int64[rows, width]
     texts   <I length> <B TEXTS> <B slot> <H rows> <B pair>  then per text <I bytes> UTF-8 (2 if pair)
-    logits  <I length> <B LOGITS> <H rows> <H labels> <d seconds>  then float32[rows, labels],
+    logits  <I length> <B LOGITS> <H rows> <H labels> <d seconds> <d input> <d infer>  (seconds in
+            the worker for the batch, of which tokenizing and running the graph) then
+            float32[rows, labels],
             float64[rows, labels] of scores (softmax or sigmoid, as the task's problem type says:
             computed once per batch in the worker, not per request in the API) and one byte per
             row: 1 where the worker's tokenizer truncated the text
@@ -35,7 +37,7 @@ import numpy as np
 BATCH, LOGITS, ERROR, READY, FAILED, TEXTS, LOAD, UNLOAD = 1, 2, 3, 4, 5, 6, 7, 8
 LENGTH = struct.Struct("<I")
 BATCH_HEADER = struct.Struct("<BBHHB")
-LOGITS_HEADER = struct.Struct("<BHHd")
+LOGITS_HEADER = struct.Struct("<BHHddd")
 TEXTS_HEADER = struct.Struct("<BBHB")
 TEXT_LENGTH = struct.Struct("<I")
 KIND = struct.Struct("<B")
@@ -73,8 +75,10 @@ class Unload:
 class Logits:
     logits: np.ndarray  # float32 [rows, labels]
     scores: np.ndarray  # float64 [rows, labels]
-    seconds: float  # inside the model call (and the tokenizer, for a texts frame)
+    seconds: float  # in the worker for the batch: tokenizer (texts frames), graph, scores
     truncated: np.ndarray  # bool [rows]
+    input_seconds: float = 0.0  # of which tokenizing and padding (texts frames)
+    infer_seconds: float = 0.0  # of which running the graph
 
 
 @dataclass(frozen=True)
@@ -113,13 +117,14 @@ def texts_frame(slot: int, texts: Sequence[str | tuple[str, str]]) -> bytes:
 
 
 def logits_frame(logits: np.ndarray, scores: np.ndarray, seconds: float,
-                 truncated: np.ndarray | None = None) -> bytes:
+                 truncated: np.ndarray | None = None, input_seconds: float = 0.0,
+                 infer_seconds: float = 0.0) -> bytes:
     rows, labels = logits.shape
     values = np.ascontiguousarray(logits, dtype=np.float32).tobytes()
     probabilities = np.ascontiguousarray(scores, dtype=np.float64).tobytes()
     flags = bytes(rows) if truncated is None else np.asarray(truncated, np.uint8).tobytes()
-    return _framed(LOGITS_HEADER.pack(LOGITS, rows, labels, seconds) + values + probabilities
-                   + flags)
+    return _framed(LOGITS_HEADER.pack(LOGITS, rows, labels, seconds, input_seconds,
+                                      infer_seconds) + values + probabilities + flags)
 
 
 def message_frame(kind: int, message: str) -> bytes:
@@ -181,14 +186,14 @@ def parse_reply(body: bytes | memoryview) -> Logits | Failure | Ready:
     """A worker's frame: logits of a batch, an error message, or its start-up report."""
     kind = body[0]
     if kind == LOGITS:
-        _, rows, labels, seconds = LOGITS_HEADER.unpack_from(body)
+        _, rows, labels, seconds, input_seconds, infer_seconds = LOGITS_HEADER.unpack_from(body)
         offset = LOGITS_HEADER.size
         logits = np.frombuffer(body, np.float32, rows * labels, offset)
         offset += 4 * rows * labels
         scores = np.frombuffer(body, np.float64, rows * labels, offset)
         flags = np.frombuffer(body, np.uint8, rows, offset + 8 * rows * labels)
         return Logits(logits.reshape(rows, labels), scores.reshape(rows, labels), seconds,
-                      flags.astype(bool))
+                      flags.astype(bool), input_seconds, infer_seconds)
     text = bytes(body[KIND.size:]).decode("utf-8", "replace")
     if kind in (ERROR, FAILED):
         return Failure(kind, text)

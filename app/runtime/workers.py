@@ -158,14 +158,19 @@ class _Model:
                                        model.max_length, model.pad_token_id, spec.threads,
                                        spec.providers, spec.io_binding, spec.ort_spinning)
 
-    def run(self, work: frames.Batch | frames.Texts) -> tuple[np.ndarray, np.ndarray | None]:
+    def run(self, work: frames.Batch | frames.Texts) \
+            -> tuple[np.ndarray, np.ndarray | None, float]:
+        """The batch's logits, which rows the tokenizer truncated (texts), and the seconds
+        spent tokenizing."""
         if isinstance(work, frames.Batch):
             return self.predictor.run_feeds(dict(zip(self.file.input_names, work.feeds,
-                                                     strict=True))), None
+                                                     strict=True))), None, 0.0
         if self.predictor.tokenizer is None:
             raise WorkerError("this worker was not given the model's tokenizer")
+        started = time.perf_counter()
         rows = self.predictor.encode(work.texts)
-        return self.predictor.run_rows(rows), np.array([row.truncated for row in rows])
+        encoded = time.perf_counter() - started
+        return self.predictor.run_rows(rows), np.array([row.truncated for row in rows]), encoded
 
 
 def worker_main(spec: WorkerSpec, sock: socket.socket) -> None:
@@ -194,9 +199,11 @@ def worker_main(spec: WorkerSpec, sock: socket.socket) -> None:
                 sock.sendall(reply)
                 continue
             model = models[work.slot]
-            logits, truncated = model.run(work)
+            logits, truncated, encoded = model.run(work)
+            ran = time.perf_counter() - started
             scores = probabilities(logits, model.file.problem_type)
-            reply = frames.logits_frame(logits, scores, time.perf_counter() - started, truncated)
+            reply = frames.logits_frame(logits, scores, time.perf_counter() - started, truncated,
+                                        encoded, ran - encoded)
         except Exception as exc:
             reply = frames.message_frame(frames.ERROR, f"{type(exc).__name__}: {exc}")
         try:

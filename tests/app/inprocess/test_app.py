@@ -180,11 +180,12 @@ def test_a_texts_frame_carries_single_texts_and_pairs(texts: list[Any]) -> None:
 def test_a_logits_frame_carries_logits_scores_and_truncation() -> None:
     logits = np.array([[0.5, -1.0], [2.0, 0.0]], np.float32)
     scores = np.array([[0.8, 0.2], [0.9, 0.1]])
-    frame = frames.logits_frame(logits, scores, 0.25, np.array([False, True]))
+    frame = frames.logits_frame(logits, scores, 0.25, np.array([False, True]), 0.05, 0.15)
     reply = frames.parse_reply(frame[frames.LENGTH.size:])
     assert isinstance(reply, frames.Logits)
     assert np.array_equal(reply.logits, logits) and np.array_equal(reply.scores, scores)
     assert reply.truncated.tolist() == [False, True] and reply.seconds == 0.25
+    assert (reply.input_seconds, reply.infer_seconds) == (0.05, 0.15)
 
 
 def test_a_frame_buffer_yields_frames_split_anywhere() -> None:

@@ -147,7 +147,9 @@ def test_statistics_agree_with_the_prometheus_counters(
                 "latency": inference["success"]["ns"] / 1e9,
                 "batches": stats["execution_count"], "rows": stats["inference_count"],
                 "queue": inference["queue"]["ns"] / 1e9,
-                "infer": sum(b["compute_infer"]["ns"] for b in stats["batch_stats"]) / 1e9}
+                "infer": sum(b[part]["ns"] for b in stats["batch_stats"]
+                             for part in ("compute_input", "compute_infer",
+                                          "compute_output")) / 1e9}
 
     before, stats_before = prometheus(), ours(_version_stats(triton))
     for text in TEXTS:
@@ -157,6 +159,9 @@ def test_statistics_agree_with_the_prometheus_counters(
         assert stats_after[name] - stats_before[name] == \
             pytest.approx(after[name] - before[name], abs=1e-5), name
     assert stats_after["success"] - stats_before["success"] == len(TEXTS)
+    parts = _version_stats(triton)["inference_stats"]
+    assert parts["compute_input"]["ns"] > 0 and parts["compute_infer"]["ns"] > 0  # the worker
+    assert parts["compute_infer"]["ns"] > parts["compute_output"]["ns"]  # tokenizes: timed
     assert stats_after["rows"] - stats_before["rows"] == 2 * len(TEXTS)
 
 
