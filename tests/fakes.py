@@ -45,6 +45,8 @@ class FakePool:
         self.fail_next: Exception | None = None
         self.up = True  # what ready() answers (a test takes the pool "down")
         self.loaded: dict[str, Any] = {}  # keys loaded at run time
+        self.running = 0  # batches running now, and the most at once
+        self.most_running = 0
         self._idle: asyncio.Queue[FakeWorker] = asyncio.Queue()
         self._workers = [FakeWorker(i) for i in range(workers)]
 
@@ -59,8 +61,13 @@ class FakePool:
                   work: dict[str, np.ndarray] | Sequence[TextInput]) -> Logits:
         del worker, task
         self.batches.append(work if isinstance(work, dict) else list(work))
-        if self.delay:
-            await asyncio.sleep(self.delay)
+        self.running += 1
+        self.most_running = max(self.most_running, self.running)
+        try:
+            if self.delay:
+                await asyncio.sleep(self.delay)
+        finally:
+            self.running -= 1
         if self.fail_next is not None:
             error, self.fail_next = self.fail_next, None
             raise error

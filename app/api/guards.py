@@ -35,9 +35,11 @@ class AuthPolicy:
             (() if protect_metrics else METRICS_PATHS)
 
     @classmethod
-    def from_settings(cls, auth: AuthSettings) -> AuthPolicy:
-        """The classify routes' policy of these settings (reads the keys file once)."""
-        return cls(auth.keys(), auth.protect_health, auth.protect_metrics)
+    def from_settings(cls, auth: AuthSettings, admin: bool = False) -> AuthPolicy:
+        """The policy of these settings (reads the keys file once); `admin`: with the admin
+        keys, for a door that also serves the repository calls (gRPC)."""
+        return cls(auth.keys(), auth.protect_health, auth.protect_metrics,
+                   auth.admin_keys() if admin else None)
 
     def allows(self, path: str, headers: dict[bytes, bytes]) -> bool:
         if self.admin_keys and path.startswith(ADMIN_PREFIX):  # admin keys only

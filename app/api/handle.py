@@ -36,7 +36,7 @@ VERSION_HEADER = "X-Model-Version"  # on every answer: the version of the model 
 class Wire(Protocol):
     """What a protocol module provides to the shared handler."""
 
-    name: str  # the door: "v1" or "v2" (app/api/errors.py maps its errors)
+    name: str  # the door: "v1", "v2", "hf" or "tei" (app/api/errors.py maps its errors)
 
     def model_of(self, path: str) -> tuple[str, str | None] | None: ...
 

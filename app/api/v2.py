@@ -532,8 +532,8 @@ def statistics(service: Service, name: str | None, version: str | None) -> dict[
         copies = [registry.find(name, version)]
     else:
         registry.find(name)  # unknown or unavailable: its error
-        copies = [registry.model(name).serving()[n] for n in sorted(registry.model(name)
-                                                                    .serving())]
+        serving = registry.model(name).serving()
+        copies = [serving[number] for number in sorted(serving)]
     return {"model_stats": [service.statistics.version(c.name, str(c.version))
                             .as_triton(c.name, str(c.version)) for c in copies]}
 

@@ -112,9 +112,7 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
         self.service = service
         self.control = control
         self.version = version
-        auth = service.settings.auth
-        self.auth = AuthPolicy(auth.keys(), auth.protect_health, auth.protect_metrics,
-                               auth.admin_keys())
+        self.auth = AuthPolicy.from_settings(service.settings.auth, admin=True)
         self.stopping = False  # set once HTTP has drained: new infer calls are refused
         self.stopped = asyncio.Event()  # set once gRPC stops: refused calls are answered
         self.in_flight = 0

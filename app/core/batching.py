@@ -188,10 +188,10 @@ def _select_by_level(pending: Sequence[_Row], policy: BatchPolicy, share: int) -
     return _fill(oldest, [row for _, row in others], policy, share, size)
 
 
-def _fill(oldest: _Row, candidates: list[_Row], policy: BatchPolicy, share: int,
+def _fill(oldest: _Row, same_key: list[_Row], policy: BatchPolicy, share: int,
           max_size: int) -> list[_Row]:
-    """`oldest` and the candidates, in order, that fit the caps (rows, tokens, fill)."""
-    same_key = candidates
+    """`oldest` and the rows of its version, in the order given, that fit the caps (rows,
+    tokens, fill)."""
     cap = min(max_size, -(-(len(same_key) + 1) // max(1, share)))
     batch = [oldest]
     longest = oldest.encoded.length

@@ -114,11 +114,12 @@ class Classified:
 async def classify(service: Service, loaded: Loaded, raw_inputs: list[Any],
                    deadline: float | None = None,
                    gone: asyncio.Future[None] | None = None,
-                   truncation: Truncation | None = None, priority: int = 1) -> Classified:
+                   truncation: Truncation | None = None, priority: int | None = None) \
+        -> Classified:
     """Validate and classify texts or [text, text] pairs with one loaded version of a model,
     which the caller holds a lease on (`service.registry.lease`); raises the core's errors.
     `truncation` overrides the server's limits.truncation for this request; `priority` is its
-    level (`priority_level`: 1 the highest).
+    level (`priority_level`: 1 the highest; None: settings.priorities.default).
 
     One timer per request: at `deadline` (perf_counter time, default: now +
     limits.request_timeout_s) the request's future fails, even while its batch runs, and its rows
@@ -141,8 +142,9 @@ async def classify(service: Service, loaded: Loaded, raw_inputs: list[Any],
     if trace is not None:
         trace.child("validate", began, time.perf_counter(),
                     {"ffs.inputs": len(inputs), "ffs.rows": len(rows)})
+    level = service.settings.priorities.default if priority is None else priority
     scored = await _scored_rows(service, loaded, rows, counts, deadline, gone, trace is not None,
-                                priority)
+                                level)
     if trace is not None:
         trace.answered = time.perf_counter()
         if scored.batches:

@@ -139,6 +139,21 @@ def test_bulk_rows_run_at_the_lowest_level(fast_repo: Path) -> None:
     assert max(len(batch) for batch in pool.batches) <= 2  # lowest_max_batch_size
 
 
+def test_bulk_keeps_one_worker_free_for_higher_levels(fast_repo: Path) -> None:
+    async def scenario() -> tuple[int, int]:
+        async with app_client(fast_repo, delay=0.02, cpu_pool={"workers": 2},
+                              priorities={"bulk_window_rows": 16}) as (client, pool, _):
+            await client.post("/v1/classify/sst2/bulk", content=_ndjson(TEXTS[:24]))
+            bulk_most = pool.most_running
+            await asyncio.gather(*(client.post("/v1/classify/sst2", json={"inputs": [t]})
+                                   for t in TEXTS[:8]))
+            return bulk_most, pool.most_running
+
+    bulk_most, interactive_most = asyncio.run(scenario())
+    assert bulk_most == 1  # lowest_max_workers: all but one of the 2 workers
+    assert interactive_most == 2  # interactive rows take both
+
+
 def test_v1_takes_a_priority_header_and_refuses_one_out_of_range(fast_repo: Path) -> None:
     async def scenario() -> tuple[int, int]:
         async with app_client(fast_repo) as (client, _, _):
